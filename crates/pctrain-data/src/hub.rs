@@ -1,0 +1,130 @@
+//! Downloads from the Hugging Face hub into the shared cache (`$HF_HOME/hub`), through `hf-hub`.
+//! `HF_ENDPOINT`, `HF_TOKEN`, `HF_HOME` and `HF_HUB_CACHE` are read as the Python libraries read
+//! them; `HF_HUB_OFFLINE=1` resolves from the cache only. The token is never printed.
+
+use std::path::PathBuf;
+
+use hf_hub::{HFClientSync, HFError};
+
+use crate::error::{DataError, Result};
+
+/// A hub repository id, `owner/name`, with an optional revision (`owner/name@rev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubRepo {
+    pub id: String,
+    pub revision: Option<String>,
+}
+
+impl HubRepo {
+    /// Parses `owner/name` or `owner/name@revision`; `None` for anything else (a path, say).
+    pub fn parse(spec: &str) -> Option<HubRepo> {
+        let (id, revision) = match spec.split_once('@') {
+            Some((id, rev)) if !rev.is_empty() => (id, Some(rev.to_string())),
+            Some(_) => return None,
+            None => (spec, None),
+        };
+        let (owner, name) = id.split_once('/')?;
+        let valid = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        (valid(owner) && valid(name)).then(|| HubRepo {
+            id: id.to_string(),
+            revision,
+        })
+    }
+}
+
+impl std::fmt::Display for HubRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.revision {
+            Some(r) => write!(f, "{}@{r}", self.id),
+            None => f.write_str(&self.id),
+        }
+    }
+}
+
+/// Whether `HF_HUB_OFFLINE` asks for cache-only resolution.
+pub fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+        .unwrap_or(false)
+}
+
+/// Fetches `filename` from `repo` (or finds it in the cache). `Ok(None)` when the repository has no
+/// such file and `required` is false.
+pub fn fetch(repo: &HubRepo, filename: &str, required: bool) -> Result<Option<PathBuf>> {
+    let client = HFClientSync::new().map_err(|e| hub_error(repo, e))?;
+    let (owner, name) = repo.id.split_once('/').expect("a parsed id has an owner");
+    let handle = client.model(owner, name);
+    let request = handle
+        .download_file()
+        .filename(filename)
+        .maybe_revision(repo.revision.clone())
+        .local_files_only(offline());
+    match request.send() {
+        Ok(path) => Ok(Some(path)),
+        Err(HFError::EntryNotFound { .. }) if !required => Ok(None),
+        Err(HFError::LocalEntryNotFound { .. }) if !required => Ok(None),
+        Err(e) => Err(hub_error(repo, e)),
+    }
+}
+
+fn hub_error(repo: &HubRepo, e: HFError) -> DataError {
+    let message = match &e {
+        HFError::AuthRequired { .. } | HFError::Forbidden { .. } => format!(
+            "{e}. The repository is gated or private: accept its licence at \
+             https://huggingface.co/{} and log in (`hf auth login`, or set HF_TOKEN)",
+            repo.id
+        ),
+        HFError::LocalEntryNotFound { .. } => {
+            format!("{e}. HF_HUB_OFFLINE is set and the file is not in the local cache")
+        }
+        _ => e.to_string(),
+    };
+    DataError::Hub {
+        repo: repo.to_string(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HubRepo;
+
+    #[test]
+    fn parses_ids_and_rejects_paths() {
+        assert_eq!(
+            HubRepo::parse("meta-llama/Meta-Llama-3-8B"),
+            Some(HubRepo {
+                id: "meta-llama/Meta-Llama-3-8B".into(),
+                revision: None
+            })
+        );
+        assert_eq!(
+            HubRepo::parse("org/model@v1.0")
+                .unwrap()
+                .revision
+                .as_deref(),
+            Some("v1.0")
+        );
+        for not_an_id in [
+            "model",
+            "./a/b",
+            "/abs/path",
+            "a/b/c",
+            "a/",
+            "org/model@",
+            "../x",
+        ] {
+            assert_eq!(HubRepo::parse(not_an_id), None, "{not_an_id}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! From data files to tokenised samples: read, mix, render, tokenise, label, truncate. Streams
+//! record by record; only what the caller keeps stays in memory.
+
+use std::collections::BTreeMap;
+use std::ops::{ControlFlow, Range};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{DataError, Result};
+use crate::labels::{trained_mask, Encoded};
+use crate::mix::{MixCounts, Mixer};
+use crate::reader::JsonlReader;
+use crate::record::Record;
+use crate::template::ChatTemplate;
+use crate::tokenizer::TextTokenizer;
+
+/// Everything that turns records into training samples.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub mixer: Mixer,
+    pub template: ChatTemplate,
+    pub tokenizer: TextTokenizer,
+    /// Samples longer than this many tokens are cut.
+    pub seq_len: usize,
+    /// Skip malformed records (counted) instead of failing.
+    pub skip_invalid: bool,
+}
+
+/// A tokenised sample with the text it came from, for inspection.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub encoded: Encoded,
+    /// The rendered conversation.
+    pub text: String,
+    /// Byte ranges of `text` that are trained.
+    pub spans: Vec<Range<usize>>,
+    /// Byte range of each kept token in `text`.
+    pub offsets: Vec<(usize, usize)>,
+}
+
+/// Counts over a pass through the data, for `data stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Records read (valid ones).
+    pub records: u64,
+    /// Malformed records skipped by `--skip-invalid`.
+    pub invalid_skipped: u64,
+    /// Samples kept, by format.
+    pub samples: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub mix: MixCounts,
+    /// Samples dropped because no trained token was left (after truncation, or none to begin with).
+    pub dropped_untrained: u64,
+    /// Samples cut at the sequence length.
+    pub truncated: u64,
+    /// Tokens of the kept samples.
+    pub tokens: u64,
+    /// Trained tokens of the kept samples.
+    pub trained_tokens: u64,
+}
+
+impl Stats {
+    pub fn sample_count(&self) -> u64 {
+        self.samples.values().sum()
+    }
+}
+
+impl Pipeline {
+    /// Validates settings that do not depend on the data.
+    pub fn new(
+        mixer: Mixer,
+        template: ChatTemplate,
+        tokenizer: TextTokenizer,
+        seq_len: usize,
+        skip_invalid: bool,
+    ) -> Result<Self> {
+        if seq_len < 2 {
+            return Err(DataError::Config(format!(
+                "sequence length {seq_len} is too short (at least 2 tokens)"
+            )));
+        }
+        if tokenizer.special.eos.is_none() {
+            tracing::warn!("the tokenizer has no EOS token: answers will not be trained to stop");
+        }
+        Ok(Pipeline {
+            mixer,
+            template,
+            tokenizer,
+            seq_len,
+            skip_invalid,
+        })
+    }
+
+    /// Runs through `files` in order, handing each kept sample to `visit` until it breaks.
+    pub fn run(
+        &self,
+        files: &[PathBuf],
+        mut visit: impl FnMut(Prepared) -> Result<ControlFlow<()>>,
+    ) -> Result<Stats> {
+        let mut stats = Stats::default();
+        for path in files {
+            let mut reader = JsonlReader::open(path)?;
+            while let Some(item) = reader.next() {
+                let prepared = item.and_then(|record| {
+                    self.prepare(&record, &mut stats)
+                        .map_err(|e| at_line(path, reader.line(), e))
+                });
+                let samples = match prepared {
+                    Ok(s) => s,
+                    Err(e) if self.skip_invalid && e.is_invalid_record() => {
+                        tracing::warn!("skipped: {e}");
+                        stats.invalid_skipped += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                stats.records += 1;
+                for p in samples {
+                    *stats
+                        .samples
+                        .entry(p.encoded.format.as_str().to_string())
+                        .or_default() += 1;
+                    stats.tokens += p.encoded.len() as u64;
+                    stats.trained_tokens += p.encoded.trained_tokens() as u64;
+                    stats.truncated += u64::from(p.encoded.truncated);
+                    if visit(p)?.is_break() {
+                        return Ok(stats);
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Every kept sample of `files`, without the text.
+    pub fn encode_all(&self, files: &[PathBuf]) -> Result<(Vec<Encoded>, Stats)> {
+        let mut out = Vec::new();
+        let stats = self.run(files, |p| {
+            out.push(p.encoded);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok((out, stats))
+    }
+
+    /// The samples one record gives; samples left with no trained token are dropped (counted).
+    /// Mixing counts go into `stats` when the record succeeds.
+    pub fn prepare(&self, record: &Record, stats: &mut Stats) -> Result<Vec<Prepared>> {
+        let mut mix = MixCounts::default();
+        let samples = self.mixer.samples(record, &mut mix);
+        let mut out = Vec::with_capacity(samples.len());
+        for sample in samples {
+            let rendered = self.template.render_with_spans(
+                &sample.id,
+                &sample.messages,
+                &self.tokenizer.special,
+            )?;
+            let mut tokens = self.tokenizer.encode(&rendered.text)?;
+            let truncated = tokens.ids.len() > self.seq_len;
+            tokens.ids.truncate(self.seq_len);
+            tokens.offsets.truncate(self.seq_len);
+            let trained = trained_mask(&tokens.offsets, &rendered.spans);
+            if !trained.contains(&true) {
+                stats.dropped_untrained += 1;
+                continue;
+            }
+            out.push(Prepared {
+                encoded: Encoded {
+                    id: sample.id,
+                    format: sample.format,
+                    input_ids: tokens.ids,
+                    trained,
+                    truncated,
+                },
+                text: rendered.text,
+                spans: rendered.spans,
+                offsets: tokens.offsets,
+            });
+        }
+        stats.mix.fallbacks_to_nl += mix.fallbacks_to_nl;
+        stats.mix.dropped_without_pc += mix.dropped_without_pc;
+        Ok(out)
+    }
+}
+
+/// Gives a sample's error the file and line of its record.
+fn at_line(path: &Path, line: u64, e: DataError) -> DataError {
+    match e {
+        DataError::Record { .. } => e,
+        other => DataError::Record {
+            path: path.to_path_buf(),
+            line,
+            message: other.to_string(),
+        },
+    }
+}

@@ -1,0 +1,1 @@
+//! The trainer crate: optimizer, step loop, checkpoints, export (issue 4).
