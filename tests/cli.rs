@@ -1,1 +1,168 @@
+//! End-to-end tests of the `pctrain` binary.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn pctrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pctrain"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run pctrain")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// Runs a command that must fail cleanly; returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let o = pctrain(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn inspect_json_gives_one_sample_a_line_with_aligned_labels() {
+    let o = pctrain(&[
+        "data", "inspect", "--data", "examples/tulu-pc.jsonl", "--mix", "nl-pc", "--json",
+        "--limit", "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for v in &lines {
+        let ids = v["input_ids"].as_array().unwrap();
+        let labels = v["labels"].as_array().unwrap();
+        assert_eq!(ids.len(), labels.len());
+        assert!(labels.iter().any(|l| l.as_i64() != Some(-100)));
+        for (i, l) in ids.iter().zip(labels) {
+            assert!(l.as_i64() == Some(-100) || l == i);
+        }
+        assert!(v["text"].as_str().unwrap().contains("<|assistant|>"));
+        assert!(["nl", "nl-pc"].contains(&v["format"].as_str().unwrap()));
+    }
+    // File order: the first sample is the first record.
+    assert_eq!(lines[0]["id"], "pctrain-ex-0001");
+}
+
+#[test]
+fn inspect_marks_the_trained_part() {
+    let o = pctrain(&[
+        "data", "inspect", "--data", "examples/alpaca-pc.jsonl", "--mix", "nl", "--limit", "1",
+        "--template", "chatml",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("── sample 1 · id alpaca-pc.jsonl:1 · nl"), "{out}");
+    let marked = &out[out.find('⟦').unwrap()..out.find('⟧').unwrap()];
+    assert!(marked.ends_with("<|im_end|>"), "{out}");
+    assert!(!marked.contains("<|im_start|>user"), "{out}");
+}
+
+#[test]
+fn inspect_shuffle_is_seeded() {
+    let run = |seed: &str| {
+        stdout(&pctrain(&[
+            "data", "inspect", "--data", "examples/tulu-pc.jsonl", "--json", "--shuffle",
+            "--seed", seed, "--limit", "5",
+        ]))
+    };
+    assert_eq!(run("1"), run("1"));
+    assert_ne!(run("1"), run("2"));
+}
+
+#[test]
+fn stats_counts_formats_fallbacks_and_packing() {
+    let o = pctrain(&[
+        "data", "stats", "--data", "examples/tulu-pc.jsonl", "examples/alpaca-pc.jsonl", "--mix",
+        "nl-pc", "--seq-len", "1024", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let records = v["records"].as_u64().unwrap();
+    let fallbacks = v["fallbacks_to_nl"].as_u64().unwrap();
+    assert_eq!(records, 126);
+    assert_eq!(v["samples"]["nl"].as_u64().unwrap(), fallbacks);
+    assert_eq!(v["samples"]["nl-pc"].as_u64().unwrap(), records - fallbacks);
+    assert!(fallbacks >= 8, "records without pseudo-code fall back");
+    assert!(v["trained_tokens"].as_u64() < v["tokens"].as_u64());
+    let eff = v["packing_efficiency"].as_f64().unwrap();
+    assert!(eff > 0.9 && eff <= 1.0, "{eff}");
+
+    let o = pctrain(&[
+        "data", "stats", "--data", "examples/tulu-pc.jsonl", "--mix", "nl-pc", "--require-pc",
+    ]);
+    let out = stdout(&o);
+    assert!(out.contains("samples                      106 (nl-pc 106)"), "{out}");
+    assert!(out.contains("dropped, no pc (--require-pc) 8"), "{out}");
+}
+
+#[test]
+fn bad_input_fails_with_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"messages\": [{\"role\": \"bot\", \"content\": \"x\"}]}\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    let err = fails(&["data", "stats", "--data", bad]);
+    assert!(err.contains(&format!("{bad}:2: messages[0].role")), "{err}");
+
+    let o = pctrain(&["data", "stats", "--data", bad, "--skip-invalid", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["invalid_skipped"], 1);
+    assert_eq!(v["records"], 1);
+    let o = pctrain(&["data", "inspect", "--data", bad, "--skip-invalid"]);
+    assert!(stderr(&o).contains("skipped 1 invalid records"), "{}", stderr(&o));
+
+    let err = fails(&["data", "inspect", "--data", "examples/nope.jsonl"]);
+    assert!(err.contains("examples/nope.jsonl"), "{err}");
+    let err = fails(&["data", "inspect", "--data", "examples/tulu-pc.jsonl", "--mix", "nl-pcx"]);
+    assert!(err.contains("nl-pcx"), "{err}");
+    let err = fails(&["data", "inspect", "--data", "examples/tulu-pc.jsonl", "--template", "zephyr"]);
+    assert!(err.contains("zephyr"), "{err}");
+    let err = fails(&["data", "inspect", "--data", "examples/tulu-pc.jsonl", "--tokenizer", "no/such/dir/"]);
+    assert!(err.contains("no/such/dir"), "{err}");
+    let err = fails(&["data", "inspect", "--data", "examples/tulu-pc.jsonl", "--pc-template", "{response}"]);
+    assert!(err.contains("{pseudo_code}"), "{err}");
+}
+
+#[test]
+fn a_model_folder_tokenizer_with_its_own_template() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(root().join("assets/tiny").join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+    )
+    .unwrap();
+    let o = pctrain(&[
+        "data", "inspect", "--data", "examples/tulu-pc.jsonl", "--limit", "1", "--json",
+        "--tokenizer", dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    assert!(v["text"].as_str().unwrap().starts_with("<|im_start|>system\n"), "{v}");
+}
