@@ -76,6 +76,10 @@ TEMPLATES: list[tuple[str, dict[str, str | None]]] = [
         "qwen2.5-instruct",  # Qwen/Qwen2.5-7B-Instruct
         {"bos_token": None, "eos_token": "<|im_end|>", "unk_token": None, "pad_token": "<|endoftext|>"},
     ),
+    (
+        "hf-env-probe",  # written for pctrain: exercises the Jinja environment itself
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": None, "pad_token": None},
+    ),
 ]
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}

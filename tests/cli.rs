@@ -38,8 +38,15 @@ fn fails(args: &[&str]) -> String {
 #[test]
 fn inspect_json_gives_one_sample_a_line_with_aligned_labels() {
     let o = pctrain(&[
-        "data", "inspect", "--data", "examples/tulu-pc.jsonl", "--mix", "nl-pc", "--json",
-        "--limit", "5",
+        "data",
+        "inspect",
+        "--data",
+        "examples/tulu-pc.jsonl",
+        "--mix",
+        "nl-pc",
+        "--json",
+        "--limit",
+        "5",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> = stdout(&o)
@@ -65,12 +72,23 @@ fn inspect_json_gives_one_sample_a_line_with_aligned_labels() {
 #[test]
 fn inspect_marks_the_trained_part() {
     let o = pctrain(&[
-        "data", "inspect", "--data", "examples/alpaca-pc.jsonl", "--mix", "nl", "--limit", "1",
-        "--template", "chatml",
+        "data",
+        "inspect",
+        "--data",
+        "examples/alpaca-pc.jsonl",
+        "--mix",
+        "nl",
+        "--limit",
+        "1",
+        "--template",
+        "chatml",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.starts_with("── sample 1 · id alpaca-pc.jsonl:1 · nl"), "{out}");
+    assert!(
+        out.starts_with("── sample 1 · id alpaca-pc.jsonl:1 · nl"),
+        "{out}"
+    );
     let marked = &out[out.find('⟦').unwrap()..out.find('⟧').unwrap()];
     assert!(marked.ends_with("<|im_end|>"), "{out}");
     assert!(!marked.contains("<|im_start|>user"), "{out}");
@@ -80,8 +98,16 @@ fn inspect_marks_the_trained_part() {
 fn inspect_shuffle_is_seeded() {
     let run = |seed: &str| {
         stdout(&pctrain(&[
-            "data", "inspect", "--data", "examples/tulu-pc.jsonl", "--json", "--shuffle",
-            "--seed", seed, "--limit", "5",
+            "data",
+            "inspect",
+            "--data",
+            "examples/tulu-pc.jsonl",
+            "--json",
+            "--shuffle",
+            "--seed",
+            seed,
+            "--limit",
+            "5",
         ]))
     };
     assert_eq!(run("1"), run("1"));
@@ -91,8 +117,16 @@ fn inspect_shuffle_is_seeded() {
 #[test]
 fn stats_counts_formats_fallbacks_and_packing() {
     let o = pctrain(&[
-        "data", "stats", "--data", "examples/tulu-pc.jsonl", "examples/alpaca-pc.jsonl", "--mix",
-        "nl-pc", "--seq-len", "1024", "--json",
+        "data",
+        "stats",
+        "--data",
+        "examples/tulu-pc.jsonl",
+        "examples/alpaca-pc.jsonl",
+        "--mix",
+        "nl-pc",
+        "--seq-len",
+        "1024",
+        "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
@@ -107,10 +141,19 @@ fn stats_counts_formats_fallbacks_and_packing() {
     assert!(eff > 0.9 && eff <= 1.0, "{eff}");
 
     let o = pctrain(&[
-        "data", "stats", "--data", "examples/tulu-pc.jsonl", "--mix", "nl-pc", "--require-pc",
+        "data",
+        "stats",
+        "--data",
+        "examples/tulu-pc.jsonl",
+        "--mix",
+        "nl-pc",
+        "--require-pc",
     ]);
     let out = stdout(&o);
-    assert!(out.contains("samples                      106 (nl-pc 106)"), "{out}");
+    assert!(
+        out.contains("samples                      106 (nl-pc 106)"),
+        "{out}"
+    );
     assert!(out.contains("dropped, no pc (--require-pc) 8"), "{out}");
 }
 
@@ -133,17 +176,49 @@ fn bad_input_fails_with_file_line_and_reason() {
     assert_eq!(v["invalid_skipped"], 1);
     assert_eq!(v["records"], 1);
     let o = pctrain(&["data", "inspect", "--data", bad, "--skip-invalid"]);
-    assert!(stderr(&o).contains("skipped 1 invalid records"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("skipped 1 invalid records"),
+        "{}",
+        stderr(&o)
+    );
 
     let err = fails(&["data", "inspect", "--data", "examples/nope.jsonl"]);
     assert!(err.contains("examples/nope.jsonl"), "{err}");
-    let err = fails(&["data", "inspect", "--data", "examples/tulu-pc.jsonl", "--mix", "nl-pcx"]);
+    let err = fails(&[
+        "data",
+        "inspect",
+        "--data",
+        "examples/tulu-pc.jsonl",
+        "--mix",
+        "nl-pcx",
+    ]);
     assert!(err.contains("nl-pcx"), "{err}");
-    let err = fails(&["data", "inspect", "--data", "examples/tulu-pc.jsonl", "--template", "zephyr"]);
+    let err = fails(&[
+        "data",
+        "inspect",
+        "--data",
+        "examples/tulu-pc.jsonl",
+        "--template",
+        "zephyr",
+    ]);
     assert!(err.contains("zephyr"), "{err}");
-    let err = fails(&["data", "inspect", "--data", "examples/tulu-pc.jsonl", "--tokenizer", "no/such/dir/"]);
+    let err = fails(&[
+        "data",
+        "inspect",
+        "--data",
+        "examples/tulu-pc.jsonl",
+        "--tokenizer",
+        "no/such/dir/",
+    ]);
     assert!(err.contains("no/such/dir"), "{err}");
-    let err = fails(&["data", "inspect", "--data", "examples/tulu-pc.jsonl", "--pc-template", "{response}"]);
+    let err = fails(&[
+        "data",
+        "inspect",
+        "--data",
+        "examples/tulu-pc.jsonl",
+        "--pc-template",
+        "{response}",
+    ]);
     assert!(err.contains("{pseudo_code}"), "{err}");
 }
 
@@ -159,10 +234,23 @@ fn a_model_folder_tokenizer_with_its_own_template() {
     )
     .unwrap();
     let o = pctrain(&[
-        "data", "inspect", "--data", "examples/tulu-pc.jsonl", "--limit", "1", "--json",
-        "--tokenizer", dir.path().to_str().unwrap(),
+        "data",
+        "inspect",
+        "--data",
+        "examples/tulu-pc.jsonl",
+        "--limit",
+        "1",
+        "--json",
+        "--tokenizer",
+        dir.path().to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
-    assert!(v["text"].as_str().unwrap().starts_with("<|im_start|>system\n"), "{v}");
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("<|im_start|>system\n"),
+        "{v}"
+    );
 }

@@ -74,7 +74,7 @@ mod tests {
         // text: "ab cd|ef" with a span over "cd" (bytes 3..5)
         let offsets = [(0, 2), (2, 5), (5, 6), (6, 8)];
         assert_eq!(
-            trained_mask(&offsets, &[3..5]),
+            trained_mask(&offsets, std::slice::from_ref(&(3..5))),
             vec![false, true, false, false]
         );
         assert_eq!(

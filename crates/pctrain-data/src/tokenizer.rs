@@ -222,17 +222,6 @@ fn read_config(path: &Path, text: &str) -> Result<(SpecialTokens, Option<String>
             ))),
         }
     };
-    let additional = match v.get("additional_special_tokens") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|t| match t {
-                Value::String(s) => Some(s.clone()),
-                Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
     let chat_template = match v.get("chat_template") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -257,7 +246,6 @@ fn read_config(path: &Path, text: &str) -> Result<(SpecialTokens, Option<String>
         eos: token("eos_token")?,
         unk: token("unk_token")?,
         pad: token("pad_token")?,
-        additional,
         all: Vec::new(),
     };
     Ok((special, chat_template))

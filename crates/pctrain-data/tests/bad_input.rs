@@ -37,13 +37,19 @@ fn unknown_role_names_the_field() {
     let e = error_on_line_2(
         r#"{"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}"#,
     );
-    assert!(e.contains("messages[1].role") && e.contains("\"tool\""), "{e}");
+    assert!(
+        e.contains("messages[1].role") && e.contains("\"tool\""),
+        "{e}"
+    );
 }
 
 #[test]
 fn record_with_neither_messages_nor_instruction() {
     let e = error_on_line_2(r#"{"prompt": "a", "completion": "b"}"#);
-    assert!(e.contains("neither `messages`") && e.contains("`instruction`"), "{e}");
+    assert!(
+        e.contains("neither `messages`") && e.contains("`instruction`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -127,5 +133,8 @@ fn a_template_error_names_the_record_line() {
     let (_d2, path) = jsonl(&[GOOD, sys]);
     let p = pipeline("nl", tpl.to_str().unwrap(), 256);
     let err = p.encode_all(&[path]).unwrap_err().to_string();
-    assert!(err.contains(":2: ") && err.contains("system messages are not supported"), "{err}");
+    assert!(
+        err.contains(":2: ") && err.contains("system messages are not supported"),
+        "{err}"
+    );
 }

@@ -74,7 +74,10 @@ fn generation_prompts_open_an_assistant_turn() {
     let msgs = &conversation()[..4];
     for (name, tail) in [
         ("tulu", "<|user|>\nBye\n<|assistant|>\n"),
-        ("llama3", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+        (
+            "llama3",
+            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        ),
         ("granite", "<|start_of_role|>assistant<|end_of_role|>"),
         ("chatml", "<|im_start|>assistant\n"),
         ("mistral", "[INST] Bye[/INST]"),

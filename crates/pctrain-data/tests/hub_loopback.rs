@@ -12,15 +12,15 @@ use pctrain_data::TextTokenizer;
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const TOKEN: &str = "hf_loopback_secret_token";
 
+/// Requests seen by the server: method, path, Authorization header.
+type RequestLog = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
+
 /// Serves `files` under `/{repo}/resolve/{revision}/{name}`; `pctrain-test/gated` answers 401.
 /// Records each request's method, path and Authorization header. Stops after `max` requests.
-fn serve(
-    files: HashMap<String, Vec<u8>>,
-    max: usize,
-) -> (String, Arc<Mutex<Vec<(String, String, Option<String>)>>>) {
+fn serve(files: HashMap<String, Vec<u8>>, max: usize) -> (String, RequestLog) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
     let seen = log.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().take(max) {
@@ -46,7 +46,9 @@ fn serve(
             let mut parts = request.split_whitespace();
             let method = parts.next().unwrap_or("").to_string();
             let path = parts.next().unwrap_or("").to_string();
-            seen.lock().unwrap().push((method.clone(), path.clone(), auth));
+            seen.lock()
+                .unwrap()
+                .push((method.clone(), path.clone(), auth));
             let response = if path.starts_with("/pctrain-test/gated/") {
                 "HTTP/1.1 401 Unauthorized\r\nX-Error-Code: GatedRepo\r\nX-Error-Message: Access to model pctrain-test/gated is restricted.\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".as_bytes().to_vec()
             } else {
@@ -98,9 +100,16 @@ fn tokenizer_from_a_hub_id_downloads_into_the_cache_and_works_offline() {
 
     let tok = TextTokenizer::load("pctrain-test/tiny").expect("download");
     let local = TextTokenizer::tiny().unwrap();
-    assert_eq!(tok.encode("Hello, pseudo-code!").unwrap(), local.encode("Hello, pseudo-code!").unwrap());
+    assert_eq!(
+        tok.encode("Hello, pseudo-code!").unwrap(),
+        local.encode("Hello, pseudo-code!").unwrap()
+    );
     assert_eq!(tok.special.eos.as_deref(), Some("<|end_of_text|>"));
-    assert_eq!(tok.chat_template.as_deref(), Some(template), "chat_template.jinja is read");
+    assert_eq!(
+        tok.chat_template.as_deref(),
+        Some(template),
+        "chat_template.jinja is read"
+    );
     // The files sit in the shared cache's layout.
     let snapshot = home
         .path()
@@ -120,16 +129,28 @@ fn tokenizer_from_a_hub_id_downloads_into_the_cache_and_works_offline() {
     let cached = TextTokenizer::load("pctrain-test/tiny").expect("offline from cache");
     assert_eq!(cached.encode("abc").unwrap(), tok.encode("abc").unwrap());
     assert_eq!(log.lock().unwrap().len(), before, "offline made no request");
-    let err = TextTokenizer::load("pctrain-test/absent").err().unwrap().to_string();
+    let err = TextTokenizer::load("pctrain-test/absent")
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     unsafe { std::env::remove_var("HF_HUB_OFFLINE") };
 
     // A gated repository says how to get access, and never shows the token.
-    let err = TextTokenizer::load("pctrain-test/gated").err().unwrap().to_string();
-    assert!(err.contains("hf auth login") && err.contains("HF_TOKEN"), "{err}");
+    let err = TextTokenizer::load("pctrain-test/gated")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("hf auth login") && err.contains("HF_TOKEN"),
+        "{err}"
+    );
     assert!(!err.contains(TOKEN), "the token leaked into: {err}");
 
     // A repository without tokenizer.json.
-    let err = TextTokenizer::load("pctrain-test/empty").err().unwrap().to_string();
+    let err = TextTokenizer::load("pctrain-test/empty")
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
 }

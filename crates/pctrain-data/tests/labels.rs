@@ -19,7 +19,7 @@ fn assistant_turns_and_their_closing_token_are_the_only_trained_tokens() {
     ];
     for (template, closing) in cases {
         let p = pipeline("nl", template, 4096);
-        let samples = prepared(&p, &[file.clone()]);
+        let samples = prepared(&p, std::slice::from_ref(&file));
         assert_eq!(samples.len(), 1);
         let runs = trained_runs(&p, &samples[0].encoded);
         let expect_first = format!("Blue.{closing}");
@@ -49,7 +49,7 @@ fn tokens_decode_back_to_the_rendered_text() {
 #[test]
 fn truncation_cuts_at_seq_len_and_keeps_a_prefix() {
     let (_d, file) = jsonl(&[MULTI_TURN]);
-    let full = &prepared(&pipeline("nl", "tulu", 4096), &[file.clone()])[0];
+    let full = &prepared(&pipeline("nl", "tulu", 4096), std::slice::from_ref(&file))[0];
     let n = full.encoded.len();
     let cut_at = n - 5;
     let cut = &prepared(&pipeline("nl", "tulu", cut_at), &[file])[0];

@@ -13,7 +13,9 @@ fn single() -> Record {
             Message::new(Role::User, "Write a haiku in lowercase."),
             Message::new(Role::Assistant, "soft rain on the roof"),
         ],
-        pseudo_code: vec![Some("def haiku() -> str:\n    return write_haiku(lowercase=True)".into())],
+        pseudo_code: vec![Some(
+            "def haiku() -> str:\n    return write_haiku(lowercase=True)".into(),
+        )],
     }
 }
 
@@ -167,9 +169,16 @@ fn blends_are_deterministic_by_seed_and_follow_their_weights() {
     let mix: Mix = "nl:0.25,nl-pc:0.75".parse().unwrap();
     let a = blend_choices(&mix, 42, 4000);
     assert_eq!(a, blend_choices(&mix, 42, 4000), "same seed, same picks");
-    assert_ne!(a, blend_choices(&mix, 43, 4000), "another seed, other picks");
+    assert_ne!(
+        a,
+        blend_choices(&mix, 43, 4000),
+        "another seed, other picks"
+    );
     let nl = a.iter().filter(|f| f[..] == [Format::Nl]).count();
-    assert!((900..1100).contains(&nl), "{nl} of 4000 picked nl at weight 0.25");
+    assert!(
+        (900..1100).contains(&nl),
+        "{nl} of 4000 picked nl at weight 0.25"
+    );
     // Each record's pick does not depend on which other records are there.
     let alone = mix.formats_for(42, "record-17");
     assert_eq!(alone, &a[17][..]);

@@ -59,7 +59,11 @@ fn packed_rows_keep_samples_apart() {
                 continue;
             }
             // Positions restart at each sample's first token.
-            let start = (0..=q).rev().take_while(|&k| row.segment_ids[k] == seg).last().unwrap();
+            let start = (0..=q)
+                .rev()
+                .take_while(|&k| row.segment_ids[k] == seg)
+                .last()
+                .unwrap();
             assert_eq!(row.position_ids[q] as usize, q - start);
             // Ids of one segment come from one sample.
             assert_eq!(row.input_ids[q] / 1000, row.input_ids[start] / 1000);
@@ -75,7 +79,11 @@ fn packed_rows_keep_samples_apart() {
         }
     }
     seen.sort();
-    assert_eq!(seen, (0..10).collect::<Vec<_>>(), "each sample exactly once per epoch");
+    assert_eq!(
+        seen,
+        (0..10).collect::<Vec<_>>(),
+        "each sample exactly once per epoch"
+    );
 }
 
 #[test]
@@ -121,7 +129,10 @@ fn epochs_shuffle_by_seed() {
     let c = cfg(64);
     assert_eq!(epoch_rows(&data, &c, 0), epoch_rows(&data, &c, 0));
     assert_ne!(epoch_rows(&data, &c, 0), epoch_rows(&data, &c, 1));
-    let other_seed = LoaderConfig { seed: 8, ..c.clone() };
+    let other_seed = LoaderConfig {
+        seed: 8,
+        ..c.clone()
+    };
     assert_ne!(epoch_rows(&data, &c, 0), epoch_rows(&data, &other_seed, 0));
     let unshuffled = LoaderConfig {
         shuffle: false,
@@ -138,8 +149,9 @@ fn epochs_shuffle_by_seed() {
 #[test]
 fn resuming_from_a_position_continues_exactly() {
     let data = samples(&[5, 9, 3, 12, 7, 1, 8, 4, 6, 2, 11, 10]);
-    let all: Vec<(Position, PackedRow)> =
-        Loader::new(&data, cfg(16), 0, Position::default()).unwrap().collect();
+    let all: Vec<(Position, PackedRow)> = Loader::new(&data, cfg(16), 0, Position::default())
+        .unwrap()
+        .collect();
     let per_epoch = epoch_rows(&data, &cfg(16), 0).len();
     assert_eq!(all.len(), 3 * per_epoch, "three epochs");
     for stop in [1, per_epoch - 1, per_epoch, per_epoch + 2, all.len() - 1] {
@@ -159,7 +171,17 @@ fn resuming_from_a_position_continues_exactly() {
 #[test]
 fn a_position_past_the_epoch_is_refused() {
     let data = samples(&[5, 9]);
-    let err = Loader::new(&data, cfg(16), 0, Position { epoch: 0, index: 99 }).err().unwrap();
+    let err = Loader::new(
+        &data,
+        cfg(16),
+        0,
+        Position {
+            epoch: 0,
+            index: 99,
+        },
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("past the end"), "{err}");
 }
 

@@ -26,8 +26,6 @@ pub struct SpecialTokens {
     pub eos: Option<String>,
     pub unk: Option<String>,
     pub pad: Option<String>,
-    /// `additional_special_tokens` of tokenizer_config.json.
-    pub additional: Vec<String>,
     /// Every special token of the tokenizer (added tokens marked special).
     pub all: Vec<String>,
 }
@@ -199,12 +197,6 @@ impl ChatTemplate {
             if let Some(t) = token {
                 ctx.push((key, Value::from(t.as_str())));
             }
-        }
-        if !special.additional.is_empty() {
-            ctx.push((
-                "additional_special_tokens",
-                Value::from(special.additional.clone()),
-            ));
         }
         let ctx: std::collections::BTreeMap<&str, Value> = ctx.into_iter().collect();
         let ctx = Value::from(ctx);
