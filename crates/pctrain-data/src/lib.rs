@@ -25,7 +25,7 @@ pub use loader::{Loader, LoaderConfig, Position};
 pub use mix::{Format, Mix, MixCounts, Mixer, PcJoin, Sample};
 pub use pack::{PackedRow, Row};
 pub use pipeline::{Pipeline, Prepared, Stats};
-pub use reader::JsonlReader;
+pub use reader::{JsonlReader, ParquetReader, RecordReader};
 pub use record::{Message, Record, Role};
 pub use template::{ChatTemplate, Rendered, SpecialTokens, TemplateChoice};
 pub use tokenizer::{TextTokenizer, Tokens};

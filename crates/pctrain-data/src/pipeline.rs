@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::error::{DataError, Result};
 use crate::labels::{trained_mask, Encoded};
 use crate::mix::{MixCounts, Mixer};
-use crate::reader::JsonlReader;
+use crate::reader::RecordReader;
 use crate::record::Record;
 use crate::template::ChatTemplate;
 use crate::tokenizer::TextTokenizer;
@@ -100,7 +100,7 @@ impl Pipeline {
     ) -> Result<Stats> {
         let mut stats = Stats::default();
         for path in files {
-            let mut reader = JsonlReader::open(path)?;
+            let mut reader = RecordReader::open(path)?;
             while let Some(item) = reader.next() {
                 let prepared = item.and_then(|record| {
                     self.prepare(&record, &mut stats)

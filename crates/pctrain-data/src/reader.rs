@@ -1,16 +1,114 @@
-//! Streaming readers for JSONL data files in Tulu v2's and Alpaca's shapes.
+//! Streaming readers for data files (JSONL, or Parquet with the same fields) in Tulu v2's and
+//! Alpaca's shapes.
 //!
-//! A file is read one line at a time, so its size does not matter. Each line becomes a [`Record`]
-//! or an error that names the file, the line and what is wrong.
+//! A JSONL file is read one line at a time and a Parquet file one row group at a time, so a file's
+//! size does not matter. Each line (or row) becomes a [`Record`] or an error that names the file,
+//! the line (the 1-based row for Parquet) and what is wrong.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use parquet::file::reader::SerializedFileReader;
+use parquet::record::reader::RowIter;
 use serde_json::{Map, Value};
 
 use crate::error::{DataError, Result};
 use crate::record::{Message, Record, Role};
+
+/// Reads records from a JSONL or Parquet file, chosen by its extension (`.parquet`).
+pub enum RecordReader {
+    Jsonl(JsonlReader),
+    Parquet(ParquetReader),
+}
+
+impl RecordReader {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+        {
+            Ok(RecordReader::Parquet(ParquetReader::open(path)?))
+        } else {
+            Ok(RecordReader::Jsonl(JsonlReader::open(path)?))
+        }
+    }
+
+    /// The 1-based line (row, for Parquet) of the record read last.
+    pub fn line(&self) -> u64 {
+        match self {
+            RecordReader::Jsonl(r) => r.line,
+            RecordReader::Parquet(r) => r.row,
+        }
+    }
+}
+
+impl Iterator for RecordReader {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            RecordReader::Jsonl(r) => r.next(),
+            RecordReader::Parquet(r) => r.next(),
+        }
+    }
+}
+
+/// Reads records from one Parquet file, row by row; columns as in JSONL (`messages` a list of
+/// `{role, content}` structs, or `instruction`/`input`/`output`; optional `id`, `pseudo_code`).
+pub struct ParquetReader {
+    path: PathBuf,
+    file_name: String,
+    rows: RowIter<'static>,
+    row: u64,
+}
+
+impl ParquetReader {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
+        let reader = SerializedFileReader::new(file).map_err(|e| DataError::Record {
+            path: path.clone(),
+            line: 0,
+            message: format!("not a readable Parquet file: {e}"),
+        })?;
+        Ok(ParquetReader {
+            file_name: file_name(&path),
+            path,
+            rows: reader.into_iter(),
+            row: 0,
+        })
+    }
+}
+
+impl Iterator for ParquetReader {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let row = self.rows.next()?;
+        self.row += 1;
+        let error = |message: String| DataError::Record {
+            path: self.path.clone(),
+            line: self.row,
+            message,
+        };
+        Some(match row {
+            Ok(row) => parse_record(
+                row.to_json_value(),
+                format!("{}:{}", self.file_name, self.row),
+            )
+            .map_err(error),
+            Err(e) => Err(error(format!("unreadable row: {e}"))),
+        })
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
 
 /// Reads records from one JSONL file, line by line.
 pub struct JsonlReader {
@@ -42,10 +140,7 @@ impl JsonlReader {
                 std::io::Error::other("is a directory, expected a JSONL file"),
             ));
         }
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
+        let file_name = file_name(&path);
         Ok(JsonlReader {
             path,
             file_name,
@@ -53,11 +148,6 @@ impl JsonlReader {
             line: 0,
             buf: Vec::new(),
         })
-    }
-
-    /// The 1-based line of the record read last.
-    pub fn line(&self) -> u64 {
-        self.line
     }
 
     fn error(&self, message: impl Into<String>) -> DataError {
