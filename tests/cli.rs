@@ -254,3 +254,78 @@ fn a_model_folder_tokenizer_with_its_own_template() {
         "{v}"
     );
 }
+
+const LLAMA: &str = "crates/pctrain-model/tests/fixtures/llama";
+const EVAL_RECORDS: &str = "crates/pctrain-model/tests/fixtures/eval-records.jsonl";
+
+#[test]
+fn samples_match_an_independent_python_tokenisation() {
+    // eval-samples.jsonl was written by scripts/make_fixtures.py with the `tokenizers` library.
+    let o = pctrain(&[
+        "data",
+        "inspect",
+        "--data",
+        EVAL_RECORDS,
+        "--mix",
+        "nl",
+        "--seq-len",
+        "64",
+        "--json",
+        "--tokenizer",
+        LLAMA,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let theirs: Vec<serde_json::Value> =
+        std::fs::read_to_string(root().join(LLAMA).join("eval-samples.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a["id"], b["id"]);
+        assert_eq!(a["input_ids"], b["input_ids"], "{}", a["id"]);
+        assert_eq!(a["labels"], b["labels"], "{}", a["id"]);
+    }
+}
+
+#[test]
+fn eval_gives_the_loss_transformers_gives() {
+    let o = pctrain(&[
+        "eval",
+        "--base",
+        LLAMA,
+        "--data",
+        EVAL_RECORDS,
+        "--mix",
+        "nl",
+        "--seq-len",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let got: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join(LLAMA).join("eval-reference.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got["tokens"], want["tokens"]);
+    let (g, w) = (
+        got["loss"].as_f64().unwrap(),
+        want["loss"].as_f64().unwrap(),
+    );
+    assert!(((g - w) / w).abs() < 1e-5, "loss {g} vs transformers {w}");
+
+    let err = fails(&[
+        "eval",
+        "--base",
+        "no/such/model/dir/",
+        "--data",
+        EVAL_RECORDS,
+    ]);
+    assert!(err.contains("no/such/model/dir/"), "{err}");
+}

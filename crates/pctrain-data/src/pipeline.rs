@@ -25,6 +25,8 @@ pub struct Pipeline {
     pub seq_len: usize,
     /// Skip malformed records (counted) instead of failing.
     pub skip_invalid: bool,
+    /// Threads that prepare records (rendering and tokenising); 1 prepares on the caller's.
+    pub threads: usize,
 }
 
 /// A tokenised sample with the text it came from, for inspection.
@@ -83,49 +85,70 @@ impl Pipeline {
         if tokenizer.special.eos.is_none() {
             tracing::warn!("the tokenizer has no EOS token: answers will not be trained to stop");
         }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Pipeline {
             mixer,
             template,
             tokenizer,
             seq_len,
             skip_invalid,
+            threads,
         })
     }
 
     /// Runs through `files` in order, handing each kept sample to `visit` until it breaks.
+    /// Records are prepared in parallel, a batch at a time, and visited in file order.
     pub fn run(
         &self,
         files: &[PathBuf],
-        mut visit: impl FnMut(Prepared) -> Result<ControlFlow<()>>,
+        mut visit: impl FnMut(Prepared) -> ControlFlow<()>,
     ) -> Result<Stats> {
         let mut stats = Stats::default();
         for path in files {
             let mut reader = RecordReader::open(path)?;
-            while let Some(item) = reader.next() {
-                let prepared = item.and_then(|record| {
-                    self.prepare(&record, &mut stats)
-                        .map_err(|e| at_line(path, reader.line(), e))
-                });
-                let samples = match prepared {
-                    Ok(s) => s,
-                    Err(e) if self.skip_invalid && e.is_invalid_record() => {
-                        tracing::warn!("skipped: {e}");
-                        stats.invalid_skipped += 1;
-                        continue;
+            loop {
+                // Each record with its line.
+                let mut batch: Vec<(u64, Result<Record>)> = Vec::with_capacity(BATCH_RECORDS);
+                while batch.len() < BATCH_RECORDS {
+                    match reader.next() {
+                        Some(r) => batch.push((reader.line(), r)),
+                        None => break,
                     }
-                    Err(e) => return Err(e),
-                };
-                stats.records += 1;
-                for p in samples {
-                    *stats
-                        .samples
-                        .entry(p.encoded.format.as_str().to_string())
-                        .or_default() += 1;
-                    stats.tokens += p.encoded.len() as u64;
-                    stats.trained_tokens += p.encoded.trained_tokens() as u64;
-                    stats.truncated += u64::from(p.encoded.truncated);
-                    if visit(p)?.is_break() {
-                        return Ok(stats);
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                let prepared = self.prepare_batch(&batch);
+                for ((line, record), prepared) in batch.into_iter().zip(prepared) {
+                    let outcome = match (record, prepared) {
+                        (Err(e), _) => Err(e),
+                        (Ok(_), Some(r)) => r.map_err(|e| at_line(path, line, e)),
+                        (Ok(_), None) => unreachable!("every valid record is prepared"),
+                    };
+                    let (samples, counts) = match outcome {
+                        Ok(s) => s,
+                        Err(e) if self.skip_invalid && e.is_invalid_record() => {
+                            tracing::warn!("skipped: {e}");
+                            stats.invalid_skipped += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    stats.records += 1;
+                    stats.mix.fallbacks_to_nl += counts.mix.fallbacks_to_nl;
+                    stats.mix.dropped_without_pc += counts.mix.dropped_without_pc;
+                    stats.dropped_untrained += counts.dropped_untrained;
+                    for p in samples {
+                        *stats
+                            .samples
+                            .entry(p.encoded.format.as_str().to_string())
+                            .or_default() += 1;
+                        stats.tokens += p.encoded.len() as u64;
+                        stats.trained_tokens += p.encoded.trained_tokens() as u64;
+                        stats.truncated += u64::from(p.encoded.truncated);
+                        if visit(p).is_break() {
+                            return Ok(stats);
+                        }
                     }
                 }
             }
@@ -138,16 +161,40 @@ impl Pipeline {
         let mut out = Vec::new();
         let stats = self.run(files, |p| {
             out.push(p.encoded);
-            Ok(ControlFlow::Continue(()))
+            ControlFlow::Continue(())
         })?;
         Ok((out, stats))
     }
 
+    /// Prepares the valid records of a batch on up to `threads` threads; `None` for invalid ones.
+    fn prepare_batch(&self, batch: &[(u64, Result<Record>)]) -> Vec<Option<Result<Prepare>>> {
+        let threads = self.threads.clamp(1, batch.len().max(1));
+        let work = |items: &[(u64, Result<Record>)]| -> Vec<Option<Result<Prepare>>> {
+            items
+                .iter()
+                .map(|(_, r)| r.as_ref().ok().map(|record| self.prepare(record)))
+                .collect()
+        };
+        if threads == 1 {
+            return work(batch);
+        }
+        let chunk = batch.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .chunks(chunk)
+                .map(|items| scope.spawn(move || work(items)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    }
+
     /// The samples one record gives; samples left with no trained token are dropped (counted).
-    /// Mixing counts go into `stats` when the record succeeds.
-    pub fn prepare(&self, record: &Record, stats: &mut Stats) -> Result<Vec<Prepared>> {
-        let mut mix = MixCounts::default();
-        let samples = self.mixer.samples(record, &mut mix);
+    pub fn prepare(&self, record: &Record) -> Result<Prepare> {
+        let mut counts = PrepareCounts::default();
+        let samples = self.mixer.samples(record, &mut counts.mix);
         let mut out = Vec::with_capacity(samples.len());
         for sample in samples {
             let rendered = self.template.render_with_spans(
@@ -161,7 +208,7 @@ impl Pipeline {
             tokens.offsets.truncate(self.seq_len);
             let trained = trained_mask(&tokens.offsets, &rendered.spans);
             if !trained.contains(&true) {
-                stats.dropped_untrained += 1;
+                counts.dropped_untrained += 1;
                 continue;
             }
             out.push(Prepared {
@@ -177,10 +224,22 @@ impl Pipeline {
                 offsets: tokens.offsets,
             });
         }
-        stats.mix.fallbacks_to_nl += mix.fallbacks_to_nl;
-        stats.mix.dropped_without_pc += mix.dropped_without_pc;
-        Ok(out)
+        Ok((out, counts))
     }
+}
+
+/// Records read and prepared together; large enough to keep every thread busy.
+const BATCH_RECORDS: usize = 512;
+
+/// What preparing one record gives: its samples and what was dropped on the way.
+pub type Prepare = (Vec<Prepared>, PrepareCounts);
+
+/// Counts from preparing one record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrepareCounts {
+    pub mix: MixCounts,
+    /// Samples left without a trained token.
+    pub dropped_untrained: u64,
 }
 
 /// Gives a sample's error the file and line of its record.

@@ -138,3 +138,18 @@ fn a_template_error_names_the_record_line() {
         "{err}"
     );
 }
+
+#[test]
+fn line_numbers_count_blank_lines_and_span_batches() {
+    // 600 good records (more than one parallel batch), a blank line, then a bad record.
+    let mut lines: Vec<&str> = vec![GOOD; 600];
+    lines.push("");
+    lines.push(r#"{"messages": [{"role": "user"}]}"#);
+    let (_d, path) = jsonl(&lines);
+    let p = pipeline("nl", "tulu", 256);
+    let err = p.encode_all(&[path]).unwrap_err().to_string();
+    assert!(
+        err.contains(":602: messages[0]: missing field `content`"),
+        "{err}"
+    );
+}

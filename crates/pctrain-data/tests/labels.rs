@@ -73,7 +73,7 @@ fn samples_left_without_trained_tokens_are_dropped_and_counted() {
     let stats = p
         .run(&[file], |s| {
             kept.push(s.encoded.id.clone());
-            Ok(std::ops::ControlFlow::Continue(()))
+            std::ops::ControlFlow::Continue(())
         })
         .unwrap();
     assert_eq!(kept, vec!["s"]);

@@ -1,1 +1,17 @@
-//! The model crate: configs, weights, the decoder with explicit backward and LoRA (issue 3).
+//! pctrain's models: Llama, Mistral and Granite decoders read from Hugging Face folders, with LoRA
+//! adapters in PEFT's format. Every layer lives in its own file under [`layers`].
+
+pub mod backward;
+pub mod config;
+pub mod error;
+pub mod layers;
+pub mod lora;
+pub mod model;
+pub mod weights;
+
+pub use backward::{Grads, LayerGrads, StepOptions, TrainMode};
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use lora::{LoraAdapter, LoraConfig, Target};
+pub use model::{Batch, Model};
+pub use weights::ModelWeights;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use pctrain_data::loader::{epoch_rows, packing_efficiency};
 use pctrain_data::{
     LoaderConfig, Mix, Mixer, PcJoin, Pipeline, Prepared, Stats, TemplateChoice, TextTokenizer,
@@ -29,8 +30,9 @@ pub struct DataArgs {
     #[arg(long, default_value = "nl-pc")]
     pub mix: String,
     /// tokenizer.json, a model folder, a hub id (owner/name[@revision]), or `tiny` (built in).
-    #[arg(long, default_value = "tiny")]
-    pub tokenizer: String,
+    /// Default: `tiny`, or the base model's tokenizer for `eval`.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
     /// auto (the model's chat template, else tulu), hf, tulu, llama3, mistral, granite, chatml, or
     /// a .jinja file.
     #[arg(long, default_value = "auto")]
@@ -53,16 +55,20 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// Builds the pipeline these arguments describe.
+    /// Builds the pipeline these arguments describe, with `--tokenizer` (default `tiny`).
     pub fn pipeline(&self) -> Result<Pipeline> {
+        let tokenizer = match self.tokenizer.as_deref() {
+            None | Some("tiny") => TextTokenizer::tiny()?,
+            Some(spec) => TextTokenizer::load(spec)?,
+        };
+        self.pipeline_with(tokenizer)
+    }
+
+    /// Builds the pipeline these arguments describe around `tokenizer`.
+    pub fn pipeline_with(&self, tokenizer: TextTokenizer) -> Result<Pipeline> {
         let mix: Mix = self.mix.parse()?;
         let join = PcJoin::parse(&self.pc_template)?;
         let choice = TemplateChoice::parse(&self.template)?;
-        let tokenizer = if self.tokenizer == "tiny" {
-            TextTokenizer::tiny()?
-        } else {
-            TextTokenizer::load(&self.tokenizer)?
-        };
         let template = choice.load(tokenizer.chat_template.as_deref())?;
         let mixer = Mixer {
             mix,
@@ -119,19 +125,20 @@ fn inspect(args: InspectArgs) -> Result<()> {
     let limit = args.limit.unwrap_or(usize::MAX);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let show = |n: usize, p: &Prepared, out: &mut dyn Write| -> Result<()> {
+    let show = |n: usize, p: &Prepared, out: &mut dyn Write| -> std::io::Result<()> {
         if args.json {
             write_json(p, out)
         } else {
             write_plain(n, p, color, out)
         }
     };
+    let mut written: std::io::Result<()> = Ok(());
     let stats = if args.shuffle {
         // Shuffling needs every sample first.
         let mut all = Vec::new();
         let stats = pipeline.run(&args.data.data, |p| {
             all.push(p);
-            Ok(ControlFlow::Continue(()))
+            ControlFlow::Continue(())
         })?;
         let encoded: Vec<_> = all.iter().map(|p| p.encoded.clone()).collect();
         let cfg = LoaderConfig {
@@ -142,21 +149,32 @@ fn inspect(args: InspectArgs) -> Result<()> {
             ..LoaderConfig::default()
         };
         for (n, row) in epoch_rows(&encoded, &cfg, 0).iter().take(limit).enumerate() {
-            show(n + 1, &all[row.samples[0]], &mut out)?;
+            written = show(n + 1, &all[row.samples[0]], &mut out);
+            if written.is_err() {
+                break;
+            }
         }
         stats
     } else {
         let mut n = 0;
         pipeline.run(&args.data.data, |p| {
             if n >= limit {
-                return Ok(ControlFlow::Break(()));
+                return ControlFlow::Break(());
             }
             n += 1;
-            show(n, &p, &mut out).map_err(|e| pctrain_data::DataError::Config(e.to_string()))?;
-            Ok(ControlFlow::Continue(()))
+            written = show(n, &p, &mut out);
+            if written.is_err() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         })?
     };
-    out.flush()?;
+    match written.and_then(|()| out.flush()) {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
+    }
     if stats.invalid_skipped > 0 {
         eprintln!("skipped {} invalid records", stats.invalid_skipped);
     }
@@ -169,7 +187,7 @@ fn kept_text(p: &Prepared) -> &str {
     &p.text[..end.min(p.text.len())]
 }
 
-fn write_json(p: &Prepared, out: &mut dyn Write) -> Result<()> {
+fn write_json(p: &Prepared, out: &mut dyn Write) -> std::io::Result<()> {
     let line = serde_json::json!({
         "id": p.encoded.id,
         "format": p.encoded.format,
@@ -177,12 +195,11 @@ fn write_json(p: &Prepared, out: &mut dyn Write) -> Result<()> {
         "input_ids": p.encoded.input_ids,
         "labels": p.encoded.labels(),
     });
-    writeln!(out, "{line}")?;
-    Ok(())
+    writeln!(out, "{line}")
 }
 
 /// The sample's text with trained bytes marked: green on a terminal, `⟦...⟧` otherwise.
-fn write_plain(n: usize, p: &Prepared, color: bool, out: &mut dyn Write) -> Result<()> {
+fn write_plain(n: usize, p: &Prepared, color: bool, out: &mut dyn Write) -> std::io::Result<()> {
     let e = &p.encoded;
     writeln!(
         out,
@@ -219,15 +236,25 @@ fn write_plain(n: usize, p: &Prepared, color: bool, out: &mut dyn Write) -> Resu
         write!(out, "{}{open}{}{close}", &text[pos..s], &text[s..t])?;
         pos = t;
     }
-    writeln!(out, "{}\n", &text[pos..])?;
-    Ok(())
+    writeln!(out, "{}\n", &text[pos..])
 }
 
 fn stats(args: StatsArgs) -> Result<()> {
     let pipeline = args.data.pipeline()?;
-    let (encoded, stats) = pipeline
-        .encode_all(&args.data.data)
+    // A spinner on stderr for long files; hidden when stderr is not a terminal.
+    let progress = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} {pos} samples ({per_sec}) {elapsed}")
+            .expect("valid template"),
+    );
+    let mut encoded = Vec::new();
+    let stats = pipeline
+        .run(&args.data.data, |p| {
+            encoded.push(p.encoded);
+            progress.inc(1);
+            ControlFlow::Continue(())
+        })
         .context("reading the data")?;
+    progress.finish_and_clear();
     let cfg = LoaderConfig {
         seq_len: args.data.seq_len,
         packing: !args.no_packing,

@@ -1,6 +1,7 @@
 //! `pctrain`: fine-tune LLMs on instructions re-expressed as pseudo-code.
 
 mod data_cmd;
+mod eval_cmd;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,9 @@ enum Command {
     /// Look at training samples: `data inspect`, `data stats`.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Mean cross-entropy of a model on the trained tokens of a data set; the last line is JSON
+    /// {"loss", "tokens"}.
+    Eval(eval_cmd::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(cmd) => data_cmd::run(cmd),
+        Command::Eval(args) => eval_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

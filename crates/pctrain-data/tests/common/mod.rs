@@ -38,7 +38,7 @@ pub fn prepared(p: &Pipeline, files: &[PathBuf]) -> Vec<Prepared> {
     let mut out = Vec::new();
     p.run(files, |s| {
         out.push(s);
-        Ok(std::ops::ControlFlow::Continue(()))
+        std::ops::ControlFlow::Continue(())
     })
     .unwrap();
     out

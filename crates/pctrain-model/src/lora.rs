@@ -1,0 +1,220 @@
+//! LoRA adapters in PEFT's format: `adapter_config.json` and `adapter_model.safetensors` with keys
+//! `base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::layers::linear::Lora;
+
+/// The seven linear layers of a decoder layer that LoRA can adapt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
+
+    /// The module name transformers and PEFT use (`q_proj`, ...).
+    pub fn module(self) -> &'static str {
+        match self {
+            Target::Q => "q_proj",
+            Target::K => "k_proj",
+            Target::V => "v_proj",
+            Target::O => "o_proj",
+            Target::Gate => "gate_proj",
+            Target::Up => "up_proj",
+            Target::Down => "down_proj",
+        }
+    }
+
+    pub fn from_module(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.module() == name)
+    }
+
+    /// `self_attn` or `mlp`.
+    fn block(self) -> &'static str {
+        match self {
+            Target::Q | Target::K | Target::V | Target::O => "self_attn",
+            _ => "mlp",
+        }
+    }
+
+    /// `(out_features, in_features)` of this layer.
+    pub fn shape(self, c: &ModelConfig) -> (usize, usize) {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        match self {
+            Target::Q => (c.num_heads * c.head_dim, h),
+            Target::K | Target::V => (c.num_kv_heads * c.head_dim, h),
+            Target::O => (h, c.num_heads * c.head_dim),
+            Target::Gate | Target::Up => (i, h),
+            Target::Down => (h, i),
+        }
+    }
+
+    /// PEFT's key prefix for this layer in decoder layer `layer`.
+    pub fn peft_prefix(self, layer: usize) -> String {
+        format!(
+            "base_model.model.model.layers.{layer}.{}.{}",
+            self.block(),
+            self.module()
+        )
+    }
+}
+
+/// LoRA hyper-parameters, as in `adapter_config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub rslora: bool,
+    pub targets: Vec<Target>,
+}
+
+impl LoraConfig {
+    /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// The adapters of one decoder layer, by target (`None` where a layer is not adapted).
+pub type LayerLora = [Option<Lora>; 7];
+
+/// Every adapter of a model.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub config: LoraConfig,
+    pub layers: Vec<LayerLora>,
+}
+
+impl LoraAdapter {
+    /// Loads a PEFT adapter folder, checking names and shapes against the model.
+    pub fn load(dir: &Path, model: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let config = read_adapter_config(&dir.join("adapter_config.json"))?;
+        let file = dir.join("adapter_model.safetensors");
+        let err = |message: String| ModelError::Weights {
+            path: file.clone(),
+            message,
+        };
+        if !file.is_file() {
+            return Err(err(
+                "missing (only safetensors adapters load; adapter_model.bin is refused)".into(),
+            ));
+        }
+        let tensors = candle_core::safetensors::load(&file, device)
+            .map_err(|e| err(format!("cannot read safetensors: {e}")))?;
+        let scale = config.scale();
+        let mut layers = Vec::with_capacity(model.num_layers);
+        for l in 0..model.num_layers {
+            let mut layer: LayerLora = Default::default();
+            for &t in &config.targets {
+                let (out, inp) = t.shape(model);
+                let prefix = t.peft_prefix(l);
+                let get = |name: String, shape: [usize; 2]| -> Result<Tensor> {
+                    let tensor = tensors
+                        .get(&name)
+                        .ok_or_else(|| err(format!("missing tensor `{name}`")))?;
+                    if tensor.dims() != shape {
+                        return Err(err(format!(
+                            "tensor `{name}` has shape {:?}, expected {shape:?}",
+                            tensor.dims()
+                        )));
+                    }
+                    Ok(tensor.to_dtype(dtype)?)
+                };
+                layer[t as usize] = Some(Lora {
+                    a: get(format!("{prefix}.lora_A.weight"), [config.r, inp])?,
+                    b: get(format!("{prefix}.lora_B.weight"), [out, config.r])?,
+                    scale,
+                });
+            }
+            layers.push(layer);
+        }
+        Ok(LoraAdapter { config, layers })
+    }
+}
+
+/// Reads r, alpha, dropout, rsLoRA and target modules from PEFT's `adapter_config.json`.
+pub fn read_adapter_config(path: &Path) -> Result<LoraConfig> {
+    let err = |message: String| ModelError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("malformed JSON: {e}")))?;
+    match v.get("peft_type").and_then(Value::as_str) {
+        Some("LORA") => {}
+        other => return Err(err(format!("peft_type {other:?} is not LORA"))),
+    }
+    if v.get("use_dora").and_then(Value::as_bool) == Some(true) {
+        return Err(err("DoRA adapters are not supported".into()));
+    }
+    let r = v
+        .get("r")
+        .and_then(Value::as_u64)
+        .filter(|&r| r > 0)
+        .ok_or_else(|| err("field `r`: expected a positive integer".into()))? as usize;
+    let alpha = v
+        .get("lora_alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| err("field `lora_alpha`: expected a number".into()))?;
+    let targets = match v.get("target_modules") {
+        Some(Value::Array(names)) => {
+            let mut targets = names
+                .iter()
+                .map(|n| {
+                    n.as_str().and_then(Target::from_module).ok_or_else(|| {
+                        err(format!(
+                            "target module {n} is not one of q, k, v, o, gate, up, down_proj"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            targets.sort();
+            targets.dedup();
+            targets
+        }
+        _ => {
+            return Err(err(
+                "field `target_modules`: expected a list of module names".into(),
+            ))
+        }
+    };
+    Ok(LoraConfig {
+        r,
+        alpha,
+        dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+        rslora: v
+            .get("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        targets,
+    })
+}

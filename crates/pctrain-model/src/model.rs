@@ -1,0 +1,181 @@
+//! The decoder: embeddings, layers of (norm, attention, residual, norm, SwiGLU, residual), final
+//! norm, and the output projection. One implementation for Llama, Mistral and Granite.
+
+use candle_core::{Device, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::layers::attention::{attention_forward, attention_mask};
+use crate::layers::linear::{linear_forward, Lora};
+use crate::layers::loss::{cross_entropy_forward, shift_targets, LossSum};
+use crate::layers::mlp::swiglu_forward;
+use crate::layers::norm::rms_norm_forward;
+use crate::layers::rope::{inverse_frequencies, rope_forward, rope_tables};
+use crate::lora::{LayerLora, LoraAdapter, Target};
+use crate::weights::{LayerWeights, ModelWeights};
+
+/// One batch of packed rows, row-major `[B, T]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub rows: usize,
+    pub seq_len: usize,
+    pub input_ids: Vec<u32>,
+    /// Position within each sample, restarting per sample.
+    pub position_ids: Vec<u32>,
+    /// 1-based sample number within the row, 0 on padding.
+    pub segment_ids: Vec<u32>,
+    /// Aligned with `input_ids`; -100 where not trained.
+    pub labels: Vec<i64>,
+}
+
+impl Batch {
+    fn check(&self, vocab: usize) -> Result<()> {
+        let n = self.rows * self.seq_len;
+        let lens = [
+            self.input_ids.len(),
+            self.position_ids.len(),
+            self.segment_ids.len(),
+            self.labels.len(),
+        ];
+        if lens.iter().any(|&l| l != n) {
+            return Err(ModelError::Input(format!(
+                "batch of {} x {} needs {n} ids, positions, segments and labels, got {lens:?}",
+                self.rows, self.seq_len
+            )));
+        }
+        if let Some(id) = self.input_ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A decoder with its weights and, optionally, LoRA adapters.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+    pub lora: Option<LoraAdapter>,
+    inv_freq: Vec<f32>,
+}
+
+impl Model {
+    pub fn new(config: ModelConfig, weights: ModelWeights, lora: Option<LoraAdapter>) -> Self {
+        let inv_freq = inverse_frequencies(&config.rope, config.head_dim);
+        Model {
+            config,
+            weights,
+            lora,
+            inv_freq,
+        }
+    }
+
+    /// Rotary inverse frequencies, `head_dim / 2`.
+    pub(crate) fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    pub fn device(&self) -> &Device {
+        self.weights.embed_tokens.device()
+    }
+
+    /// Final hidden states (after the last norm): `[B, T, H]`.
+    pub fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
+        let c = &self.config;
+        batch.check(c.vocab_size)?;
+        let device = self.device().clone();
+        let ids = Tensor::from_slice(&batch.input_ids, batch.rows * batch.seq_len, &device)?;
+        let mut x = self.weights.embed_tokens.index_select(&ids, 0)?.reshape((
+            batch.rows,
+            batch.seq_len,
+            c.hidden_size,
+        ))?;
+        if c.embedding_multiplier != 1.0 {
+            x = (x * c.embedding_multiplier)?;
+        }
+        let (cos, sin) = rope_tables(&self.inv_freq, &batch.position_ids, batch.rows, &device)?;
+        let mask = attention_mask(&batch.segment_ids, batch.rows, c.sliding_window, &device)?;
+        for (l, w) in self.weights.layers.iter().enumerate() {
+            let lora = self.lora.as_ref().map(|a| &a.layers[l]);
+            x = self.layer_forward(&x, w, lora, &cos, &sin, &mask)?;
+        }
+        Ok(rms_norm_forward(&x, &self.weights.norm, c.rms_norm_eps)?)
+    }
+
+    fn layer_forward(
+        &self,
+        x: &Tensor,
+        w: &LayerWeights,
+        lora: Option<&LayerLora>,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let adapter =
+            |target: Target| -> Option<&Lora> { lora.and_then(|l| l[target as usize].as_ref()) };
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+
+        let h = rms_norm_forward(x, &w.input_norm, c.rms_norm_eps)?;
+        let q = heads(
+            linear_forward(&h, &w.q_proj, adapter(Target::Q))?,
+            c.num_heads,
+        )?;
+        let k = heads(
+            linear_forward(&h, &w.k_proj, adapter(Target::K))?,
+            c.num_kv_heads,
+        )?;
+        let v = heads(
+            linear_forward(&h, &w.v_proj, adapter(Target::V))?,
+            c.num_kv_heads,
+        )?;
+        let q = rope_forward(&q, cos, sin)?;
+        let k = rope_forward(&k, cos, sin)?;
+        let a = attention_forward(&q, &k, &v, mask, c.attention_scale)?;
+        let a = a
+            .transpose(1, 2)?
+            .reshape((b, t, c.num_heads * c.head_dim))?;
+        let a = linear_forward(&a, &w.o_proj, adapter(Target::O))?;
+        let x = (x + (a * c.residual_multiplier)?)?;
+
+        let h = rms_norm_forward(&x, &w.post_attention_norm, c.rms_norm_eps)?;
+        let gate = linear_forward(&h, &w.gate_proj, adapter(Target::Gate))?;
+        let up = linear_forward(&h, &w.up_proj, adapter(Target::Up))?;
+        let m = linear_forward(
+            &swiglu_forward(&gate, &up)?,
+            &w.down_proj,
+            adapter(Target::Down),
+        )?;
+        Ok((x + (m * c.residual_multiplier)?)?)
+    }
+
+    /// Logits `[B, T, V]` for the whole batch (for inference and tests; training uses
+    /// [`Model::loss_sum`], which never holds them all).
+    pub fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let h = self.hidden_states(batch)?;
+        let logits = h.broadcast_matmul(&self.weights.output().t()?)?;
+        Ok((logits / self.config.logits_scaling)?)
+    }
+
+    /// Summed next-token cross-entropy over trained positions and their count; the caller divides
+    /// by the count of its (global) batch.
+    pub fn loss_sum(&self, batch: &Batch, chunk: usize) -> Result<LossSum> {
+        let h = self.hidden_states(batch)?;
+        let h = h.reshape((batch.rows * batch.seq_len, self.config.hidden_size))?;
+        let targets = shift_targets(&batch.labels, &batch.segment_ids, batch.rows);
+        Ok(cross_entropy_forward(
+            &h,
+            self.weights.output(),
+            self.config.logits_scaling,
+            &targets,
+            chunk,
+        )?)
+    }
+}

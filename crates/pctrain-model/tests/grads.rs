@@ -1,0 +1,203 @@
+//! Model gradients match PEFT's (LoRA A and B of every target, and the input embeddings) on the
+//! fixture batch; frozen weights hold no gradient; every trainable tensor gets a non-zero one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use pctrain_model::{
+    Batch, Grads, LoraAdapter, Model, ModelConfig, ModelWeights, StepOptions, Target, TrainMode,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+        .unwrap()
+}
+
+fn batch(r: &HashMap<String, Tensor>) -> Batch {
+    let ids = |k: &str| -> Vec<i64> { r[k].flatten_all().unwrap().to_vec1().unwrap() };
+    let (rows, seq_len) = r["input_ids"].dims2().unwrap();
+    let u32s = |k: &str| ids(k).into_iter().map(|v| v as u32).collect();
+    Batch {
+        rows,
+        seq_len,
+        input_ids: u32s("input_ids"),
+        position_ids: u32s("position_ids"),
+        segment_ids: u32s("segment_ids"),
+        labels: ids("labels"),
+    }
+}
+
+fn model(name: &str, with_lora: bool) -> Model {
+    let dir = fixture(name);
+    let config = ModelConfig::load(&dir).unwrap();
+    let weights = ModelWeights::load(&dir, &config, DType::F32, &Device::Cpu).unwrap();
+    let lora = with_lora.then(|| {
+        LoraAdapter::load(&dir.join("adapter"), &config, DType::F32, &Device::Cpu).unwrap()
+    });
+    Model::new(config, weights, lora)
+}
+
+fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(got.dims(), want.dims());
+    let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    g.iter()
+        .zip(&w)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+fn trained_targets(b: &Batch) -> f64 {
+    let t = b.seq_len;
+    (0..b.labels.len())
+        .filter(|&i| {
+            i % t + 1 < t && b.segment_ids[i + 1] == b.segment_ids[i] && b.labels[i + 1] != -100
+        })
+        .count() as f64
+}
+
+fn step(m: &Model, b: &Batch, mode: TrainMode, recompute: bool) -> Grads {
+    let opts = StepOptions {
+        mode,
+        recompute,
+        loss_chunk: 5,
+    };
+    m.forward_backward(b, trained_targets(b), opts).unwrap().1
+}
+
+#[test]
+fn lora_and_embedding_gradients_match_peft() {
+    for name in ["llama", "mistral", "granite"] {
+        let r = reference(name);
+        let b = batch(&r);
+        let m = model(name, true);
+        let (loss, grads) = m
+            .forward_backward(
+                &b,
+                trained_targets(&b),
+                StepOptions {
+                    mode: TrainMode::Lora,
+                    recompute: false,
+                    loss_chunk: 5,
+                },
+            )
+            .unwrap();
+        let want: f32 = r["lora.loss"].to_scalar().unwrap();
+        assert!(
+            ((loss.sum / loss.count as f64) as f32 - want).abs() < 1e-5 * want.abs(),
+            "{name} loss"
+        );
+        let d = rel_diff(&grads.inputs_embeds, &r["grad.inputs_embeds"]);
+        assert!(
+            d < 1e-4,
+            "{name}: input embedding gradient differs by {d:e}"
+        );
+        for (l, layer) in grads.layers.iter().enumerate() {
+            for t in Target::ALL {
+                let (da, db) = layer.lora[t as usize]
+                    .as_ref()
+                    .expect("every target trains");
+                let block = if matches!(t, Target::Q | Target::K | Target::V | Target::O) {
+                    "self_attn"
+                } else {
+                    "mlp"
+                };
+                for (which, got) in [("A", da), ("B", db)] {
+                    let key = format!("grad.base_model.model.model.layers.{l}.{block}.{}.lora_{which}.default.weight", t.module());
+                    let d = rel_diff(got, &r[&key]);
+                    assert!(d < 1e-4, "{name}: {key} differs by {d:e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn recomputation_gives_the_same_gradients() {
+    let r = reference("mistral");
+    let b = batch(&r);
+    let m = model("mistral", true);
+    let saved = step(&m, &b, TrainMode::Lora, false);
+    let recomputed = step(&m, &b, TrainMode::Lora, true);
+    assert_eq!(
+        rel_diff(&recomputed.inputs_embeds, &saved.inputs_embeds),
+        0.0
+    );
+    for (x, y) in saved.layers.iter().zip(&recomputed.layers) {
+        for t in Target::ALL {
+            let (a, b) = (
+                x.lora[t as usize].as_ref().unwrap(),
+                y.lora[t as usize].as_ref().unwrap(),
+            );
+            assert_eq!(rel_diff(&a.0, &b.0), 0.0);
+            assert_eq!(rel_diff(&a.1, &b.1), 0.0);
+        }
+    }
+}
+
+fn nonzero(t: &Tensor) -> bool {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        > 0.0
+}
+
+#[test]
+fn frozen_weights_get_no_gradient_and_trainable_ones_get_nonzero_ones() {
+    for name in ["llama", "granite"] {
+        let r = reference(name);
+        let b = batch(&r);
+
+        // LoRA: adapters only.
+        let g = step(&model(name, true), &b, TrainMode::Lora, false);
+        assert!(g.embed_tokens.is_none() && g.norm.is_none() && g.lm_head.is_none());
+        for layer in &g.layers {
+            assert!(
+                layer.weights.is_none(),
+                "{name}: a frozen weight got a gradient"
+            );
+            for pair in &layer.lora {
+                let (a, b) = pair.as_ref().unwrap();
+                assert!(nonzero(a) && nonzero(b), "{name}: zero LoRA gradient");
+            }
+        }
+
+        // Full: every weight, no adapters.
+        let m = model(name, false);
+        let g = step(&m, &b, TrainMode::Full, false);
+        assert!(nonzero(g.embed_tokens.as_ref().unwrap()));
+        assert!(nonzero(g.norm.as_ref().unwrap()));
+        assert_eq!(g.lm_head.is_some(), !m.config.tie_word_embeddings);
+        if let Some(h) = &g.lm_head {
+            assert!(nonzero(h));
+        }
+        for layer in &g.layers {
+            assert!(layer.lora.iter().all(Option::is_none));
+            let w = layer.weights.as_ref().unwrap();
+            for t in [
+                &w.input_norm,
+                &w.q_proj,
+                &w.k_proj,
+                &w.v_proj,
+                &w.o_proj,
+                &w.post_attention_norm,
+                &w.gate_proj,
+                &w.up_proj,
+                &w.down_proj,
+            ] {
+                assert!(nonzero(t), "{name}: a weight got a zero gradient");
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Each layer's explicit backward against candle's tape autograd (on the same forward, built from
+//! differentiable ops) and against central finite differences.
+
+use candle_core::{Device, Tensor, Var};
+use pctrain_model::layers::attention::{
+    attention_backward, attention_forward, attention_mask, attention_probs,
+};
+use pctrain_model::layers::linear::{linear_backward, linear_forward, Lora};
+use pctrain_model::layers::loss::{cross_entropy_backward, cross_entropy_forward};
+use pctrain_model::layers::mlp::{swiglu_backward, swiglu_forward};
+use pctrain_model::layers::norm::{rms_norm_backward, rms_norm_forward};
+use pctrain_model::layers::rope::{rope_backward, rope_forward, rope_tables};
+
+/// Deterministic values in [-1, 1).
+fn rand(seed: u64, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Asserts `got` equals `want` to `tol`, relative to `want`'s largest magnitude.
+fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shapes");
+    let (g, w) = (values(got), values(want));
+    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = g
+        .iter()
+        .zip(&w)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff / scale < tol,
+        "{what}: max difference {diff:e} at scale {scale:e}"
+    );
+    assert!(
+        w.iter().any(|&v| v != 0.0),
+        "{what}: reference gradient is all zero"
+    );
+}
+
+/// Central finite differences of `f` (a scalar function of `x`) at a few coordinates of `x`,
+/// compared with `grad`.
+fn check_fd(what: &str, x: &Tensor, grad: &Tensor, f: impl Fn(&Tensor) -> f32) {
+    let base = values(x);
+    let g = values(grad);
+    let eps = 1e-2f32;
+    let scale = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for i in (0..base.len()).step_by((base.len() / 7).max(1)) {
+        let shifted = |d: f32| {
+            let mut v = base.clone();
+            v[i] += d;
+            f(&Tensor::from_vec(v, x.dims(), &Device::Cpu).unwrap())
+        };
+        let fd = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+        assert!(
+            (fd - g[i]).abs() <= 2e-2 * scale.max(1e-3),
+            "{what}[{i}]: finite difference {fd} vs backward {}",
+            g[i]
+        );
+    }
+}
+
+/// `sum(y * r)`: a scalar whose gradient with respect to `y` is `r`.
+fn dot(y: &Tensor, r: &Tensor) -> f32 {
+    (y * r).unwrap().sum_all().unwrap().to_scalar().unwrap()
+}
+
+#[test]
+fn rms_norm_backward_matches_autograd_and_finite_differences() {
+    let x = Var::from_tensor(&rand(1, &[2, 3, 8])).unwrap();
+    let w = Var::from_tensor(&(rand(2, &[8]) + 1.5).unwrap()).unwrap();
+    let r = rand(3, &[2, 3, 8]);
+    let y = rms_norm_forward(&x, &w, 1e-5).unwrap();
+    let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (dx, dw) = rms_norm_backward(&r, &x, &w, 1e-5).unwrap();
+    assert_close("dx", &dx, tape.get(&x).unwrap(), 1e-5);
+    assert_close("dw", &dw, tape.get(&w).unwrap(), 1e-5);
+    check_fd("x", &x, &dx, |x| {
+        dot(&rms_norm_forward(x, &w, 1e-5).unwrap(), &r)
+    });
+    check_fd("w", &w, &dw, |w| {
+        dot(&rms_norm_forward(&x, w, 1e-5).unwrap(), &r)
+    });
+}
+
+#[test]
+fn linear_with_lora_backward_matches_autograd_and_finite_differences() {
+    let x = Var::from_tensor(&rand(4, &[5, 6])).unwrap();
+    let w = Var::from_tensor(&rand(5, &[7, 6])).unwrap();
+    let a = Var::from_tensor(&rand(6, &[3, 6])).unwrap();
+    let b = Var::from_tensor(&rand(7, &[7, 3])).unwrap();
+    let r = rand(8, &[5, 7]);
+    let lora = |a: &Tensor, b: &Tensor| Lora {
+        a: a.clone(),
+        b: b.clone(),
+        scale: 1.7,
+    };
+    let y = linear_forward(&x, &w, Some(&lora(&a, &b))).unwrap();
+    let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), true).unwrap();
+    let (da, db) = g.dlora.clone().unwrap();
+    assert_close("dx", &g.dx, tape.get(&x).unwrap(), 1e-5);
+    assert_close("dw", g.dw.as_ref().unwrap(), tape.get(&w).unwrap(), 1e-5);
+    assert_close("dA", &da, tape.get(&a).unwrap(), 1e-5);
+    assert_close("dB", &db, tape.get(&b).unwrap(), 1e-5);
+    check_fd("A", &a, &da, |a| {
+        dot(&linear_forward(&x, &w, Some(&lora(a, &b))).unwrap(), &r)
+    });
+    check_fd("B", &b, &db, |b| {
+        dot(&linear_forward(&x, &w, Some(&lora(&a, b))).unwrap(), &r)
+    });
+    check_fd("x", &x, &g.dx, |x| {
+        dot(&linear_forward(x, &w, Some(&lora(&a, &b))).unwrap(), &r)
+    });
+    // A frozen weight gets no gradient.
+    let frozen = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), false).unwrap();
+    assert!(frozen.dw.is_none());
+}
+
+#[test]
+fn swiglu_backward_matches_autograd_and_finite_differences() {
+    let g = Var::from_tensor(&(rand(9, &[4, 10]) * 3.0).unwrap()).unwrap();
+    let u = Var::from_tensor(&rand(10, &[4, 10])).unwrap();
+    let r = rand(11, &[4, 10]);
+    let z = swiglu_forward(&g, &u).unwrap();
+    let tape = (&z * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (dg, du) = swiglu_backward(&r, &g, &u).unwrap();
+    assert_close("dgate", &dg, tape.get(&g).unwrap(), 1e-5);
+    assert_close("dup", &du, tape.get(&u).unwrap(), 1e-5);
+    check_fd("gate", &g, &dg, |g| {
+        dot(&swiglu_forward(g, &u).unwrap(), &r)
+    });
+}
+
+#[test]
+fn rope_backward_matches_autograd_and_finite_differences() {
+    let inv_freq = [1.0f32, 0.1, 0.01];
+    let positions: Vec<u32> = vec![0, 1, 2, 3, 0, 1, 5, 9];
+    let (cos, sin) = rope_tables(&inv_freq, &positions, 2, &Device::Cpu).unwrap();
+    let x = Var::from_tensor(&rand(12, &[2, 3, 4, 6])).unwrap();
+    let r = rand(13, &[2, 3, 4, 6]);
+    let y = rope_forward(&x, &cos, &sin).unwrap();
+    let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = rope_backward(&r, &cos, &sin).unwrap();
+    assert_close("dx", &dx, tape.get(&x).unwrap(), 1e-5);
+    check_fd("x", &x, &dx, |x| {
+        dot(&rope_forward(x, &cos, &sin).unwrap(), &r)
+    });
+}
+
+#[test]
+fn attention_backward_matches_autograd_and_finite_differences() {
+    // Two rows: two packed samples, and one sample then padding; grouped-query (4 heads, 2 kv
+    // heads); a sliding window of 3.
+    let segments = [1, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 0, 0];
+    let mask = attention_mask(&segments, 2, Some(3), &Device::Cpu).unwrap();
+    let q = Var::from_tensor(&rand(14, &[2, 4, 7, 4])).unwrap();
+    let k = Var::from_tensor(&rand(15, &[2, 2, 7, 4])).unwrap();
+    let v = Var::from_tensor(&rand(16, &[2, 2, 7, 4])).unwrap();
+    let r = rand(17, &[2, 4, 7, 4]);
+    let scale = 0.5;
+    let out = attention_forward(&q, &k, &v, &mask, scale).unwrap();
+    let tape = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let p = attention_probs(&q, &k, &mask, scale).unwrap();
+    let (dq, dk, dv) = attention_backward(&r, &q, &k, &v, &p, scale).unwrap();
+    assert_close("dq", &dq, tape.get(&q).unwrap(), 1e-5);
+    assert_close("dk", &dk, tape.get(&k).unwrap(), 1e-5);
+    assert_close("dv", &dv, tape.get(&v).unwrap(), 1e-5);
+    let f = |q: &Tensor, k: &Tensor, v: &Tensor| {
+        dot(&attention_forward(q, k, v, &mask, scale).unwrap(), &r)
+    };
+    check_fd("q", &q, &dq, |q| f(q, &k, &v));
+    check_fd("k", &k, &dk, |k| f(&q, k, &v));
+    check_fd("v", &v, &dv, |v| f(&q, &k, v));
+}
+
+#[test]
+fn cross_entropy_backward_matches_autograd_and_finite_differences() {
+    let h = Var::from_tensor(&rand(18, &[9, 5])).unwrap();
+    let w = Var::from_tensor(&(rand(19, &[11, 5]) * 2.0).unwrap()).unwrap();
+    let targets: Vec<i64> = vec![3, -100, 0, 10, 7, -100, 2, 2, 5];
+    let (scaling, grad_scale) = (2.5, 1.0 / 7.0);
+    // The tape's version: the loss as a tensor, from the unchunked logits.
+    let logits = (h.matmul(&w.t().unwrap()).unwrap() / scaling).unwrap();
+    let lse = logits.log_sum_exp(1).unwrap();
+    let valid: Vec<u32> = (0..9)
+        .filter(|&i| targets[i] != -100)
+        .map(|i| i as u32)
+        .collect();
+    let idx = Tensor::new(valid.as_slice(), &Device::Cpu).unwrap();
+    let tgt: Vec<u32> = valid.iter().map(|&i| targets[i as usize] as u32).collect();
+    let tgt = Tensor::from_vec(tgt, (valid.len(), 1), &Device::Cpu).unwrap();
+    let picked = logits
+        .index_select(&idx, 0)
+        .unwrap()
+        .gather(&tgt, 1)
+        .unwrap()
+        .squeeze(1)
+        .unwrap();
+    let loss = ((lse.index_select(&idx, 0).unwrap() - picked)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        * grad_scale)
+        .unwrap();
+    let tape = loss.backward().unwrap();
+    for chunk in [1, 4, 100] {
+        let g = cross_entropy_backward(&h, &w, scaling, &targets, chunk, grad_scale, true).unwrap();
+        assert_eq!(g.loss.count, 7);
+        let fwd = cross_entropy_forward(&h, &w, scaling, &targets, chunk).unwrap();
+        assert!((g.loss.sum - fwd.sum).abs() < 1e-5);
+        assert!(
+            (g.loss.sum * grad_scale - f64::from(loss.to_scalar::<f32>().unwrap())).abs() < 1e-5
+        );
+        assert_close("dhidden", &g.dhidden, tape.get(&h).unwrap(), 1e-5);
+        assert_close(
+            "doutput",
+            g.doutput.as_ref().unwrap(),
+            tape.get(&w).unwrap(),
+            1e-5,
+        );
+    }
+    let g = cross_entropy_backward(&h, &w, scaling, &targets, 3, grad_scale, false).unwrap();
+    assert!(
+        g.doutput.is_none(),
+        "a frozen output projection gets no gradient"
+    );
+    let f = |h: &Tensor| {
+        (cross_entropy_forward(h, &w, scaling, &targets, 3)
+            .unwrap()
+            .sum
+            * grad_scale) as f32
+    };
+    check_fd("h", &h, &g.dhidden, f);
+}

@@ -1,0 +1,83 @@
+//! A base model from a local folder or a hub id: config, weights and tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use pctrain_data::hub::{self, HubRepo};
+use pctrain_data::TextTokenizer;
+use pctrain_model::{Model, ModelConfig, ModelWeights};
+
+/// Errors while finding or loading a base model.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    #[error(transparent)]
+    Data(#[from] pctrain_data::DataError),
+    #[error(transparent)]
+    Model(#[from] pctrain_model::ModelError),
+    #[error("{0}: no such model folder, and not a hub id (owner/name)")]
+    NotFound(String),
+}
+
+/// A model and the tokenizer that came with it.
+pub struct BaseModel {
+    pub dir: PathBuf,
+    pub model: Model,
+    pub tokenizer: TextTokenizer,
+}
+
+/// Loads `spec` (a folder, or a hub id whose files are fetched into the Hugging Face cache).
+pub fn load_base(spec: &str, dtype: DType, device: &Device) -> Result<BaseModel, BaseError> {
+    let dir = resolve(spec)?;
+    let config = ModelConfig::load(&dir)?;
+    let weights = ModelWeights::load(&dir, &config, dtype, device)?;
+    let tokenizer = TextTokenizer::load(dir.to_str().unwrap_or(spec))?;
+    Ok(BaseModel {
+        model: Model::new(config, weights, None),
+        tokenizer,
+        dir,
+    })
+}
+
+/// A local folder as it is; a hub id downloaded file by file into the cache's snapshot folder.
+fn resolve(spec: &str) -> Result<PathBuf, BaseError> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let repo = HubRepo::parse(spec).ok_or_else(|| BaseError::NotFound(spec.to_string()))?;
+    let config = hub::fetch(&repo, "config.json", true)?.expect("required file");
+    for optional in [
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
+        hub::fetch(&repo, optional, false)?;
+    }
+    hub::fetch(&repo, "tokenizer.json", true)?;
+    match hub::fetch(&repo, "model.safetensors.index.json", false)? {
+        Some(index) => {
+            let text =
+                std::fs::read_to_string(&index).map_err(|e| pctrain_data::DataError::Io {
+                    path: index.clone(),
+                    source: e,
+                })?;
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let mut shards: Vec<&str> = v["weight_map"]
+                .as_object()
+                .map(|m| m.values().filter_map(|s| s.as_str()).collect())
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            for shard in shards {
+                hub::fetch(&repo, shard, true)?;
+            }
+        }
+        None => {
+            hub::fetch(&repo, "model.safetensors", true)?;
+        }
+    }
+    Ok(config
+        .parent()
+        .expect("a cached file has a snapshot folder")
+        .to_path_buf())
+}

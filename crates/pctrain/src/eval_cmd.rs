@@ -1,0 +1,51 @@
+//! `pctrain eval`: mean cross-entropy of a base model on the trained tokens of a data set.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use pctrain_data::TextTokenizer;
+use pctrain_trainer::{evaluate, load_base};
+use pctrain_trainer::{DType, Device};
+
+use crate::data_cmd::DataArgs;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A model folder (config.json, safetensors weights, tokenizer.json) or a hub id.
+    #[arg(long)]
+    base: String,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Where to run: `cpu`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Packed rows scored together.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        other => bail!("device {other:?} is not available in this build (use cpu)"),
+    };
+    let base = load_base(&args.base, DType::F32, &device)
+        .with_context(|| format!("loading {}", args.base))?;
+    let tokenizer = match args.data.tokenizer.as_deref() {
+        Some(spec) => TextTokenizer::load(spec)?,
+        None => base.tokenizer,
+    };
+    let pipeline = args.data.pipeline_with(tokenizer)?;
+    let (samples, stats) = pipeline.encode_all(&args.data.data)?;
+    if stats.invalid_skipped > 0 {
+        eprintln!("skipped {} invalid records", stats.invalid_skipped);
+    }
+    let result = evaluate(
+        &base.model,
+        &samples,
+        args.data.seq_len,
+        pipeline.tokenizer.pad_id,
+        args.batch_size,
+    )?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
