@@ -4,14 +4,18 @@
 pub mod backward;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod layers;
 pub mod lora;
 pub mod model;
+pub mod rng;
+pub mod save;
 pub mod weights;
 
 pub use backward::{Grads, LayerGrads, StepOptions, TrainMode};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
+pub use generate::{KvCache, Sampling};
 pub use lora::{LoraAdapter, LoraConfig, Target};
 pub use model::{Batch, Model};
 pub use weights::ModelWeights;

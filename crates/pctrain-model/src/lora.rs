@@ -9,6 +9,8 @@ use serde_json::Value;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::linear::Lora;
+use crate::rng::Rng64;
+use crate::save::{write_atomic, write_safetensors};
 
 /// The seven linear layers of a decoder layer that LoRA can adapt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,6 +114,78 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
+    /// A new adapter initialised as PEFT does: `A` from a Kaiming-uniform distribution with
+    /// `a = sqrt(5)` (uniform in `±1/sqrt(in_features)`), `B` zero, so the model starts unchanged.
+    pub fn init(
+        model: &ModelConfig,
+        config: LoraConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut rng = Rng64::new(seed);
+        let scale = config.scale();
+        let mut layers = Vec::with_capacity(model.num_layers);
+        for _ in 0..model.num_layers {
+            let mut layer: LayerLora = Default::default();
+            for &t in &config.targets {
+                let (out, inp) = t.shape(model);
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a: Vec<f32> = (0..config.r * inp)
+                    .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
+                    .collect();
+                layer[t as usize] = Some(Lora {
+                    a: Tensor::from_vec(a, (config.r, inp), device)?.to_dtype(dtype)?,
+                    b: Tensor::zeros((out, config.r), dtype, device)?,
+                    scale,
+                });
+            }
+            layers.push(layer);
+        }
+        Ok(LoraAdapter { config, layers })
+    }
+
+    /// Writes `adapter_model.safetensors` (f32, PEFT's key names, `{"format": "pt"}`) and
+    /// `adapter_config.json` into `dir`, each atomically.
+    pub fn save(&self, dir: &Path, base_model: Option<&str>) -> Result<()> {
+        let mut tensors = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            for &t in &self.config.targets {
+                if let Some(lora) = &layer[t as usize] {
+                    let prefix = t.peft_prefix(l);
+                    tensors.push((
+                        format!("{prefix}.lora_A.weight"),
+                        lora.a.to_dtype(DType::F32)?,
+                    ));
+                    tensors.push((
+                        format!("{prefix}.lora_B.weight"),
+                        lora.b.to_dtype(DType::F32)?,
+                    ));
+                }
+            }
+        }
+        write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)?;
+        let c = &self.config;
+        let config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": c.r,
+            "lora_alpha": c.alpha,
+            "lora_dropout": c.dropout,
+            "target_modules": c.targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
+            "bias": "none",
+            "use_rslora": c.rslora,
+            "use_dora": false,
+            "fan_in_fan_out": false,
+            "init_lora_weights": true,
+            "inference_mode": true,
+            "modules_to_save": null,
+        });
+        let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises") + "\n";
+        write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+    }
+
     /// Loads a PEFT adapter folder, checking names and shapes against the model.
     pub fn load(dir: &Path, model: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
         let config = read_adapter_config(&dir.join("adapter_config.json"))?;

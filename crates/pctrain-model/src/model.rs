@@ -156,6 +156,32 @@ impl Model {
         Ok((x + (m * c.residual_multiplier)?)?)
     }
 
+    /// Folds the adapters into the base weights (`W += scale * B A`) and drops them.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        let Some(adapter) = self.lora.take() else {
+            return Ok(());
+        };
+        for (w, layer) in self.weights.layers.iter_mut().zip(&adapter.layers) {
+            for t in Target::ALL {
+                let Some(l) = &layer[t as usize] else {
+                    continue;
+                };
+                let weight = match t {
+                    Target::Q => &mut w.q_proj,
+                    Target::K => &mut w.k_proj,
+                    Target::V => &mut w.v_proj,
+                    Target::O => &mut w.o_proj,
+                    Target::Gate => &mut w.gate_proj,
+                    Target::Up => &mut w.up_proj,
+                    Target::Down => &mut w.down_proj,
+                };
+                let delta = (l.b.matmul(&l.a)? * l.scale)?.to_dtype(weight.dtype())?;
+                *weight = (&*weight + delta)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Logits `[B, T, V]` for the whole batch (for inference and tests; training uses
     /// [`Model::loss_sum`], which never holds them all).
     pub fn logits(&self, batch: &Batch) -> Result<Tensor> {

@@ -27,7 +27,7 @@ pub fn attention_mask(
     Tensor::from_vec(mask, (batch, 1, t, t), device)
 }
 
-/// `q`: `[B, heads, T, d]`, `k`, `v`: `[B, kv_heads, T, d]`, `mask`: `[B, 1, T, T]` ->
+/// `q`: `[B, heads, T, d]`, `k`, `v`: `[B, kv_heads, S, d]`, `mask`: `[B, 1, T, S]` ->
 /// `[B, heads, T, d]`. Scores are computed and normalised in f32.
 pub fn attention_forward(
     q: &Tensor,
@@ -44,17 +44,39 @@ pub fn attention_forward(
     out.reshape((b, heads, t, d))?.to_dtype(dtype)
 }
 
-/// Softmax of the masked, scaled scores: `[B, heads, T, T]` in f32.
+/// Softmax of the masked, scaled scores: `[B, heads, T, S]` in f32 for `S` keys (`S = T` in
+/// training; the cached length when decoding).
 pub fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, heads, t, _) = q.dims4()?;
-    let kv_heads = k.dim(1)?;
+    let (kv_heads, s) = (k.dim(1)?, k.dim(2)?);
     let q = grouped(&q.to_dtype(DType::F32)?, kv_heads)?;
     let k = k.to_dtype(DType::F32)?;
-    let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, heads, t, t))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, heads, t, s))?;
     let scores = scores.broadcast_add(mask)?;
     let max = scores.max_keepdim(D::Minus1)?;
     let e = scores.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Additive mask `[1, 1, n, start + n]` for `n` new tokens at positions `start..start + n`
+/// attending to every cached position and to each other, causally, within the window.
+pub fn decode_mask(
+    start: usize,
+    n: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let total = start + n;
+    let mut mask = vec![f32::NEG_INFINITY; n * total];
+    for i in 0..n {
+        let q = start + i;
+        for k in 0..=q {
+            if window.is_none_or(|w| q - k < w) {
+                mask[i * total + k] = 0.0;
+            }
+        }
+    }
+    Tensor::from_vec(mask, (1, 1, n, total), device)
 }
 
 /// `[B, heads, T, X]` -> `[B, kv_heads, group*T, X]`: each group of query heads shares one
