@@ -6,7 +6,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::Result;
 use crate::layers::attention::{attention_backward, attention_mask, attention_probs};
-use crate::layers::linear::{linear_backward, linear_forward, Lora};
+use crate::layers::linear::{dropout_mask, linear_backward, linear_forward_train, Lora};
 use crate::layers::loss::{cross_entropy_backward, shift_targets, LossSum};
 use crate::layers::mlp::{swiglu_backward, swiglu_forward};
 use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
@@ -32,6 +32,8 @@ pub struct StepOptions {
     pub recompute: bool,
     /// Tokens per cross-entropy chunk.
     pub loss_chunk: usize,
+    /// Seed of this step's LoRA dropout masks (used when the adapter's dropout is above 0).
+    pub dropout_seed: u64,
 }
 
 /// Gradients of one decoder layer.
@@ -80,6 +82,7 @@ struct StepContext {
     cos: Tensor,
     sin: Tensor,
     mask: Tensor,
+    dropout_seed: u64,
 }
 
 impl Model {
@@ -104,7 +107,12 @@ impl Model {
         let x0 = (&embeds * c.embedding_multiplier)?;
         let (cos, sin) = rope_tables(self.inv_freq(), &batch.position_ids, b, &device)?;
         let mask = attention_mask(&batch.segment_ids, b, c.sliding_window, &device)?;
-        let ctx = StepContext { cos, sin, mask };
+        let ctx = StepContext {
+            cos,
+            sin,
+            mask,
+            dropout_seed: opts.dropout_seed,
+        };
 
         // Forward, keeping each layer's input (and, without recomputation, everything else).
         let mut inputs = Vec::with_capacity(c.num_layers);
@@ -179,6 +187,33 @@ impl Model {
         self.lora.as_ref().map(|a| &a.layers[l])
     }
 
+    /// The LoRA dropout mask of layer `l`'s `target` for input `x`, when that adapter exists and
+    /// its dropout is above 0; a function of the step's seed, so recomputation draws it again.
+    fn dropout(
+        &self,
+        ctx: &StepContext,
+        l: usize,
+        target: Target,
+        x: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let Some(adapter) = &self.lora else {
+            return Ok(None);
+        };
+        let p = adapter.config.dropout;
+        if p <= 0.0 || adapter.layers[l][target as usize].is_none() {
+            return Ok(None);
+        }
+        let seed = ctx.dropout_seed
+            ^ ((l as u64) << 8 | target as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Ok(Some(dropout_mask(
+            p,
+            seed,
+            x.dims(),
+            x.dtype(),
+            x.device(),
+        )?))
+    }
+
     fn layer_forward_saved(&self, x: &Tensor, l: usize, ctx: &StepContext) -> Result<Saved> {
         let c = &self.config;
         let w = &self.weights.layers[l];
@@ -190,19 +225,14 @@ impl Model {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
+        let lin = |t: Target, x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            let mask = self.dropout(ctx, l, t, x)?;
+            Ok(linear_forward_train(x, w, adapter(t), mask.as_ref())?)
+        };
         let h1 = rms_norm_forward(x, &w.input_norm, c.rms_norm_eps)?;
-        let q = heads(
-            linear_forward(&h1, &w.q_proj, adapter(Target::Q))?,
-            c.num_heads,
-        )?;
-        let k = heads(
-            linear_forward(&h1, &w.k_proj, adapter(Target::K))?,
-            c.num_kv_heads,
-        )?;
-        let v = heads(
-            linear_forward(&h1, &w.v_proj, adapter(Target::V))?,
-            c.num_kv_heads,
-        )?;
+        let q = heads(lin(Target::Q, &h1, &w.q_proj)?, c.num_heads)?;
+        let k = heads(lin(Target::K, &h1, &w.k_proj)?, c.num_kv_heads)?;
+        let v = heads(lin(Target::V, &h1, &w.v_proj)?, c.num_kv_heads)?;
         let q = rope_forward(&q, &ctx.cos, &ctx.sin)?;
         let k = rope_forward(&k, &ctx.cos, &ctx.sin)?;
         let p = attention_probs(&q, &k, &ctx.mask, c.attention_scale)?;
@@ -216,13 +246,13 @@ impl Model {
         let a = o
             .transpose(1, 2)?
             .reshape((b, t, c.num_heads * c.head_dim))?;
-        let attn = linear_forward(&a, &w.o_proj, adapter(Target::O))?;
+        let attn = lin(Target::O, &a, &w.o_proj)?;
         let x_mid = (x + (attn * c.residual_multiplier)?)?;
         let h2 = rms_norm_forward(&x_mid, &w.post_attention_norm, c.rms_norm_eps)?;
-        let gate = linear_forward(&h2, &w.gate_proj, adapter(Target::Gate))?;
-        let up = linear_forward(&h2, &w.up_proj, adapter(Target::Up))?;
+        let gate = lin(Target::Gate, &h2, &w.gate_proj)?;
+        let up = lin(Target::Up, &h2, &w.up_proj)?;
         let z = swiglu_forward(&gate, &up)?;
-        let m = linear_forward(&z, &w.down_proj, adapter(Target::Down))?;
+        let m = lin(Target::Down, &z, &w.down_proj)?;
         let out = (&x_mid + (m * c.residual_multiplier)?)?;
         Ok(Saved {
             x: x.clone(),
@@ -269,7 +299,18 @@ impl Model {
                           x: &Tensor,
                           weight: &Tensor|
          -> Result<Tensor> {
-            let g = linear_backward(&flat(dy)?, &flat(x)?, weight, adapter(target), full)?;
+            let mask = self
+                .dropout(ctx, l, target, x)?
+                .map(|m| flat(&m))
+                .transpose()?;
+            let g = linear_backward(
+                &flat(dy)?,
+                &flat(x)?,
+                weight,
+                adapter(target),
+                mask.as_ref(),
+                full,
+            )?;
             lora_grads[target as usize] = g.dlora;
             weight_grads[slot] = g.dw;
             Ok(g.dx)

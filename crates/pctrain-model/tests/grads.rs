@@ -69,6 +69,7 @@ fn step(m: &Model, b: &Batch, mode: TrainMode, recompute: bool) -> Grads {
         mode,
         recompute,
         loss_chunk: 5,
+        dropout_seed: 0,
     };
     m.forward_backward(b, trained_targets(b), opts).unwrap().1
 }
@@ -87,6 +88,7 @@ fn lora_and_embedding_gradients_match_peft() {
                     mode: TrainMode::Lora,
                     recompute: false,
                     loss_chunk: 5,
+                    dropout_seed: 0,
                 },
             )
             .unwrap();
@@ -200,4 +202,34 @@ fn frozen_weights_get_no_gradient_and_trainable_ones_get_nonzero_ones() {
             }
         }
     }
+}
+
+#[test]
+fn lora_dropout_is_seeded_and_recomputed_identically() {
+    let r = reference("llama");
+    let b = batch(&r);
+    let mut m = model("llama", true);
+    let clean = step(&m, &b, TrainMode::Lora, false);
+    m.lora.as_mut().unwrap().config.dropout = 0.3;
+    let opts = |seed, recompute| StepOptions {
+        mode: TrainMode::Lora,
+        recompute,
+        loss_chunk: 5,
+        dropout_seed: seed,
+    };
+    let n = trained_targets(&b);
+    let (l1, g1) = m.forward_backward(&b, n, opts(7, false)).unwrap();
+    let (l2, g2) = m.forward_backward(&b, n, opts(7, true)).unwrap();
+    let (l3, _) = m.forward_backward(&b, n, opts(8, false)).unwrap();
+    assert_eq!(
+        l1, l2,
+        "same seed, same masks, with or without recomputation"
+    );
+    assert_ne!(l1, l3, "another seed, other masks");
+    let q = |g: &Grads| g.layers[0].lora[Target::Q as usize].clone().unwrap().0;
+    assert_eq!(rel_diff(&q(&g1), &q(&g2)), 0.0);
+    assert!(
+        rel_diff(&q(&g1), &q(&clean)) > 1e-3,
+        "dropout changes the gradient"
+    );
 }

@@ -1,11 +1,13 @@
 //! Each layer's explicit backward against candle's tape autograd (on the same forward, built from
 //! differentiable ops) and against central finite differences.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use pctrain_model::layers::attention::{
     attention_backward, attention_forward, attention_mask, attention_probs,
 };
-use pctrain_model::layers::linear::{linear_backward, linear_forward, Lora};
+use pctrain_model::layers::linear::{
+    dropout_mask, linear_backward, linear_forward, linear_forward_train, Lora,
+};
 use pctrain_model::layers::loss::{cross_entropy_backward, cross_entropy_forward};
 use pctrain_model::layers::mlp::{swiglu_backward, swiglu_forward};
 use pctrain_model::layers::norm::{rms_norm_backward, rms_norm_forward};
@@ -110,7 +112,7 @@ fn linear_with_lora_backward_matches_autograd_and_finite_differences() {
     };
     let y = linear_forward(&x, &w, Some(&lora(&a, &b))).unwrap();
     let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), true).unwrap();
+    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, true).unwrap();
     let (da, db) = g.dlora.clone().unwrap();
     assert_close("dx", &g.dx, tape.get(&x).unwrap(), 1e-5);
     assert_close("dw", g.dw.as_ref().unwrap(), tape.get(&w).unwrap(), 1e-5);
@@ -126,8 +128,23 @@ fn linear_with_lora_backward_matches_autograd_and_finite_differences() {
         dot(&linear_forward(x, &w, Some(&lora(&a, &b))).unwrap(), &r)
     });
     // A frozen weight gets no gradient.
-    let frozen = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), false).unwrap();
+    let frozen = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, false).unwrap();
     assert!(frozen.dw.is_none());
+
+    // With LoRA dropout: the mask applies to the adapter's input only.
+    let mask = dropout_mask(0.4, 9, &[5, 6], DType::F32, &Device::Cpu).unwrap();
+    let kept = values(&mask).iter().filter(|&&m| m > 0.0).count();
+    assert!(kept > 5 && kept < 30, "{kept} of 30 kept at p = 0.4");
+    assert!(values(&mask)
+        .iter()
+        .all(|&m| m == 0.0 || (m - 1.0 / 0.6).abs() < 1e-6));
+    let y = linear_forward_train(&x, &w, Some(&lora(&a, &b)), Some(&mask)).unwrap();
+    let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), Some(&mask), false).unwrap();
+    let (da, db) = g.dlora.clone().unwrap();
+    assert_close("dx, dropout", &g.dx, tape.get(&x).unwrap(), 1e-5);
+    assert_close("dA, dropout", &da, tape.get(&a).unwrap(), 1e-5);
+    assert_close("dB, dropout", &db, tape.get(&b).unwrap(), 1e-5);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Linear layers with an optional LoRA adapter:
-//! `y = x W^T + scale * (x A^T) B^T` with `W: [out, in]`, `A: [r, in]`, `B: [out, r]`.
+//! `y = x W^T + scale * (dropout(x) A^T) B^T` with `W: [out, in]`, `A: [r, in]`, `B: [out, r]`.
+//! Dropout is a mask of 0 and `1/(1-p)` given by the caller (none at inference).
 
 use candle_core::{Result, Tensor};
 
@@ -14,13 +15,27 @@ pub struct Lora {
     pub scale: f64,
 }
 
-/// `x`: `[.., in]` -> `[.., out]`.
+/// `x`: `[.., in]` -> `[.., out]`, without dropout.
 pub fn linear_forward(x: &Tensor, w: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
+    linear_forward_train(x, w, lora, None)
+}
+
+/// `x`: `[.., in]` -> `[.., out]`; `dropout`, shaped as `x`, masks the adapter's input.
+pub fn linear_forward_train(
+    x: &Tensor,
+    w: &Tensor,
+    lora: Option<&Lora>,
+    dropout: Option<&Tensor>,
+) -> Result<Tensor> {
     let y = x.broadcast_matmul(&w.t()?)?;
     match lora {
         None => Ok(y),
         Some(l) => {
-            let down = x.broadcast_matmul(&l.a.t()?)?;
+            let xd = match dropout {
+                Some(mask) => (x * mask)?,
+                None => x.clone(),
+            };
+            let down = xd.broadcast_matmul(&l.a.t()?)?;
             let up = down.broadcast_matmul(&l.b.t()?)?;
             y + (up * l.scale)?
         }
@@ -38,13 +53,15 @@ pub struct LinearGrads {
     pub dlora: Option<(Tensor, Tensor)>,
 }
 
-/// `dx = dy W + s (dy B) A`, `dW = dy^T x` (when `train_w`), `dA = s (dy B)^T x`,
-/// `dB = s dy^T (x A^T)`. A frozen `W` gets no gradient and costs no weight-sized GEMM.
+/// With `xd = dropout(x)`: `dx = dy W + (s (dy B) A) * mask`, `dW = dy^T x` (when `train_w`),
+/// `dA = s (dy B)^T xd`, `dB = s dy^T (xd A^T)`. A frozen `W` gets no gradient and costs no
+/// weight-sized GEMM.
 pub fn linear_backward(
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
     lora: Option<&Lora>,
+    dropout: Option<&Tensor>,
     train_w: bool,
 ) -> Result<LinearGrads> {
     let mut dx = dy.matmul(w)?;
@@ -56,13 +73,39 @@ pub fn linear_backward(
     let dlora = match lora {
         None => None,
         Some(l) => {
+            let xd = match dropout {
+                Some(mask) => (x * mask)?,
+                None => x.clone(),
+            };
             let dy_b = (dy.matmul(&l.b)? * l.scale)?;
-            dx = (dx + dy_b.matmul(&l.a)?)?;
-            let da = dy_b.t()?.matmul(x)?;
-            let xa = x.matmul(&l.a.t()?)?;
+            let dxd = dy_b.matmul(&l.a)?;
+            dx = match dropout {
+                Some(mask) => (dx + (dxd * mask)?)?,
+                None => (dx + dxd)?,
+            };
+            let da = dy_b.t()?.matmul(&xd)?;
+            let xa = xd.matmul(&l.a.t()?)?;
             let db = (dy.t()?.matmul(&xa)? * l.scale)?;
             Some((da, db))
         }
     };
     Ok(LinearGrads { dx, dw, dlora })
+}
+
+/// A dropout mask shaped `shape`: each element `1/(1-p)` with probability `1-p`, else 0, drawn
+/// from `seed` (the same seed gives the same mask, so recomputation sees it again).
+pub fn dropout_mask(
+    p: f64,
+    seed: u64,
+    shape: &[usize],
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let mut rng = crate::rng::Rng64::new(seed);
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let n: usize = shape.iter().product();
+    let mask: Vec<f32> = (0..n)
+        .map(|_| if rng.unit() < p { 0.0 } else { keep })
+        .collect();
+    Tensor::from_vec(mask, shape, device)?.to_dtype(dtype)
 }
