@@ -388,3 +388,84 @@ impl Model {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use candle_core::{DType, Device};
+
+    use super::*;
+    use crate::{LoraAdapter, ModelConfig, ModelWeights};
+
+    fn bytes(t: &Tensor) -> usize {
+        t.elem_count() * t.dtype().size_in_bytes()
+    }
+
+    /// The memory account's activations are exactly what a step keeps.
+    #[test]
+    fn memory_account_counts_the_saved_activations() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mistral");
+        let config = ModelConfig::load(&dir).unwrap();
+        let weights = ModelWeights::load(&dir, &config, DType::F32, &Device::Cpu).unwrap();
+        let lora =
+            LoraAdapter::load(&dir.join("adapter"), &config, DType::F32, &Device::Cpu).unwrap();
+        let m = Model::new(config, weights, Some(lora));
+        let (rows, seq_len) = (2, 9);
+        let n = rows * seq_len;
+        let batch = Batch {
+            rows,
+            seq_len,
+            input_ids: (0..n as u32).collect(),
+            position_ids: (0..n as u32).map(|i| i % seq_len as u32).collect(),
+            segment_ids: vec![1; n],
+            labels: vec![1; n],
+        };
+        let (cos, sin) =
+            rope_tables(m.inv_freq(), &batch.position_ids, rows, &Device::Cpu).unwrap();
+        let mask = attention_mask(
+            &batch.segment_ids,
+            rows,
+            m.config.sliding_window,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ctx = StepContext {
+            cos,
+            sin,
+            mask,
+            dropout_seed: 0,
+        };
+        let mut x = Tensor::zeros(
+            (rows, seq_len, m.config.hidden_size),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut kept = bytes(&x);
+        for l in 0..m.config.num_layers {
+            let s = m.layer_forward_saved(&x, l, &ctx).unwrap();
+            kept += [
+                &s.h1, &s.q, &s.k, &s.v, &s.p, &s.a, &s.x_mid, &s.h2, &s.gate, &s.up, &s.z, &s.out,
+            ]
+            .into_iter()
+            .map(bytes)
+            .sum::<usize>();
+            x = s.out;
+        }
+        let account = m.memory_account(TrainMode::Lora, rows, seq_len, false);
+        assert_eq!(account.saved_activation_bytes, kept);
+        let recomputed = m.memory_account(TrainMode::Lora, rows, seq_len, true);
+        assert_eq!(
+            recomputed.saved_activation_bytes,
+            (m.config.num_layers + 1) * bytes(&x)
+        );
+        assert!(account.frozen_weight_bytes > 0 && account.trainable_weight_bytes > 0);
+        let full = m.memory_account(TrainMode::Full, rows, seq_len, false);
+        assert_eq!(full.frozen_weight_bytes, 0);
+        assert_eq!(
+            full.trainable_weight_bytes,
+            account.frozen_weight_bytes + account.trainable_weight_bytes
+        );
+    }
+}

@@ -233,3 +233,70 @@ fn lora_dropout_is_seeded_and_recomputed_identically() {
         "dropout changes the gradient"
     );
 }
+
+/// The loss with one weight coordinate moved, for finite differences (f64 on the summed loss).
+fn loss_with(
+    m: &Model,
+    b: &Batch,
+    pick: &dyn Fn(&mut ModelWeights) -> &mut Tensor,
+    i: usize,
+    d: f32,
+) -> f64 {
+    let mut m = m.clone();
+    let t = pick(&mut m.weights);
+    let mut v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    v[i] += d;
+    *t = Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+    let l = m.loss_sum(b, 5).unwrap();
+    l.sum / trained_targets(b)
+}
+
+#[test]
+fn full_fine_tuning_gradients_match_finite_differences() {
+    // Granite: tied embeddings and every multiplier in play.
+    let r = reference("granite");
+    let b = batch(&r);
+    let m = model("granite", false);
+    let g = step(&m, &b, TrainMode::Full, false);
+    let l = &g.layers[1];
+    let weights = l.weights.as_ref().unwrap();
+    let cases: Vec<(&str, &dyn Fn(&mut ModelWeights) -> &mut Tensor, &Tensor)> = vec![
+        (
+            "embed_tokens (tied)",
+            &|w| &mut w.embed_tokens,
+            g.embed_tokens.as_ref().unwrap(),
+        ),
+        ("norm", &|w| &mut w.norm, g.norm.as_ref().unwrap()),
+        (
+            "layers.1.q_proj",
+            &|w| &mut w.layers[1].q_proj,
+            &weights.q_proj,
+        ),
+        (
+            "layers.1.input_norm",
+            &|w| &mut w.layers[1].input_norm,
+            &weights.input_norm,
+        ),
+        (
+            "layers.1.down_proj",
+            &|w| &mut w.layers[1].down_proj,
+            &weights.down_proj,
+        ),
+    ];
+    for (name, pick, grad) in cases {
+        let gv: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+        // The coordinates with the largest gradients, where the difference is well above noise.
+        let mut order: Vec<usize> = (0..gv.len()).collect();
+        order.sort_by(|&a, &b| gv[b].abs().total_cmp(&gv[a].abs()));
+        for &i in &order[..3] {
+            let eps = 2e-3;
+            let fd = (loss_with(&m, &b, pick, i, eps) - loss_with(&m, &b, pick, i, -eps))
+                / (2.0 * f64::from(eps));
+            let want = f64::from(gv[i]);
+            assert!(
+                (fd - want).abs() < 1e-2 * want.abs() + 1e-4,
+                "{name}[{i}]: finite difference {fd} vs backward {want}"
+            );
+        }
+    }
+}

@@ -21,25 +21,30 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, lora: Option<&Lora>) -> Result<Ten
 }
 
 /// `x`: `[.., in]` -> `[.., out]`; `dropout`, shaped as `x`, masks the adapter's input.
+/// Leading dimensions are flattened so that each product is one 2-D GEMM.
 pub fn linear_forward_train(
     x: &Tensor,
     w: &Tensor,
     lora: Option<&Lora>,
     dropout: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let y = x.broadcast_matmul(&w.t()?)?;
-    match lora {
-        None => Ok(y),
-        Some(l) => {
-            let xd = match dropout {
-                Some(mask) => (x * mask)?,
-                None => x.clone(),
-            };
-            let down = xd.broadcast_matmul(&l.a.t()?)?;
-            let up = down.broadcast_matmul(&l.b.t()?)?;
-            y + (up * l.scale)?
-        }
+    let dims = x.dims().to_vec();
+    let (last, lead) = dims
+        .split_last()
+        .expect("a linear input has a feature dimension");
+    let x2 = x.reshape(((), *last))?;
+    let mut y = x2.matmul(&w.t()?)?;
+    if let Some(l) = lora {
+        let xd = match dropout {
+            Some(mask) => (&x2 * mask.reshape(((), *last))?)?,
+            None => x2,
+        };
+        let up = xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+        y = (y + (up * l.scale)?)?;
     }
+    let mut out_dims = lead.to_vec();
+    out_dims.push(w.dim(0)?);
+    y.reshape(out_dims)
 }
 
 /// Gradients of [`linear_forward`] for `x`: `[N, in]`, `dy`: `[N, out]` (tokens flattened).
