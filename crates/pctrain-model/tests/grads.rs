@@ -234,14 +234,11 @@ fn lora_dropout_is_seeded_and_recomputed_identically() {
     );
 }
 
+/// Picks one weight tensor out of a model's weights.
+type Pick = dyn Fn(&mut ModelWeights) -> &mut Tensor;
+
 /// The loss with one weight coordinate moved, for finite differences (f64 on the summed loss).
-fn loss_with(
-    m: &Model,
-    b: &Batch,
-    pick: &dyn Fn(&mut ModelWeights) -> &mut Tensor,
-    i: usize,
-    d: f32,
-) -> f64 {
+fn loss_with(m: &Model, b: &Batch, pick: &Pick, i: usize, d: f32) -> f64 {
     let mut m = m.clone();
     let t = pick(&mut m.weights);
     let mut v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
@@ -260,7 +257,7 @@ fn full_fine_tuning_gradients_match_finite_differences() {
     let g = step(&m, &b, TrainMode::Full, false);
     let l = &g.layers[1];
     let weights = l.weights.as_ref().unwrap();
-    let cases: Vec<(&str, &dyn Fn(&mut ModelWeights) -> &mut Tensor, &Tensor)> = vec![
+    let cases: Vec<(&str, &Pick, &Tensor)> = vec![
         (
             "embed_tokens (tied)",
             &|w| &mut w.embed_tokens,
