@@ -16,6 +16,8 @@ pub enum BaseError {
     Model(#[from] pctrain_model::ModelError),
     #[error("{0}: no such model folder, and not a hub id (owner/name)")]
     NotFound(String),
+    #[error("{path}: {message}")]
+    Index { path: PathBuf, message: String },
 }
 
 /// A model and the tokenizer that came with it.
@@ -56,20 +58,8 @@ fn resolve(spec: &str) -> Result<PathBuf, BaseError> {
     hub::fetch(&repo, "tokenizer.json", true)?;
     match hub::fetch(&repo, "model.safetensors.index.json", false)? {
         Some(index) => {
-            let text =
-                std::fs::read_to_string(&index).map_err(|e| pctrain_data::DataError::Io {
-                    path: index.clone(),
-                    source: e,
-                })?;
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            let mut shards: Vec<&str> = v["weight_map"]
-                .as_object()
-                .map(|m| m.values().filter_map(|s| s.as_str()).collect())
-                .unwrap_or_default();
-            shards.sort();
-            shards.dedup();
-            for shard in shards {
-                hub::fetch(&repo, shard, true)?;
+            for shard in shard_names(&index)? {
+                hub::fetch(&repo, &shard, true)?;
             }
         }
         None => {
@@ -80,4 +70,29 @@ fn resolve(spec: &str) -> Result<PathBuf, BaseError> {
         .parent()
         .expect("a cached file has a snapshot folder")
         .to_path_buf())
+}
+
+/// The shard files a `model.safetensors.index.json` names, sorted, each once.
+fn shard_names(index: &Path) -> Result<Vec<String>, BaseError> {
+    let err = |message: String| BaseError::Index {
+        path: index.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(index).map_err(|e| err(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("malformed JSON: {e}")))?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| err("missing `weight_map`".into()))?;
+    let mut shards: Vec<String> = map
+        .values()
+        .map(|s| {
+            s.as_str()
+                .map(String::from)
+                .ok_or_else(|| err("a shard name is not a string".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
 }

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+pub mod loopback;
+
 use hf_hub::{HFClientSync, HFError};
 
 use crate::error::{DataError, Result};
