@@ -38,10 +38,9 @@ impl LoopbackHub {
         let seen = log.clone();
         let gated: HashSet<String> = gated.iter().map(|s| s.to_string()).collect();
         std::thread::spawn(move || {
-            for stream in listener.incoming().take(max_requests) {
-                if let Ok(stream) = stream {
-                    let _ = answer(stream, &repos, &gated, &seen);
-                }
+            for stream in listener.incoming().take(max_requests).flatten() {
+                // A failed exchange concerns that client only; keep serving.
+                let _ = answer(stream, &repos, &gated, &seen);
             }
         });
         Ok(LoopbackHub { endpoint, log })
