@@ -3,12 +3,10 @@
 use candle_core::{Tensor, D};
 
 use crate::error::{ModelError, Result};
-use crate::layers::attention::{attention_forward, decode_mask};
-use crate::layers::linear::{linear_forward, Lora};
-use crate::layers::mlp::swiglu_forward;
+use crate::layer::LayerContext;
+use crate::layers::attention::decode_mask;
 use crate::layers::norm::rms_norm_forward;
-use crate::layers::rope::{rope_forward, rope_tables};
-use crate::lora::Target;
+use crate::layers::rope::rope_tables;
 use crate::model::Model;
 use crate::rng::Rng64;
 
@@ -29,7 +27,7 @@ pub enum Sampling {
 /// Keys and values of every layer so far: `[1, kv_heads, S, head_dim]` each.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>,
+    layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
 }
 
@@ -71,54 +69,17 @@ impl Model {
             .index_select(&ids_t, 0)?
             .reshape((1, n, c.hidden_size))?
             * c.embedding_multiplier)?;
-        for (l, w) in self.weights.layers.iter().enumerate() {
-            let lora = self.lora.as_ref().map(|a| &a.layers[l]);
-            let adapter =
-                |t: Target| -> Option<&Lora> { lora.and_then(|a| a[t as usize].as_ref()) };
-            let heads = |y: Tensor, h: usize| -> Result<Tensor> {
-                Ok(y.reshape((1, n, h, c.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
-            };
-            let h = rms_norm_forward(&x, &w.input_norm, c.rms_norm_eps)?;
-            let q = heads(
-                linear_forward(&h, &w.q_proj, adapter(Target::Q))?,
-                c.num_heads,
-            )?;
-            let k = heads(
-                linear_forward(&h, &w.k_proj, adapter(Target::K))?,
-                c.num_kv_heads,
-            )?;
-            let v = heads(
-                linear_forward(&h, &w.v_proj, adapter(Target::V))?,
-                c.num_kv_heads,
-            )?;
-            let q = rope_forward(&q, &cos, &sin)?;
-            let k = rope_forward(&k, &cos, &sin)?;
-            let (k, v) = match cache.layers.get(l) {
-                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-                None => (k, v),
-            };
-            let a = attention_forward(&q, &k, &v, &mask, c.attention_scale)?;
-            if l < cache.layers.len() {
-                cache.layers[l] = (k, v);
-            } else {
-                cache.layers.push((k, v));
-            }
-            let a = a
-                .transpose(1, 2)?
-                .reshape((1, n, c.num_heads * c.head_dim))?;
-            let a = linear_forward(&a, &w.o_proj, adapter(Target::O))?;
-            x = (x + (a * c.residual_multiplier)?)?;
-            let h = rms_norm_forward(&x, &w.post_attention_norm, c.rms_norm_eps)?;
-            let gate = linear_forward(&h, &w.gate_proj, adapter(Target::Gate))?;
-            let up = linear_forward(&h, &w.up_proj, adapter(Target::Up))?;
-            let m = linear_forward(
-                &swiglu_forward(&gate, &up)?,
-                &w.down_proj,
-                adapter(Target::Down),
-            )?;
-            x = (x + (m * c.residual_multiplier)?)?;
+        let ctx = LayerContext {
+            cos,
+            sin,
+            mask,
+            dropout_seed: None,
+        };
+        cache.layers.resize(c.num_layers, None);
+        for l in 0..c.num_layers {
+            x = self
+                .layer_forward(&x, l, &ctx, Some(&mut cache.layers[l]))?
+                .out;
         }
         cache.len += n;
         let last = rms_norm_forward(&x.narrow(1, n - 1, 1)?, &self.weights.norm, c.rms_norm_eps)?;

@@ -5,6 +5,7 @@ pub mod backward;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod layer;
 pub mod layers;
 pub mod lora;
 pub mod memory;

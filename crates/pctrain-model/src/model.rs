@@ -5,14 +5,13 @@ use candle_core::{Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::attention::{attention_forward, attention_mask};
-use crate::layers::linear::{linear_forward, Lora};
+use crate::layer::LayerContext;
+use crate::layers::attention::attention_mask;
 use crate::layers::loss::{cross_entropy_forward, shift_targets, LossSum};
-use crate::layers::mlp::swiglu_forward;
 use crate::layers::norm::rms_norm_forward;
-use crate::layers::rope::{inverse_frequencies, rope_forward, rope_tables};
-use crate::lora::{LayerLora, LoraAdapter, Target};
-use crate::weights::{LayerWeights, ModelWeights};
+use crate::layers::rope::{inverse_frequencies, rope_tables};
+use crate::lora::{LoraAdapter, Target};
+use crate::weights::ModelWeights;
 
 /// One batch of packed rows, row-major `[B, T]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,63 +96,16 @@ impl Model {
         }
         let (cos, sin) = rope_tables(&self.inv_freq, &batch.position_ids, batch.rows, &device)?;
         let mask = attention_mask(&batch.segment_ids, batch.rows, c.sliding_window, &device)?;
-        for (l, w) in self.weights.layers.iter().enumerate() {
-            let lora = self.lora.as_ref().map(|a| &a.layers[l]);
-            x = self.layer_forward(&x, w, lora, &cos, &sin, &mask)?;
+        let ctx = LayerContext {
+            cos,
+            sin,
+            mask,
+            dropout_seed: None,
+        };
+        for l in 0..c.num_layers {
+            x = self.layer_forward(&x, l, &ctx, None)?.out;
         }
         Ok(rms_norm_forward(&x, &self.weights.norm, c.rms_norm_eps)?)
-    }
-
-    fn layer_forward(
-        &self,
-        x: &Tensor,
-        w: &LayerWeights,
-        lora: Option<&LayerLora>,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, t, _) = x.dims3()?;
-        let adapter =
-            |target: Target| -> Option<&Lora> { lora.and_then(|l| l[target as usize].as_ref()) };
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-
-        let h = rms_norm_forward(x, &w.input_norm, c.rms_norm_eps)?;
-        let q = heads(
-            linear_forward(&h, &w.q_proj, adapter(Target::Q))?,
-            c.num_heads,
-        )?;
-        let k = heads(
-            linear_forward(&h, &w.k_proj, adapter(Target::K))?,
-            c.num_kv_heads,
-        )?;
-        let v = heads(
-            linear_forward(&h, &w.v_proj, adapter(Target::V))?,
-            c.num_kv_heads,
-        )?;
-        let q = rope_forward(&q, cos, sin)?;
-        let k = rope_forward(&k, cos, sin)?;
-        let a = attention_forward(&q, &k, &v, mask, c.attention_scale)?;
-        let a = a
-            .transpose(1, 2)?
-            .reshape((b, t, c.num_heads * c.head_dim))?;
-        let a = linear_forward(&a, &w.o_proj, adapter(Target::O))?;
-        let x = (x + (a * c.residual_multiplier)?)?;
-
-        let h = rms_norm_forward(&x, &w.post_attention_norm, c.rms_norm_eps)?;
-        let gate = linear_forward(&h, &w.gate_proj, adapter(Target::Gate))?;
-        let up = linear_forward(&h, &w.up_proj, adapter(Target::Up))?;
-        let m = linear_forward(
-            &swiglu_forward(&gate, &up)?,
-            &w.down_proj,
-            adapter(Target::Down),
-        )?;
-        Ok((x + (m * c.residual_multiplier)?)?)
     }
 
     /// Folds the adapters into the base weights (`W += scale * B A`) and drops them.

@@ -1,23 +1,12 @@
 //! Generation with a key/value cache gives transformers' greedy tokens, and the cache changes
 //! nothing compared with recomputing the whole sequence.
 
-use std::path::PathBuf;
+mod common;
 
-use candle_core::{DType, Device, Tensor, D};
-use pctrain_model::{Batch, KvCache, Model, ModelConfig, ModelWeights, Sampling};
+use common::{fixture, model};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn model(name: &str) -> Model {
-    let dir = fixture(name);
-    let config = ModelConfig::load(&dir).unwrap();
-    let weights = ModelWeights::load(&dir, &config, DType::F32, &Device::Cpu).unwrap();
-    Model::new(config, weights, None)
-}
+use candle_core::{Device, Tensor, D};
+use pctrain_model::{Batch, KvCache, Sampling};
 
 fn ids(t: &Tensor) -> Vec<u32> {
     t.to_vec1::<i64>()
@@ -37,7 +26,7 @@ fn greedy_generation_matches_transformers() {
         .unwrap();
         let prompt = ids(&r["generate.prompt"]);
         let want = ids(&r["generate.greedy"]);
-        let got = model(name)
+        let got = model(name, false)
             .generate(&prompt, 20, Sampling::Greedy, &[])
             .unwrap();
         assert_eq!(got, want, "{name}");
@@ -47,7 +36,7 @@ fn greedy_generation_matches_transformers() {
 #[test]
 fn cached_decoding_equals_full_recomputation() {
     // Mistral: the sliding window (6) is shorter than the sequence, so the cache must apply it.
-    let m = model("mistral");
+    let m = model("mistral", false);
     let seq: Vec<u32> = vec![5, 17, 200, 3, 99, 42, 7, 7, 130, 64, 2, 250];
     let mut cache = KvCache::default();
     let mut step_logits = vec![m.decode_step(&seq[..4], &mut cache).unwrap()];
@@ -83,7 +72,7 @@ fn cached_decoding_equals_full_recomputation() {
 
 #[test]
 fn sampling_is_seeded_and_stops_at_a_stop_token() {
-    let m = model("llama");
+    let m = model("llama", false);
     let prompt = [0u32, 10, 20, 30];
     let s = |seed| Sampling::Sample {
         temperature: 1.0,

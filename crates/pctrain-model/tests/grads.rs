@@ -1,48 +1,12 @@
 //! Model gradients match PEFT's (LoRA A and B of every target, and the input embeddings) on the
 //! fixture batch; frozen weights hold no gradient; every trainable tensor gets a non-zero one.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
 
-use candle_core::{DType, Device, Tensor};
-use pctrain_model::{
-    Batch, Grads, LoraAdapter, Model, ModelConfig, ModelWeights, StepOptions, Target, TrainMode,
-};
+use common::{batch, model, reference};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
-        .unwrap()
-}
-
-fn batch(r: &HashMap<String, Tensor>) -> Batch {
-    let ids = |k: &str| -> Vec<i64> { r[k].flatten_all().unwrap().to_vec1().unwrap() };
-    let (rows, seq_len) = r["input_ids"].dims2().unwrap();
-    let u32s = |k: &str| ids(k).into_iter().map(|v| v as u32).collect();
-    Batch {
-        rows,
-        seq_len,
-        input_ids: u32s("input_ids"),
-        position_ids: u32s("position_ids"),
-        segment_ids: u32s("segment_ids"),
-        labels: ids("labels"),
-    }
-}
-
-fn model(name: &str, with_lora: bool) -> Model {
-    let dir = fixture(name);
-    let config = ModelConfig::load(&dir).unwrap();
-    let weights = ModelWeights::load(&dir, &config, DType::F32, &Device::Cpu).unwrap();
-    let lora = with_lora.then(|| {
-        LoraAdapter::load(&dir.join("adapter"), &config, DType::F32, &Device::Cpu).unwrap()
-    });
-    Model::new(config, weights, lora)
-}
+use candle_core::{Device, Tensor};
+use pctrain_model::{Batch, Grads, Model, ModelWeights, StepOptions, Target, TrainMode};
 
 fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.dims(), want.dims());

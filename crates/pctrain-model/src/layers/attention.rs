@@ -36,12 +36,17 @@ pub fn attention_forward(
     mask: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
-    let dtype = q.dtype();
-    let (b, heads, t, d) = q.dims4()?;
     let p = attention_probs(q, k, mask, scale)?;
-    let kv_heads = k.dim(1)?;
-    let out = grouped(&p, kv_heads)?.matmul(&v.to_dtype(DType::F32)?)?;
-    out.reshape((b, heads, t, d))?.to_dtype(dtype)
+    attention_output(&p, v)?.to_dtype(q.dtype())
+}
+
+/// `p`: `[B, heads, T, S]` probabilities, `v`: `[B, kv_heads, S, d]` -> `p v`: `[B, heads, T, d]`
+/// in f32.
+pub fn attention_output(p: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, heads, t, _) = p.dims4()?;
+    let (kv_heads, d) = (v.dim(1)?, v.dim(3)?);
+    let out = grouped(p, kv_heads)?.matmul(&v.to_dtype(DType::F32)?)?;
+    out.reshape((b, heads, t, d))
 }
 
 /// Softmax of the masked, scaled scores: `[B, heads, T, S]` in f32 for `S` keys (`S = T` in

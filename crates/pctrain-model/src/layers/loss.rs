@@ -26,21 +26,6 @@ pub fn shift_targets(labels: &[i64], segment_ids: &[u32], batch: usize) -> Vec<i
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_never_cross_samples_or_rows() {
-        let labels = [10, 11, 12, 13, 14, 15, 16, -100];
-        let segments = [1, 1, 1, 2, 2, 2, 2, 0];
-        assert_eq!(
-            shift_targets(&labels, &segments, 2),
-            vec![11, 12, -100, -100, 15, 16, -100, -100]
-        );
-    }
-}
-
 /// Sum of the cross-entropy over trained targets, and their count.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossSum {
@@ -62,33 +47,79 @@ pub fn cross_entropy_forward(
     let out_t = output.t()?;
     for start in (0..n).step_by(chunk.max(1)) {
         let len = chunk.min(n - start);
-        let rows: Vec<(usize, u32)> = (start..start + len)
-            .filter(|&i| targets[i] != IGNORE_INDEX)
-            .map(|i| (i, targets[i] as u32))
-            .collect();
-        if rows.is_empty() {
+        let Some(c) = chunk_logits(hidden, &out_t, logits_scaling, targets, start..start + len)?
+        else {
             continue;
-        }
-        let device = hidden.device();
-        let index = Tensor::from_vec(
-            rows.iter().map(|&(i, _)| i as u32).collect::<Vec<_>>(),
-            rows.len(),
-            device,
-        )?;
-        let h = hidden.index_select(&index, 0)?;
-        let logits = (h.matmul(&out_t)?.to_dtype(DType::F32)? / logits_scaling)?;
-        let lse = logits.log_sum_exp(D::Minus1)?;
-        let target = Tensor::from_vec(
-            rows.iter().map(|&(_, t)| t).collect::<Vec<_>>(),
-            (rows.len(), 1),
-            device,
-        )?;
-        let picked = logits.gather(&target, 1)?.squeeze(1)?;
-        let losses: Vec<f32> = (lse - picked)?.to_vec1()?;
+        };
+        let losses: Vec<f32> = (&c.lse - c.picked()?)?.to_vec1()?;
         total.sum += losses.iter().map(|&l| f64::from(l)).sum::<f64>();
-        total.count += rows.len();
+        total.count += c.targets.len();
     }
     Ok(total)
+}
+
+/// The logits of the rows of one chunk that have a target.
+struct ChunkLogits {
+    /// Row numbers in the batch, `[M]`.
+    index: Tensor,
+    /// Hidden states of those rows, `[M, H]`.
+    hidden: Tensor,
+    targets: Vec<u32>,
+    /// `[M, V]` f32 logits.
+    z: Tensor,
+    /// `[M]` log-sum-exp of each row.
+    lse: Tensor,
+}
+
+impl ChunkLogits {
+    /// One-hot rows of the targets, `[M, V]`.
+    fn onehot(&self) -> Result<Tensor> {
+        let vocab = self.z.dim(1)?;
+        let mut onehot = vec![0f32; self.targets.len() * vocab];
+        for (r, &t) in self.targets.iter().enumerate() {
+            onehot[r * vocab + t as usize] = 1.0;
+        }
+        Tensor::from_vec(onehot, (self.targets.len(), vocab), self.z.device())
+    }
+
+    /// The target's logit in each row, `[M]`.
+    fn picked(&self) -> Result<Tensor> {
+        let t = Tensor::from_vec(
+            self.targets.clone(),
+            (self.targets.len(), 1),
+            self.z.device(),
+        )?;
+        self.z.gather(&t, 1)?.squeeze(1)
+    }
+}
+
+/// Logits of the rows in `rows` whose target is not ignored; `None` when there are none.
+fn chunk_logits(
+    hidden: &Tensor,
+    out_t: &Tensor,
+    logits_scaling: f64,
+    targets: &[i64],
+    rows: std::ops::Range<usize>,
+) -> Result<Option<ChunkLogits>> {
+    let kept: Vec<usize> = rows.filter(|&i| targets[i] != IGNORE_INDEX).collect();
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    let index = Tensor::from_vec(
+        kept.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        kept.len(),
+        hidden.device(),
+    )?;
+    let h = hidden.index_select(&index, 0)?;
+    let z = (h.matmul(out_t)?.to_dtype(DType::F32)? / logits_scaling)?;
+    let lse = z.log_sum_exp(D::Minus1)?;
+    Ok(Some(ChunkLogits {
+        index,
+        hidden: h,
+        targets: kept.iter().map(|&i| targets[i] as u32).collect(),
+        z,
+        lse,
+    }))
 }
 
 /// Gradients of the summed loss scaled by `grad_scale` (the caller's `1 / normalizer`).
@@ -115,42 +146,25 @@ pub fn cross_entropy_backward(
 ) -> Result<CrossEntropyGrads> {
     let (n, h_dim) = hidden.dims2()?;
     let vocab = output.dim(0)?;
-    let device = hidden.device();
     let mut loss = LossSum { sum: 0.0, count: 0 };
-    let mut dhidden = Tensor::zeros((n, h_dim), hidden.dtype(), device)?;
+    let mut dhidden = Tensor::zeros((n, h_dim), hidden.dtype(), hidden.device())?;
     let mut doutput = None::<Tensor>;
     let out_t = output.t()?;
     for start in (0..n).step_by(chunk.max(1)) {
         let len = chunk.min(n - start);
-        let rows: Vec<(usize, usize)> = (start..start + len)
-            .filter(|&i| targets[i] != IGNORE_INDEX)
-            .map(|i| (i, targets[i] as usize))
-            .collect();
-        if rows.is_empty() {
+        let Some(c) = chunk_logits(hidden, &out_t, logits_scaling, targets, start..start + len)?
+        else {
             continue;
-        }
-        let index = Tensor::from_vec(
-            rows.iter().map(|&(i, _)| i as u32).collect::<Vec<_>>(),
-            rows.len(),
-            device,
-        )?;
-        let h = hidden.index_select(&index, 0)?;
-        let z = (h.matmul(&out_t)?.to_dtype(DType::F32)? / logits_scaling)?;
-        let lse = z.log_sum_exp(D::Minus1)?;
-        let mut onehot = vec![0f32; rows.len() * vocab];
-        for (r, &(_, t)) in rows.iter().enumerate() {
-            onehot[r * vocab + t] = 1.0;
-        }
-        let onehot = Tensor::from_vec(onehot, (rows.len(), vocab), device)?;
-        let picked = (&z * &onehot)?.sum(D::Minus1)?;
-        let losses: Vec<f32> = (&lse - picked)?.to_vec1()?;
+        };
+        let onehot = c.onehot()?;
+        let losses: Vec<f32> = (&c.lse - (&c.z * &onehot)?.sum(D::Minus1)?)?.to_vec1()?;
         loss.sum += losses.iter().map(|&l| f64::from(l)).sum::<f64>();
-        loss.count += rows.len();
-        let p = z.broadcast_sub(&lse.unsqueeze(1)?)?.exp()?;
-        let dz = (((p - onehot)? * (grad_scale / logits_scaling))?).to_dtype(hidden.dtype())?;
-        dhidden = dhidden.index_add(&index, &dz.matmul(output)?, 0)?;
+        loss.count += c.targets.len();
+        let p = c.z.broadcast_sub(&c.lse.unsqueeze(1)?)?.exp()?;
+        let dz = ((p - onehot)? * (grad_scale / logits_scaling))?.to_dtype(hidden.dtype())?;
+        dhidden = dhidden.index_add(&c.index, &dz.matmul(output)?, 0)?;
         if train_output {
-            let d = dz.t()?.matmul(&h)?;
+            let d = dz.t()?.matmul(&c.hidden)?;
             doutput = Some(match doutput {
                 Some(acc) => (acc + d)?,
                 None => d,
@@ -158,11 +172,30 @@ pub fn cross_entropy_backward(
         }
     }
     if train_output && doutput.is_none() {
-        doutput = Some(Tensor::zeros((vocab, h_dim), output.dtype(), device)?);
+        doutput = Some(Tensor::zeros(
+            (vocab, h_dim),
+            output.dtype(),
+            output.device(),
+        )?);
     }
     Ok(CrossEntropyGrads {
         loss,
         dhidden,
         doutput,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_never_cross_samples_or_rows() {
+        let labels = [10, 11, 12, 13, 14, 15, 16, -100];
+        let segments = [1, 1, 1, 2, 2, 2, 2, 0];
+        assert_eq!(
+            shift_targets(&labels, &segments, 2),
+            vec![11, 12, -100, -100, 15, 16, -100, -100]
+        );
+    }
 }

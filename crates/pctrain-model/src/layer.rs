@@ -1,0 +1,264 @@
+//! One decoder layer, forward and backward side by side:
+//! `x_mid = x + r * o_proj(attention(rope(q(norm(x))), rope(k(..)), v(..)))`,
+//! `out = x_mid + r * down(silu(gate(norm(x_mid))) * up(norm(x_mid)))`, with `r` Granite's residual
+//! multiplier (1 elsewhere). The forward keeps what the backward needs ([`Saved`]); training,
+//! inference and cached decoding all run this one forward.
+
+use candle_core::{Tensor, D};
+
+use crate::backward::LayerGrads;
+use crate::error::Result;
+use crate::layers::attention::{attention_backward, attention_output, attention_probs};
+use crate::layers::linear::{dropout_mask, linear_backward, linear_forward_train, Lora};
+use crate::layers::mlp::{swiglu_backward, swiglu_forward};
+use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
+use crate::layers::rope::{rope_backward, rope_forward};
+use crate::lora::{LayerLora, Target};
+use crate::model::Model;
+use crate::weights::LayerWeights;
+
+/// What a layer's backward needs.
+pub(crate) struct Saved {
+    pub(crate) x: Tensor,
+    pub(crate) h1: Tensor,
+    pub(crate) q: Tensor,
+    pub(crate) k: Tensor,
+    pub(crate) v: Tensor,
+    pub(crate) p: Tensor,
+    pub(crate) a: Tensor,
+    pub(crate) x_mid: Tensor,
+    pub(crate) h2: Tensor,
+    pub(crate) gate: Tensor,
+    pub(crate) up: Tensor,
+    pub(crate) z: Tensor,
+    pub(crate) out: Tensor,
+}
+
+/// Inputs shared by every layer of a pass.
+pub(crate) struct LayerContext {
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    pub(crate) mask: Tensor,
+    /// Seed of the LoRA dropout masks; `None` at inference (no dropout).
+    pub(crate) dropout_seed: Option<u64>,
+}
+
+impl Model {
+    fn adapters(&self, l: usize) -> Option<&LayerLora> {
+        self.lora.as_ref().map(|a| &a.layers[l])
+    }
+
+    /// The LoRA dropout mask of layer `l`'s `target` for input `x`, when that adapter exists and
+    /// its dropout is above 0; a function of the step's seed, so recomputation draws it again.
+    fn dropout(
+        &self,
+        ctx: &LayerContext,
+        l: usize,
+        target: Target,
+        x: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let (Some(adapter), Some(step_seed)) = (&self.lora, ctx.dropout_seed) else {
+            return Ok(None);
+        };
+        let p = adapter.config.dropout;
+        if p <= 0.0 || adapter.layers[l][target as usize].is_none() {
+            return Ok(None);
+        }
+        let seed =
+            step_seed ^ ((l as u64) << 8 | target as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Ok(Some(dropout_mask(
+            p,
+            seed,
+            x.dims(),
+            x.dtype(),
+            x.device(),
+        )?))
+    }
+
+    /// Forward of layer `l`, keeping what its backward needs. With a `cache` slot (decoding), the
+    /// new keys and values are appended to the cached ones and attention covers them all.
+    pub(crate) fn layer_forward(
+        &self,
+        x: &Tensor,
+        l: usize,
+        ctx: &LayerContext,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Saved> {
+        let c = &self.config;
+        let w = &self.weights.layers[l];
+        let lora = self.adapters(l);
+        let adapter = |t: Target| -> Option<&Lora> { lora.and_then(|a| a[t as usize].as_ref()) };
+        let (b, t, _) = x.dims3()?;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let lin = |t: Target, x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            let mask = self.dropout(ctx, l, t, x)?;
+            Ok(linear_forward_train(x, w, adapter(t), mask.as_ref())?)
+        };
+        let h1 = rms_norm_forward(x, &w.input_norm, c.rms_norm_eps)?;
+        let q = heads(lin(Target::Q, &h1, &w.q_proj)?, c.num_heads)?;
+        let k = heads(lin(Target::K, &h1, &w.k_proj)?, c.num_kv_heads)?;
+        let v = heads(lin(Target::V, &h1, &w.v_proj)?, c.num_kv_heads)?;
+        let q = rope_forward(&q, &ctx.cos, &ctx.sin)?;
+        let k = rope_forward(&k, &ctx.cos, &ctx.sin)?;
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
+        let p = attention_probs(&q, &k, &ctx.mask, c.attention_scale)?;
+        let o = attention_output(&p, &v)?.to_dtype(x.dtype())?;
+        let a = o
+            .transpose(1, 2)?
+            .reshape((b, t, c.num_heads * c.head_dim))?;
+        let attn = lin(Target::O, &a, &w.o_proj)?;
+        let x_mid = (x + (attn * c.residual_multiplier)?)?;
+        let h2 = rms_norm_forward(&x_mid, &w.post_attention_norm, c.rms_norm_eps)?;
+        let gate = lin(Target::Gate, &h2, &w.gate_proj)?;
+        let up = lin(Target::Up, &h2, &w.up_proj)?;
+        let z = swiglu_forward(&gate, &up)?;
+        let m = lin(Target::Down, &z, &w.down_proj)?;
+        let out = (&x_mid + (m * c.residual_multiplier)?)?;
+        Ok(Saved {
+            x: x.clone(),
+            h1,
+            q,
+            k,
+            v,
+            p,
+            a,
+            x_mid,
+            h2,
+            gate,
+            up,
+            z,
+            out,
+        })
+    }
+
+    /// Backward of layer `l`: the gradient with respect to its input, and its parameters'.
+    pub(crate) fn layer_backward(
+        &self,
+        dout: &Tensor,
+        s: &Saved,
+        l: usize,
+        ctx: &LayerContext,
+        full: bool,
+    ) -> Result<(Tensor, LayerGrads)> {
+        let c = &self.config;
+        let w = &self.weights.layers[l];
+        let lora = self.adapters(l);
+        let adapter = |t: Target| -> Option<&Lora> { lora.and_then(|a| a[t as usize].as_ref()) };
+        let (b, t, h) = dout.dims3()?;
+        let n = b * t;
+        let flat = |x: &Tensor| -> Result<Tensor> {
+            let last = x.dim(D::Minus1)?;
+            Ok(x.reshape((n, last))?)
+        };
+        let mut lora_grads: [Option<(Tensor, Tensor)>; 7] = Default::default();
+        // Weight gradients in the order q, k, v, o, gate, up, down (full mode).
+        let mut weight_grads: Vec<Option<Tensor>> = vec![None; 7];
+        let mut linear = |target: Target,
+                          slot: usize,
+                          dy: &Tensor,
+                          x: &Tensor,
+                          weight: &Tensor|
+         -> Result<Tensor> {
+            let mask = self
+                .dropout(ctx, l, target, x)?
+                .map(|m| flat(&m))
+                .transpose()?;
+            let g = linear_backward(
+                &flat(dy)?,
+                &flat(x)?,
+                weight,
+                adapter(target),
+                mask.as_ref(),
+                full,
+            )?;
+            lora_grads[target as usize] = g.dlora;
+            weight_grads[slot] = g.dw;
+            Ok(g.dx)
+        };
+
+        // MLP block: out = x_mid + r * down(swiglu(gate(h2), up(h2))).
+        let dm = (dout * c.residual_multiplier)?;
+        let dz = linear(Target::Down, 6, &dm, &s.z, &w.down_proj)?.reshape(s.z.shape())?;
+        let (dgate, dup) = swiglu_backward(&dz, &s.gate, &s.up)?;
+        let dh2 = (linear(Target::Gate, 4, &dgate, &s.h2, &w.gate_proj)?
+            + linear(Target::Up, 5, &dup, &s.h2, &w.up_proj)?)?
+        .reshape((b, t, h))?;
+        let (dx_norm2, dpost) =
+            rms_norm_backward(&dh2, &s.x_mid, &w.post_attention_norm, c.rms_norm_eps)?;
+        let dx_mid = (dout + dx_norm2)?;
+
+        // Attention block: x_mid = x + r * o_proj(attention(rope(q), rope(k), v)).
+        let dattn = (&dx_mid * c.residual_multiplier)?;
+        let da = linear(Target::O, 3, &dattn, &s.a, &w.o_proj)?;
+        let da = da
+            .reshape((b, t, c.num_heads, c.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let (dq, dk, dv) = attention_backward(&da, &s.q, &s.k, &s.v, &s.p, c.attention_scale)?;
+        let dq = rope_backward(&dq, &ctx.cos, &ctx.sin)?;
+        let dk = rope_backward(&dk, &ctx.cos, &ctx.sin)?;
+        let unheads = |d: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(d.transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, t, heads * c.head_dim))?)
+        };
+        let dh1 = (linear(Target::Q, 0, &unheads(dq, c.num_heads)?, &s.h1, &w.q_proj)?
+            + linear(
+                Target::K,
+                1,
+                &unheads(dk, c.num_kv_heads)?,
+                &s.h1,
+                &w.k_proj,
+            )?
+            + linear(
+                Target::V,
+                2,
+                &unheads(dv, c.num_kv_heads)?,
+                &s.h1,
+                &w.v_proj,
+            )?)?
+        .reshape((b, t, h))?;
+        let (dx_norm1, dinput_norm) = rms_norm_backward(&dh1, &s.x, &w.input_norm, c.rms_norm_eps)?;
+        let dx = (dx_mid + dx_norm1)?;
+
+        let weights = if full {
+            let mut g = weight_grads
+                .into_iter()
+                .map(|g| g.expect("full mode trains every weight"));
+            Some(LayerWeights {
+                input_norm: dinput_norm,
+                q_proj: g.next().expect("q"),
+                k_proj: g.next().expect("k"),
+                v_proj: g.next().expect("v"),
+                o_proj: g.next().expect("o"),
+                post_attention_norm: dpost,
+                gate_proj: g.next().expect("gate"),
+                up_proj: g.next().expect("up"),
+                down_proj: g.next().expect("down"),
+            })
+        } else {
+            None
+        };
+        Ok((
+            dx,
+            LayerGrads {
+                lora: lora_grads,
+                weights,
+            },
+        ))
+    }
+}
