@@ -1,9 +1,13 @@
-//! pctrain's trainer: loading a base model, evaluation, and (next) the training loop,
-//! checkpoints and export.
+//! pctrain's trainer: loading a base model, evaluation, the optimizer and learning-rate schedule;
+//! the training loop, checkpoints and export build on them (issue 4).
 
 pub mod base;
 pub mod eval;
+pub mod optim;
+pub mod schedule;
 
 pub use base::{load_base, BaseModel};
 pub use candle_core::{DType, Device};
 pub use eval::{evaluate, EvalResult};
+pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
+pub use schedule::{Decay, Schedule};
