@@ -28,6 +28,14 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Positions whose next-token target is trained (what the loss sums over).
+    pub fn target_count(&self) -> usize {
+        shift_targets(&self.labels, &self.segment_ids, self.rows)
+            .iter()
+            .filter(|&&t| t != crate::layers::loss::IGNORE_INDEX)
+            .count()
+    }
+
     fn check(&self, vocab: usize) -> Result<()> {
         let n = self.rows * self.seq_len;
         let lens = [

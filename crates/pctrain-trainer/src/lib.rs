@@ -5,9 +5,11 @@ pub mod base;
 pub mod eval;
 pub mod optim;
 pub mod schedule;
+pub mod step;
 
 pub use base::{load_base, BaseModel};
 pub use candle_core::{DType, Device};
 pub use eval::{evaluate, EvalResult};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use schedule::{Decay, Schedule};
+pub use step::{optimizer_step, trainable, StepReport};
