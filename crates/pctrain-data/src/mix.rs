@@ -193,6 +193,10 @@ impl PcJoin {
     /// that does not start with the template's opening is returned unchanged.
     pub fn strip<'a>(&self, answer: &'a str) -> &'a str {
         let opening = self.prefix.trim();
+        if opening.is_empty() && self.middle.trim().is_empty() {
+            // Nothing marks where pseudo-code ends: stripping would cut real text.
+            return answer;
+        }
         let body = answer.trim_start();
         let Some(after_opening) = body.strip_prefix(opening) else {
             return answer;
@@ -234,7 +238,8 @@ pub struct Sample {
 /// What mixing did to the records, for `data stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MixCounts {
-    /// Renditions that asked for pseudo-code the record lacks and became `nl`.
+    /// Records rendered as `nl` because a format of their mix needs pseudo-code they lack (once
+    /// per record, however many of its renditions fell back).
     pub fallbacks_to_nl: u64,
     /// Renditions dropped by `--require-pc` because the record lacks pseudo-code.
     pub dropped_without_pc: u64,
@@ -255,6 +260,7 @@ impl Mixer {
     /// The samples a record gives under this mix, in the mix's order of formats.
     pub fn samples(&self, record: &Record, counts: &mut MixCounts) -> Vec<Sample> {
         let mut out: Vec<Sample> = Vec::new();
+        let mut fell_back = false;
         for &format in self.mix.formats_for(self.seed, &record.id) {
             let mut actual = format;
             if format.needs_pseudo_code() && !record.has_pseudo_code() {
@@ -262,9 +268,9 @@ impl Mixer {
                     counts.dropped_without_pc += 1;
                     continue;
                 }
-                counts.fallbacks_to_nl += 1;
                 actual = Format::Nl;
             }
+            fell_back |= actual != format;
             if out.iter().any(|s| s.format == actual) {
                 continue;
             }
@@ -274,6 +280,7 @@ impl Mixer {
                 messages: self.render(record, actual),
             });
         }
+        counts.fallbacks_to_nl += u64::from(fell_back);
         out
     }
 
@@ -353,6 +360,11 @@ mod tests {
         let loose = "  ```python\ndef f():\n    pass```\nThe answer.";
         assert_eq!(j.strip(loose), "The answer.");
         assert_eq!(j.strip("No pseudo-code here."), "No pseudo-code here.");
+        let unmarked = PcJoin::parse("{pseudo_code}\n\n{response}").unwrap();
+        assert_eq!(
+            unmarked.strip("Para one.\n\nPara two."),
+            "Para one.\n\nPara two."
+        );
         let tagged = PcJoin::parse("<pc>{pseudo_code}</pc>{response}</end>").unwrap();
         assert_eq!(tagged.strip("<pc>x = 1</pc> Hello </end>"), "Hello");
     }

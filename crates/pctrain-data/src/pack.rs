@@ -115,11 +115,6 @@ impl PackedRow {
         out.segment_ids.extend(std::iter::repeat_n(0, pad));
         out
     }
-
-    /// Whether query position `q` may attend to key position `k`: same sample, not later.
-    pub fn may_attend(&self, q: usize, k: usize) -> bool {
-        k <= q && self.segment_ids[q] != 0 && self.segment_ids[q] == self.segment_ids[k]
-    }
 }
 
 #[cfg(test)]

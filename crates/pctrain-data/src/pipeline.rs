@@ -77,9 +77,9 @@ impl Pipeline {
         seq_len: usize,
         skip_invalid: bool,
     ) -> Result<Self> {
-        if seq_len < 2 {
+        if !(2..=MAX_SEQ_LEN).contains(&seq_len) {
             return Err(DataError::Config(format!(
-                "sequence length {seq_len} is too short (at least 2 tokens)"
+                "sequence length {seq_len} is out of range (2 to {MAX_SEQ_LEN} tokens)"
             )));
         }
         if tokenizer.special.eos.is_none() {
@@ -227,6 +227,9 @@ impl Pipeline {
         Ok((out, counts))
     }
 }
+
+/// The longest sequence length accepted (1M tokens, beyond any model pctrain trains).
+pub const MAX_SEQ_LEN: usize = 1 << 20;
 
 /// Records read and prepared together; large enough to keep every thread busy.
 const BATCH_RECORDS: usize = 512;

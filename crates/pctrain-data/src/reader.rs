@@ -68,10 +68,11 @@ impl ParquetReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
-        let reader = SerializedFileReader::new(file).map_err(|e| DataError::Record {
-            path: path.clone(),
-            line: 0,
-            message: format!("not a readable Parquet file: {e}"),
+        let reader = SerializedFileReader::new(file).map_err(|e| {
+            DataError::io(
+                &path,
+                std::io::Error::other(format!("not a readable Parquet file: {e}")),
+            )
         })?;
         Ok(ParquetReader {
             file_name: file_name(&path),
@@ -124,15 +125,6 @@ impl JsonlReader {
     /// Opens `path`; a missing or unreadable file is an error that names it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if path.extension().is_some_and(|e| e == "parquet") {
-            return Err(DataError::Record {
-                path,
-                line: 0,
-                message:
-                    "Parquet is not supported; convert the file to JSONL (one record per line)"
-                        .into(),
-            });
-        }
         let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
         if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
             return Err(DataError::io(

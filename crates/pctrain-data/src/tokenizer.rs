@@ -1,7 +1,7 @@
 //! Tokenizers: a `tokenizer.json`, a model folder, or a hub id, with the special tokens and chat
 //! template of `tokenizer_config.json` (and `chat_template.jinja`, which wins).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use tokenizers::Tokenizer;
@@ -201,11 +201,7 @@ impl TextTokenizer {
 
 /// Reads special tokens and `chat_template` from `tokenizer_config.json`.
 fn read_config(path: &Path, text: &str) -> Result<(SpecialTokens, Option<String>)> {
-    let bad = |message: String| DataError::Record {
-        path: PathBuf::from(path),
-        line: 1,
-        message,
-    };
+    let bad = |message: String| DataError::Config(format!("{}: {message}", path.display()));
     let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
     let token = |key: &str| -> Result<Option<String>> {
         match v.get(key) {

@@ -214,3 +214,11 @@ fn mixes_on_the_shipped_examples_through_the_pipeline() {
         2 * stats.records - stats.mix.fallbacks_to_nl
     );
 }
+
+#[test]
+fn a_record_falls_back_once_however_many_renditions_needed_pseudo_code() {
+    let mut counts = MixCounts::default();
+    let s = mixer("pc+nl-pc").samples(&no_pc(), &mut counts);
+    assert_eq!(s.len(), 1);
+    assert_eq!(counts.fallbacks_to_nl, 1);
+}

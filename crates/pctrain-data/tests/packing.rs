@@ -67,9 +67,15 @@ fn packed_rows_keep_samples_apart() {
             assert_eq!(row.position_ids[q] as usize, q - start);
             // Ids of one segment come from one sample.
             assert_eq!(row.input_ids[q] / 1000, row.input_ids[start] / 1000);
+            // Segments are contiguous runs: a query's sample is exactly the run around it, so a
+            // mask built from segment ids (the model's) keeps samples apart.
+            let end = (q..16)
+                .take_while(|&k| row.segment_ids[k] == seg)
+                .last()
+                .unwrap();
             for k in 0..16 {
-                let same = row.segment_ids[k] == seg;
-                assert_eq!(row.may_attend(q, k), same && k <= q, "q {q} k {k}");
+                let inside = (start..=end).contains(&k);
+                assert_eq!(row.segment_ids[k] == seg, inside, "q {q} k {k}");
             }
         }
         for q in 0..16 {

@@ -69,6 +69,7 @@ impl Model {
         opts: StepOptions,
     ) -> Result<(LossSum, Grads)> {
         let c = &self.config;
+        batch.check(c.vocab_size)?;
         let (b, t) = (batch.rows, batch.seq_len);
         let device = self.device().clone();
         let ids = Tensor::from_slice(&batch.input_ids, b * t, &device)?;

@@ -150,7 +150,10 @@ impl ModelConfig {
             rope: rope(&f)?,
             max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(4096),
             sliding_window: match architecture {
-                Architecture::Mistral => f.opt_usize("sliding_window")?,
+                Architecture::Mistral => match f.opt_usize("sliding_window")? {
+                    Some(0) => return Err(err("field `sliding_window` must be at least 1".into())),
+                    w => w,
+                },
                 _ => None,
             },
             tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
@@ -220,12 +223,25 @@ fn rope(f: &Fields) -> Result<RopeConfig> {
     };
     let llama3 = match kind {
         "default" => None,
-        "llama3" => Some(Llama3Scaling {
-            factor: s.f64("factor")?,
-            low_freq_factor: s.f64("low_freq_factor")?,
-            high_freq_factor: s.f64("high_freq_factor")?,
-            original_max_position_embeddings: s.usize("original_max_position_embeddings")?,
-        }),
+        "llama3" => {
+            let scaling = Llama3Scaling {
+                factor: s.f64("factor")?,
+                low_freq_factor: s.f64("low_freq_factor")?,
+                high_freq_factor: s.f64("high_freq_factor")?,
+                original_max_position_embeddings: s.usize("original_max_position_embeddings")?,
+            };
+            let valid = scaling.factor > 0.0
+                && scaling.low_freq_factor > 0.0
+                && scaling.high_freq_factor > scaling.low_freq_factor
+                && scaling.original_max_position_embeddings > 0;
+            if !valid {
+                return Err((f.err)(format!(
+                    "llama3 rope scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor \
+                     and original_max_position_embeddings > 0, got {scaling:?}"
+                )));
+            }
+            Some(scaling)
+        }
         other => {
             return Err((f.err)(format!(
                 "unsupported rope scaling {other:?} (supported: default, llama3)"

@@ -112,7 +112,7 @@ impl Model {
                 } => sample(&logits, temperature, top_p, &mut rng)?,
             };
             out.push(next);
-            if stop.contains(&next) {
+            if stop.contains(&next) || out.len() == max_new {
                 break;
             }
             logits = self.decode_step(&[next], &mut cache)?;

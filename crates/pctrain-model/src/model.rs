@@ -36,7 +36,8 @@ impl Batch {
             .count()
     }
 
-    fn check(&self, vocab: usize) -> Result<()> {
+    /// Checks that every vector has `rows * seq_len` entries, ids and labels fit the vocabulary.
+    pub(crate) fn check(&self, vocab: usize) -> Result<()> {
         let n = self.rows * self.seq_len;
         let lens = [
             self.input_ids.len(),
@@ -50,9 +51,21 @@ impl Batch {
                 self.rows, self.seq_len
             )));
         }
+        if n == 0 {
+            return Err(ModelError::Input("an empty batch".into()));
+        }
         if let Some(id) = self.input_ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(ModelError::Input(format!(
                 "token id {id} is outside the vocabulary of {vocab}"
+            )));
+        }
+        if let Some(l) = self
+            .labels
+            .iter()
+            .find(|&&l| l != crate::layers::loss::IGNORE_INDEX && !(0..vocab as i64).contains(&l))
+        {
+            return Err(ModelError::Input(format!(
+                "label {l} is neither -100 nor a token id of the vocabulary of {vocab}"
             )));
         }
         Ok(())

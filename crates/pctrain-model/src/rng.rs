@@ -6,8 +6,12 @@ pub struct Rng64(u64);
 
 impl Rng64 {
     pub fn new(seed: u64) -> Self {
-        // A zero state would stay zero.
-        Rng64(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
+        // SplitMix64 spreads every bit of the seed; a zero state would stay zero.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        Rng64(if z == 0 { 0x9e37_79b9_7f4a_7c15 } else { z })
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -20,5 +24,18 @@ impl Rng64 {
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rng64;
+
+    #[test]
+    fn neighbouring_seeds_give_different_streams() {
+        let first = |seed| Rng64::new(seed).next_u64();
+        assert_ne!(first(0), first(1));
+        assert_ne!(first(2), first(3));
+        assert_eq!(first(7), first(7));
     }
 }

@@ -261,3 +261,32 @@ fn full_fine_tuning_gradients_match_finite_differences() {
         }
     }
 }
+
+#[test]
+fn malformed_batches_are_errors_not_panics() {
+    let m = model("llama", true);
+    let r = reference("llama");
+    let opts = StepOptions {
+        mode: TrainMode::Lora,
+        recompute: false,
+        loss_chunk: 5,
+        dropout_seed: 0,
+    };
+    let mut b = batch(&r);
+    b.labels[3] = 5000;
+    let e = m.forward_backward(&b, 1.0, opts).unwrap_err().to_string();
+    assert!(e.contains("label 5000"), "{e}");
+    let mut b = batch(&r);
+    b.labels.pop();
+    assert!(m.forward_backward(&b, 1.0, opts).is_err());
+    let empty = Batch {
+        rows: 0,
+        seq_len: 16,
+        input_ids: vec![],
+        position_ids: vec![],
+        segment_ids: vec![],
+        labels: vec![],
+    };
+    assert!(m.forward_backward(&empty, 1.0, opts).is_err());
+    assert!(m.logits(&empty).is_err());
+}

@@ -192,3 +192,19 @@ fn sharded_weights_load_through_their_index() {
         "{e}"
     );
 }
+
+#[test]
+fn degenerate_numbers_are_refused() {
+    let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "rms_norm_eps": 1e-5"#;
+    let e = config_error(&format!(
+        r#"{{"architectures": ["MistralForCausalLM"], {base}, "sliding_window": 0}}"#
+    ));
+    assert!(e.contains("`sliding_window` must be at least 1"), "{e}");
+    let e = config_error(&format!(
+        r#"{{"architectures": ["LlamaForCausalLM"], {base}, "rope_scaling": {{"rope_type": "llama3",
+        "factor": 0.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}}}}"#
+    ));
+    assert!(e.contains("llama3 rope scaling needs factor > 0"), "{e}");
+}

@@ -161,10 +161,22 @@ pub fn optimizer_step(
     schedule: &Schedule,
     clip_norm: f64,
 ) -> pctrain_model::Result<StepReport> {
+    if micro_batches.is_empty() {
+        return Err(pctrain_model::ModelError::Input(
+            "an optimizer step needs at least one micro-batch".into(),
+        ));
+    }
     let normalizer: usize = micro_batches.iter().map(Batch::target_count).sum();
     let mut sum = 0.0;
     let mut total: Option<Vec<Tensor>> = None;
-    for batch in micro_batches {
+    for (i, batch) in micro_batches.iter().enumerate() {
+        // Each micro-batch draws its own dropout masks.
+        let opts = StepOptions {
+            dropout_seed: opts
+                .dropout_seed
+                .wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            ..opts
+        };
         let (loss, grads) = model.forward_backward(batch, normalizer.max(1) as f64, opts)?;
         sum += loss.sum;
         let g = gradients(&grads, opts.mode);

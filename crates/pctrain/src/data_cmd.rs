@@ -23,7 +23,8 @@ pub enum DataCommand {
 /// What turns data files into samples; shared by every command that reads data.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// JSONL files in Tulu (`messages`) or Alpaca (`instruction`) shape; repeat or list several.
+    /// JSONL or Parquet files in Tulu (`messages`) or Alpaca (`instruction`) shape; repeat or
+    /// list several.
     #[arg(long = "data", required = true, num_args = 1..)]
     pub data: Vec<PathBuf>,
     /// nl | pc | nl-pc, a blend such as nl:0.5,nl-pc:0.5, or both renditions with nl+nl-pc.

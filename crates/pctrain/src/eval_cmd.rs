@@ -39,6 +39,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if stats.invalid_skipped > 0 {
         eprintln!("skipped {} invalid records", stats.invalid_skipped);
     }
+    if samples.is_empty() {
+        bail!("no sample with a trained token in the data: nothing to evaluate");
+    }
     let result = evaluate(
         &base.model,
         &samples,

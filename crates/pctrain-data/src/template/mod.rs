@@ -243,18 +243,21 @@ fn rewrite_generation_tags(source: &str) -> String {
     let mut rest = source;
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
-        let Some(len) = rest[start..].find("%}") else {
+        // The tag runs to the first `%}` after its own `{%`.
+        let Some(len) = rest[start + 2..].find("%}").map(|i| i + 4) else {
+            rest = &rest[start..];
             break;
         };
-        let tag = &rest[start..start + len + 2];
-        let inner = tag[2..tag.len() - 2].trim_matches(['-', '+']).trim();
-        let open = if tag[2..].starts_with(['-', '+']) {
+        let tag = &rest[start..start + len];
+        let body = &tag[2..len - 2];
+        let inner = body.trim_matches(['-', '+']).trim();
+        let open = if body.starts_with(['-', '+']) {
             &tag[..3]
         } else {
             "{%"
         };
-        let close = if tag[..tag.len() - 2].ends_with(['-', '+']) {
-            &tag[tag.len() - 3..]
+        let close = if body.ends_with(['-', '+']) && body.len() > 1 {
+            &tag[len - 3..]
         } else {
             "%}"
         };
@@ -263,7 +266,7 @@ fn rewrite_generation_tags(source: &str) -> String {
             "endgeneration" => out.push_str(&format!("{open} endif {close}")),
             _ => out.push_str(tag),
         }
-        rest = &rest[start + len + 2..];
+        rest = &rest[start + len..];
     }
     out.push_str(rest);
     out
@@ -291,6 +294,13 @@ mod tests {
             rewrite_generation_tags(src),
             "{%- if true -%}x{% endif %}{% if a %}y{% endif %}"
         );
+    }
+
+    #[test]
+    fn odd_tag_text_passes_through_unchanged() {
+        for src in ["{%}", "a {% b", "{{ '{%}' }}", "{%-%}", "{%%}x"] {
+            assert_eq!(rewrite_generation_tags(src), src, "{src}");
+        }
     }
 
     #[test]

@@ -126,7 +126,8 @@ fn walk_pieces(text: &str, pieces: &[String], contents: &[&str]) -> Option<Vec<R
     Some(spans)
 }
 
-/// Finds each content (as written or trimmed) after the previous one.
+/// Finds each content (as written or trimmed) after the previous one. A content that occurs more
+/// than once there is ambiguous (the user may have quoted it): no spans then.
 fn ordered_search(text: &str, contents: &[&str]) -> Option<Vec<Range<usize>>> {
     let mut pos = 0;
     let mut spans = Vec::with_capacity(contents.len());
@@ -135,6 +136,9 @@ fn ordered_search(text: &str, contents: &[&str]) -> Option<Vec<Range<usize>>> {
             .into_iter()
             .filter(|c| !c.is_empty())
             .find_map(|c| text[pos..].find(c).map(|i| (pos + i, c)))?;
+        if text[start + 1..].contains(c) {
+            return None;
+        }
         spans.push(start..start + c.len());
         pos = start + c.len();
     }
@@ -207,5 +211,8 @@ mod tests {
         let msgs = conv(&[(Role::User, "q"), (Role::Assistant, "ABC")]);
         let r = t.render_with_spans("rec-2", &msgs, &special()).unwrap();
         assert_eq!(&r.text[r.spans[0].clone()], "ABC");
+        // The answer also stands in the user's turn: ambiguous, so refused rather than guessed.
+        let msgs = conv(&[(Role::User, "SAY ABC"), (Role::Assistant, "ABC")]);
+        assert!(t.render_with_spans("rec-3", &msgs, &special()).is_err());
     }
 }
