@@ -1,7 +1,9 @@
 //! Evaluation: mean next-token cross-entropy over the trained tokens of a set of samples.
 
 use pctrain_data::{Encoded, Loader, LoaderConfig, Position};
-use pctrain_model::{Batch, Model};
+use pctrain_model::Model;
+
+use crate::train::collate;
 use serde::Serialize;
 
 /// What `pctrain eval` prints.
@@ -34,20 +36,7 @@ pub fn evaluate(
     let rows: Vec<_> = loader.map(|(_, row)| row).collect();
     let (mut sum, mut tokens) = (0.0, 0);
     for chunk in rows.chunks(rows_per_batch.max(1)) {
-        let mut batch = Batch {
-            rows: chunk.len(),
-            seq_len,
-            input_ids: Vec::new(),
-            position_ids: Vec::new(),
-            segment_ids: Vec::new(),
-            labels: Vec::new(),
-        };
-        for row in chunk {
-            batch.input_ids.extend(&row.input_ids);
-            batch.position_ids.extend(&row.position_ids);
-            batch.segment_ids.extend(&row.segment_ids);
-            batch.labels.extend(&row.labels);
-        }
+        let batch = collate(chunk, seq_len);
         let part = model.loss_sum(&batch, 1024)?;
         sum += part.sum;
         tokens += part.count;

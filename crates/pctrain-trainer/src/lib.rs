@@ -4,12 +4,16 @@
 pub mod base;
 pub mod eval;
 pub mod optim;
+pub mod preset;
 pub mod schedule;
 pub mod step;
+pub mod train;
 
 pub use base::{load_base, BaseModel};
 pub use candle_core::{DType, Device};
 pub use eval::{evaluate, EvalResult};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
+pub use preset::tiny_model;
 pub use schedule::{Decay, Schedule};
 pub use step::{optimizer_step, trainable, StepReport};
+pub use train::{collate, train, TrainConfig};

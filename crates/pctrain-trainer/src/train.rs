@@ -1,0 +1,95 @@
+//! The training loop: rows from the loader, grouped into micro-batches and optimizer steps.
+
+use pctrain_data::{Encoded, Loader, LoaderConfig, PackedRow, Position};
+use pctrain_model::{Batch, Model, ModelError, StepOptions};
+
+use crate::optim::{AdamW, AdamWConfig};
+use crate::schedule::Schedule;
+use crate::step::{optimizer_step, trainable, StepReport};
+
+/// How a run trains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub loader: LoaderConfig,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Optimizer steps to run (the schedule spans them).
+    pub max_steps: u64,
+    pub schedule: Schedule,
+    pub adamw: AdamWConfig,
+    /// Global gradient norm bound; 0 turns clipping off.
+    pub clip_norm: f64,
+    pub step: StepOptions,
+}
+
+/// Trains `model` on `samples` for `cfg.max_steps` optimizer steps (fewer if the loader's epochs
+/// run out), calling `on_step` after each with its report and the data position reached.
+pub fn train(
+    model: &mut Model,
+    samples: &[Encoded],
+    pad_id: u32,
+    cfg: &TrainConfig,
+    mut on_step: impl FnMut(&StepReport, Position),
+) -> pctrain_model::Result<Vec<StepReport>> {
+    let mut loader = Loader::new(samples, cfg.loader.clone(), pad_id, Position::default())
+        .map_err(|e| ModelError::Input(e.to_string()))?;
+    let params = trainable(model, cfg.step.mode);
+    let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
+    let mut optimizer = AdamW::new(cfg.adamw, &refs)?;
+    drop(params);
+    let mut reports = Vec::new();
+    while optimizer.step < cfg.max_steps {
+        let mut micro = Vec::with_capacity(cfg.grad_accum);
+        for _ in 0..cfg.grad_accum.max(1) {
+            let rows: Vec<PackedRow> = loader
+                .by_ref()
+                .take(cfg.batch_size.max(1))
+                .map(|(_, r)| r)
+                .collect();
+            if rows.is_empty() {
+                break;
+            }
+            micro.push(collate(&rows, cfg.loader.seq_len));
+        }
+        if micro.is_empty() {
+            break;
+        }
+        let step = StepOptions {
+            dropout_seed: cfg.step.dropout_seed
+                ^ optimizer.step.wrapping_mul(0x2545_f491_4f6c_dd1d),
+            ..cfg.step
+        };
+        let report = optimizer_step(
+            model,
+            &micro,
+            step,
+            &mut optimizer,
+            &cfg.schedule,
+            cfg.clip_norm,
+        )?;
+        on_step(&report, loader.position());
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Stacks packed rows into one `[B, T]` batch.
+pub fn collate(rows: &[PackedRow], seq_len: usize) -> Batch {
+    let mut batch = Batch {
+        rows: rows.len(),
+        seq_len,
+        input_ids: Vec::with_capacity(rows.len() * seq_len),
+        position_ids: Vec::with_capacity(rows.len() * seq_len),
+        segment_ids: Vec::with_capacity(rows.len() * seq_len),
+        labels: Vec::with_capacity(rows.len() * seq_len),
+    };
+    for row in rows {
+        batch.input_ids.extend(&row.input_ids);
+        batch.position_ids.extend(&row.position_ids);
+        batch.segment_ids.extend(&row.segment_ids);
+        batch.labels.extend(&row.labels);
+    }
+    batch
+}
