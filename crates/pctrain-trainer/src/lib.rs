@@ -2,6 +2,7 @@
 //! the training loop, checkpoints and export build on them (issue 4).
 
 pub mod base;
+pub mod checkpoint;
 pub mod eval;
 pub mod optim;
 pub mod preset;
@@ -11,9 +12,10 @@ pub mod train;
 
 pub use base::{load_base, BaseModel};
 pub use candle_core::{DType, Device};
+pub use checkpoint::{checkpoints, load_checkpoint, save_checkpoint, CheckpointError};
 pub use eval::{evaluate, EvalResult};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use preset::tiny_model;
 pub use schedule::{Decay, Schedule};
 pub use step::{optimizer_step, trainable, StepReport};
-pub use train::{collate, train, TrainConfig};
+pub use train::{collate, train, Progress, TrainConfig};

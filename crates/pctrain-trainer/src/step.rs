@@ -99,7 +99,11 @@ fn gradients(grads: &Grads, mode: TrainMode) -> Vec<Tensor> {
 }
 
 /// Puts updated values back, in [`trainable`]'s order.
-fn set_trainable(model: &mut Model, mode: TrainMode, mut values: std::vec::IntoIter<Tensor>) {
+pub(crate) fn set_trainable(
+    model: &mut Model,
+    mode: TrainMode,
+    mut values: std::vec::IntoIter<Tensor>,
+) {
     let mut next = || values.next().expect("one value per trainable tensor");
     match mode {
         TrainMode::Lora => {

@@ -24,21 +24,38 @@ pub struct TrainConfig {
     pub step: StepOptions,
 }
 
-/// Trains `model` on `samples` for `cfg.max_steps` optimizer steps (fewer if the loader's epochs
-/// run out), calling `on_step` after each with its report and the data position reached.
-pub fn train(
+/// Where a run stands after a step, for the caller to report or checkpoint.
+pub struct Progress<'a> {
+    pub model: &'a Model,
+    pub optimizer: &'a AdamW,
+    /// The next row the loader yields.
+    pub position: Position,
+}
+
+/// Trains `model` on `samples` until the optimizer has taken `cfg.max_steps` steps (or the
+/// loader's epochs run out), from `resume` (an optimizer and data position from a checkpoint) or
+/// from the start, calling `on_step` after each step.
+pub fn train<E: From<ModelError>>(
     model: &mut Model,
     samples: &[Encoded],
     pad_id: u32,
     cfg: &TrainConfig,
-    mut on_step: impl FnMut(&StepReport, Position),
-) -> pctrain_model::Result<Vec<StepReport>> {
-    let mut loader = Loader::new(samples, cfg.loader.clone(), pad_id, Position::default())
+    resume: Option<(AdamW, Position)>,
+    mut on_step: impl FnMut(&StepReport, Progress) -> Result<(), E>,
+) -> Result<Vec<StepReport>, E> {
+    let (mut optimizer, start) = match resume {
+        Some(r) => r,
+        None => {
+            let params = trainable(model, cfg.step.mode);
+            let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
+            (
+                AdamW::new(cfg.adamw, &refs).map_err(ModelError::from)?,
+                Position::default(),
+            )
+        }
+    };
+    let mut loader = Loader::new(samples, cfg.loader.clone(), pad_id, start)
         .map_err(|e| ModelError::Input(e.to_string()))?;
-    let params = trainable(model, cfg.step.mode);
-    let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
-    let mut optimizer = AdamW::new(cfg.adamw, &refs)?;
-    drop(params);
     let mut reports = Vec::new();
     while optimizer.step < cfg.max_steps {
         let mut micro = Vec::with_capacity(cfg.grad_accum);
@@ -69,7 +86,14 @@ pub fn train(
             &cfg.schedule,
             cfg.clip_norm,
         )?;
-        on_step(&report, loader.position());
+        on_step(
+            &report,
+            Progress {
+                model,
+                optimizer: &optimizer,
+                position: loader.position(),
+            },
+        )?;
         reports.push(report);
     }
     Ok(reports)

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use pctrain_data::{LoaderConfig, Mixer, PcJoin, Pipeline, TemplateChoice, TextTokenizer};
 use pctrain_model::{StepOptions, TrainMode};
 use pctrain_trainer::{
-    tiny_model, train, trainable, AdamWConfig, Decay, Device, Schedule, TrainConfig,
+    checkpoints, load_checkpoint, save_checkpoint, tiny_model, train, trainable, AdamWConfig,
+    CheckpointError, Decay, Device, Schedule, TrainConfig,
 };
 
 fn samples() -> (Vec<pctrain_data::Encoded>, u32) {
@@ -56,37 +57,92 @@ fn config() -> TrainConfig {
     }
 }
 
+fn bits(m: &pctrain_model::Model) -> Vec<(String, Vec<u32>)> {
+    trainable(m, TrainMode::Full)
+        .into_iter()
+        .map(|(n, t)| {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            (n, v.into_iter().map(f32::to_bits).collect())
+        })
+        .collect()
+}
+
 #[test]
-fn the_tiny_preset_learns_and_runs_are_bit_identical() {
+fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
     let (samples, pad) = samples();
-    let run = || {
-        let mut m = tiny_model(7, &Device::Cpu).unwrap();
-        let mut positions = Vec::new();
-        let reports = train(&mut m, &samples, pad, &config(), |_, p| positions.push(p)).unwrap();
-        (m, reports, positions)
-    };
-    let (m1, r1, p1) = run();
-    assert_eq!(r1.len(), 6);
-    assert!(
-        r1[5].loss < r1[0].loss - 0.5,
-        "losses {:?}",
-        r1.iter().map(|r| r.loss).collect::<Vec<_>>()
+    assert_eq!(
+        bits(&tiny_model(7, &Device::Cpu).unwrap()),
+        bits(&tiny_model(7, &Device::Cpu).unwrap()),
+        "the preset's weights are a function of the seed"
     );
-    assert!(r1[0].loss > 6.0, "a random model starts near ln(2048)");
-    assert!(p1
-        .windows(2)
-        .all(|w| (w[0].epoch, w[0].index) < (w[1].epoch, w[1].index)));
-    let (m2, r2, _) = run();
-    assert_eq!(r1, r2, "same seed, same reports");
-    for ((n, a), (_, b)) in trainable(&m1, TrainMode::Full)
+    let out = tempfile::tempdir().unwrap();
+
+    // Uninterrupted, saving a checkpoint at every step but keeping the last two.
+    let mut straight = tiny_model(7, &Device::Cpu).unwrap();
+    let reports =
+        train::<CheckpointError>(&mut straight, &samples, pad, &config(), None, |_, p| {
+            save_checkpoint(
+                out.path(),
+                p.model,
+                TrainMode::Full,
+                p.optimizer,
+                p.position,
+                2,
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(reports.len(), 6);
+    let losses: Vec<f64> = reports.iter().map(|r| r.loss).collect();
+    assert!(
+        losses[0] > 6.0,
+        "a random model starts near ln(2048): {losses:?}"
+    );
+    assert!(losses[5] < losses[0] - 0.5, "the loss falls: {losses:?}");
+    let kept = checkpoints(out.path()).unwrap();
+    let names: Vec<String> = kept
         .iter()
-        .zip(&trainable(&m2, TrainMode::Full))
-    {
-        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(
-            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "{n} differs"
-        );
-    }
+        .map(|p| p.file_name().unwrap().to_string_lossy().into())
+        .collect();
+    assert_eq!(names, ["checkpoint-000005", "checkpoint-000006"]);
+
+    // Stopped after step 5, resumed from its checkpoint in a fresh model.
+    let mut resumed = tiny_model(99, &Device::Cpu).unwrap();
+    let (optimizer, position) = load_checkpoint(&kept[0], &mut resumed, TrainMode::Full).unwrap();
+    assert_eq!(optimizer.step, 5);
+    let rest = train::<CheckpointError>(
+        &mut resumed,
+        &samples,
+        pad,
+        &config(),
+        Some((optimizer, position)),
+        |_, _| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(
+        rest,
+        reports[5..],
+        "the resumed step reports what the uninterrupted one did"
+    );
+    assert_eq!(bits(&resumed), bits(&straight), "bit-identical weights");
+
+    // A checkpoint of another model is refused by name or shape.
+    let mut other =
+        pctrain_model::Model::new(straight.config.clone(), straight.weights.clone(), None);
+    other.weights.layers.pop();
+    let err = load_checkpoint(&kept[1], &mut other, TrainMode::Full)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("belongs to no trainable tensor"), "{err}");
+    let err = load_checkpoint(
+        &kept[1],
+        &mut tiny_model(1, &Device::Cpu).unwrap(),
+        TrainMode::Lora,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("a full checkpoint cannot resume a lora run"),
+        "{err}"
+    );
 }
