@@ -329,3 +329,118 @@ fn eval_gives_the_loss_transformers_gives() {
     ]);
     assert!(err.contains("no/such/model/dir/"), "{err}");
 }
+
+/// The arguments of a short training run of the tiny preset into `out`.
+fn tiny_run(out: &Path, steps: &str) -> Vec<String> {
+    [
+        "--base",
+        "tiny",
+        "--mix",
+        "nl-pc",
+        "--data",
+        "examples/alpaca-pc.jsonl",
+        "--seq-len",
+        "128",
+        "--max-steps",
+        steps,
+        "--save-every",
+        "1",
+        "--keep-last",
+        "2",
+        "--output",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([out.to_str().unwrap().to_string()])
+    .collect()
+}
+
+#[test]
+fn training_is_the_default_command_and_exports_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = tiny_run(dir.path(), "4");
+    let o = pctrain(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), 4);
+    for key in ["step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"] {
+        assert!(metrics[0].get(key).is_some(), "metrics lack {key}");
+    }
+    assert!(metrics[3]["loss"].as_f64() < metrics[0]["loss"].as_f64());
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("settings.json")).unwrap())
+            .unwrap();
+    assert_eq!(settings["mode"], "full");
+    assert_eq!(settings["max_steps"], 4);
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(
+            dir.path().join("model").join(f).is_file(),
+            "export lacks {f}"
+        );
+    }
+    // The export is a model folder pctrain itself evaluates.
+    let o = pctrain(&[
+        "eval",
+        "--base",
+        dir.path().join("model").to_str().unwrap(),
+        "--data",
+        "examples/alpaca-pc.jsonl",
+        "--seq-len",
+        "128",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_run_killed_mid_way_and_resumed_ends_bit_identical() {
+    let straight = tempfile::tempdir().unwrap();
+    let args = tiny_run(straight.path(), "6");
+    let o = pctrain(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let killed = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pctrain"))
+        .args(tiny_run(killed.path(), "6"))
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = killed.path().join("metrics.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run made no progress"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.path().join("model").exists());
+
+    let mut resume = tiny_run(killed.path(), "6");
+    resume.push("--resume".into());
+    let o = pctrain(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));
+    let a = std::fs::read(straight.path().join("model/model.safetensors")).unwrap();
+    let b = std::fs::read(killed.path().join("model/model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+}

@@ -10,8 +10,10 @@ use crate::error::{DataError, Result};
 use crate::hub::{self, HubRepo};
 use crate::template::SpecialTokens;
 
-const TINY_TOKENIZER: &[u8] = include_bytes!("../../../assets/tiny/tokenizer.json");
-const TINY_CONFIG: &str = include_str!("../../../assets/tiny/tokenizer_config.json");
+/// The `tiny` preset's `tokenizer.json`.
+pub const TINY_TOKENIZER: &[u8] = include_bytes!("../../../assets/tiny/tokenizer.json");
+/// The `tiny` preset's `tokenizer_config.json`.
+pub const TINY_CONFIG: &str = include_str!("../../../assets/tiny/tokenizer_config.json");
 
 /// A tokenizer with what chat templates and labels need from its config.
 pub struct TextTokenizer {

@@ -25,7 +25,7 @@ pub enum DataCommand {
 pub struct DataArgs {
     /// JSONL or Parquet files in Tulu (`messages`) or Alpaca (`instruction`) shape; repeat or
     /// list several.
-    #[arg(long = "data", required = true, num_args = 1..)]
+    #[arg(long = "data", num_args = 1.., default_value = "examples/tulu-pc.jsonl")]
     pub data: Vec<PathBuf>,
     /// nl | pc | nl-pc, a blend such as nl:0.5,nl-pc:0.5, or both renditions with nl+nl-pc.
     #[arg(long, default_value = "nl-pc")]

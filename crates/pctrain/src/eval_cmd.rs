@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use pctrain_data::TextTokenizer;
+use pctrain_model::LoraAdapter;
 use pctrain_trainer::{evaluate, load_base};
 use pctrain_trainer::{DType, Device};
 
@@ -18,6 +19,9 @@ pub struct EvalArgs {
     /// Where to run: `cpu`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// A PEFT adapter folder to apply to the base.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
     /// Packed rows scored together.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
@@ -28,8 +32,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "cpu" => Device::Cpu,
         other => bail!("device {other:?} is not available in this build (use cpu)"),
     };
-    let base = load_base(&args.base, DType::F32, &device)
+    let mut base = load_base(&args.base, DType::F32, &device)
         .with_context(|| format!("loading {}", args.base))?;
+    if let Some(dir) = &args.adapter {
+        base.model.lora = Some(LoraAdapter::load(
+            dir,
+            &base.model.config,
+            DType::F32,
+            &device,
+        )?);
+    }
     let tokenizer = match args.data.tokenizer.as_deref() {
         Some(spec) => TextTokenizer::load(spec)?,
         None => base.tokenizer,

@@ -2,6 +2,7 @@
 
 mod data_cmd;
 mod eval_cmd;
+mod train_cmd;
 
 use std::process::ExitCode;
 
@@ -9,10 +10,19 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "pctrain", version, about, propagate_version = true)]
+#[command(
+    name = "pctrain",
+    version,
+    about,
+    propagate_version = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Training (the default command).
+    #[command(flatten)]
+    train: train_cmd::TrainArgs,
 }
 
 #[derive(Subcommand)]
@@ -35,8 +45,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Data(cmd) => data_cmd::run(cmd),
-        Command::Eval(args) => eval_cmd::run(args),
+        Some(Command::Data(cmd)) => data_cmd::run(cmd),
+        Some(Command::Eval(args)) => eval_cmd::run(args),
+        None => train_cmd::run(cli.train),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
