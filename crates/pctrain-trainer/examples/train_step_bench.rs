@@ -2,34 +2,26 @@
 //! and peak resident memory.
 //!
 //! ```text
-//! cargo run --release -p pctrain-model --example train_step_bench -- [lora|full] [SEQ_LEN] [ROWS]
+//! cargo run --release -p pctrain-trainer --example train_step_bench -- [lora|full] [SEQ_LEN] [ROWS]
 //! ```
-//! Weights are random (seeded); LoRA is r=16 on all seven targets. One warm-up step, then the
+//! Weights are initialised from a seed as transformers initialises a Llama; LoRA is r=16 on all
+//! seven targets. One warm-up step, then the
 //! median of five.
 
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use pctrain_model::rng::Rng64;
-use pctrain_model::weights::LayerWeights;
 use pctrain_model::{
-    Batch, LoraAdapter, LoraConfig, Model, ModelConfig, ModelWeights, StepOptions, Target,
-    TrainMode,
+    Batch, LoraAdapter, LoraConfig, Model, ModelConfig, StepOptions, Target, TrainMode,
 };
+use pctrain_trainer::preset::init_weights;
 
 const CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 2048,
     "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 6,
     "num_attention_heads": 8, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
     "rope_theta": 500000.0, "max_position_embeddings": 2048, "tie_word_embeddings": false}"#;
-
-fn random(rng: &mut Rng64, shape: &[usize], std: f64) -> candle_core::Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| ((rng.unit() * 2.0 - 1.0) * std * 3f64.sqrt()) as f32)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -40,38 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seq_len: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
     let rows: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(1);
     let config = ModelConfig::from_json(CONFIG, Path::new("bench"))?;
-    let (h, i, v) = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.vocab_size,
-    );
-    let (q, kv) = (
-        config.num_heads * config.head_dim,
-        config.num_kv_heads * config.head_dim,
-    );
-    let mut rng = Rng64::new(1);
-    let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
-    let layers = (0..config.num_layers)
-        .map(|_| {
-            Ok(LayerWeights {
-                input_norm: ones(h)?,
-                q_proj: random(&mut rng, &[q, h], 0.02)?,
-                k_proj: random(&mut rng, &[kv, h], 0.02)?,
-                v_proj: random(&mut rng, &[kv, h], 0.02)?,
-                o_proj: random(&mut rng, &[h, q], 0.02)?,
-                post_attention_norm: ones(h)?,
-                gate_proj: random(&mut rng, &[i, h], 0.02)?,
-                up_proj: random(&mut rng, &[i, h], 0.02)?,
-                down_proj: random(&mut rng, &[h, i], 0.02)?,
-            })
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let weights = ModelWeights {
-        embed_tokens: random(&mut rng, &[v, h], 0.02)?,
-        layers,
-        norm: ones(h)?,
-        lm_head: Some(random(&mut rng, &[v, h], 0.02)?),
-    };
+    let v = config.vocab_size;
+    let weights = init_weights(&config, 1, &Device::Cpu)?;
     let lora = match mode {
         TrainMode::Lora => Some(LoraAdapter::init(
             &config,
@@ -89,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         TrainMode::Full => None,
     };
     let model = Model::new(config, weights, lora);
+    let mut rng = Rng64::new(2);
     let n = rows * seq_len;
     let batch = Batch {
         rows,
