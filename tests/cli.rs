@@ -444,3 +444,51 @@ fn a_run_killed_mid_way_and_resumed_ends_bit_identical() {
         "the resumed run's weights differ from the uninterrupted run's"
     );
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    let out = tempfile::tempdir().unwrap();
+    // Checkpoints only every 100 steps: any checkpoint is Ctrl-C's.
+    let args: Vec<String> = tiny_run(out.path(), "50")
+        .into_iter()
+        .map(|a| if a == "1" { "100".to_string() } else { a })
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pctrain"))
+        .args(&args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = out.path().join("metrics.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run made no progress"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("interrupted: the checkpoint of step"), "{err}");
+    let saved = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"));
+    assert!(
+        saved,
+        "no checkpoint after Ctrl-C (--save-every 100 would not have saved one)"
+    );
+    assert!(
+        !out.path().join("model").exists(),
+        "an interrupted run does not export"
+    );
+}

@@ -3,6 +3,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -93,6 +95,18 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
 }
+
+/// Ctrl-C stopped the run after this optimizer step (its checkpoint is saved).
+#[derive(Debug)]
+struct Interrupted(u64);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted after step {}", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 fn targets(spec: &str) -> Result<Vec<Target>> {
     if spec == "all" {
@@ -269,7 +283,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let mut last = started;
     let pad_id = pipeline.tokenizer.pad_id;
-    train::<anyhow::Error>(
+    // Ctrl-C finishes the step in progress, saves a checkpoint and stops.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+    let outcome = train::<anyhow::Error>(
         &mut model,
         &samples,
         pad_id,
@@ -297,7 +316,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 "loss {:.4} lr {:.2e} {:.0} tok/s",
                 report.loss, report.lr, tokens_per_s
             ));
-            if step % args.save_every.max(1) == 0 || step == max_steps {
+            let stop = interrupted.load(Ordering::SeqCst);
+            if stop || step % args.save_every.max(1) == 0 || step == max_steps {
                 save_checkpoint(
                     &output,
                     progress.model,
@@ -307,10 +327,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     args.keep_last,
                 )?;
             }
+            if stop {
+                return Err(Interrupted(step).into());
+            }
             Ok(())
         },
-    )?;
+    );
     bar.finish();
+    if let Err(e) = outcome {
+        return match e.downcast::<Interrupted>() {
+            Ok(Interrupted(step)) => {
+                eprintln!(
+                    "interrupted: the checkpoint of step {step} is saved in {}; continue with --resume",
+                    output.display()
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+    }
     let exported = export(&output, &model, mode, tiny, base_dir.as_deref(), &args.base)?;
     eprintln!("exported {}", exported.display());
     Ok(())
