@@ -33,20 +33,7 @@ impl Model {
         let mut base =
             bytes(&w.embed_tokens) + bytes(&w.norm) + w.lm_head.as_ref().map_or(0, bytes);
         for l in &w.layers {
-            base += [
-                &l.input_norm,
-                &l.q_proj,
-                &l.k_proj,
-                &l.v_proj,
-                &l.o_proj,
-                &l.post_attention_norm,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ]
-            .into_iter()
-            .map(bytes)
-            .sum::<usize>();
+            base += l.named().into_iter().map(|(_, t)| bytes(t)).sum::<usize>();
         }
         let adapters: usize = self.lora.as_ref().map_or(0, |a| {
             a.layers

@@ -34,6 +34,38 @@ pub struct LayerWeights {
     pub down_proj: Tensor,
 }
 
+impl LayerWeights {
+    /// Each tensor with its name within `model.layers.{i}`, in a fixed order.
+    pub fn named(&self) -> [(&'static str, &Tensor); 9] {
+        [
+            ("input_layernorm", &self.input_norm),
+            ("self_attn.q_proj", &self.q_proj),
+            ("self_attn.k_proj", &self.k_proj),
+            ("self_attn.v_proj", &self.v_proj),
+            ("self_attn.o_proj", &self.o_proj),
+            ("post_attention_layernorm", &self.post_attention_norm),
+            ("mlp.gate_proj", &self.gate_proj),
+            ("mlp.up_proj", &self.up_proj),
+            ("mlp.down_proj", &self.down_proj),
+        ]
+    }
+
+    /// The tensors in [`LayerWeights::named`]'s order, to replace.
+    pub fn tensors_mut(&mut self) -> [&mut Tensor; 9] {
+        [
+            &mut self.input_norm,
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.post_attention_norm,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ]
+    }
+}
+
 /// All base weights of a model.
 #[derive(Debug, Clone)]
 pub struct ModelWeights {

@@ -35,17 +35,7 @@ pub fn trainable(model: &Model, mode: TrainMode) -> Vec<(String, Tensor)> {
             )];
             for (l, layer) in w.layers.iter().enumerate() {
                 let p = format!("model.layers.{l}");
-                for (name, t) in [
-                    ("input_layernorm", &layer.input_norm),
-                    ("self_attn.q_proj", &layer.q_proj),
-                    ("self_attn.k_proj", &layer.k_proj),
-                    ("self_attn.v_proj", &layer.v_proj),
-                    ("self_attn.o_proj", &layer.o_proj),
-                    ("post_attention_layernorm", &layer.post_attention_norm),
-                    ("mlp.gate_proj", &layer.gate_proj),
-                    ("mlp.up_proj", &layer.up_proj),
-                    ("mlp.down_proj", &layer.down_proj),
-                ] {
+                for (name, t) in layer.named() {
                     out.push((format!("{p}.{name}.weight"), t.clone()));
                 }
             }
@@ -75,21 +65,7 @@ fn gradients(grads: &Grads, mode: TrainMode) -> Vec<Tensor> {
             let mut out = vec![grads.embed_tokens.clone().expect("full mode")];
             for l in &grads.layers {
                 let w = l.weights.as_ref().expect("full mode");
-                out.extend(
-                    [
-                        &w.input_norm,
-                        &w.q_proj,
-                        &w.k_proj,
-                        &w.v_proj,
-                        &w.o_proj,
-                        &w.post_attention_norm,
-                        &w.gate_proj,
-                        &w.up_proj,
-                        &w.down_proj,
-                    ]
-                    .into_iter()
-                    .cloned(),
-                );
+                out.extend(w.named().into_iter().map(|(_, t)| t.clone()));
             }
             out.push(grads.norm.clone().expect("full mode"));
             out.extend(grads.lm_head.clone());
@@ -120,17 +96,7 @@ pub(crate) fn set_trainable(
             let w = &mut model.weights;
             w.embed_tokens = next();
             for l in &mut w.layers {
-                for t in [
-                    &mut l.input_norm,
-                    &mut l.q_proj,
-                    &mut l.k_proj,
-                    &mut l.v_proj,
-                    &mut l.o_proj,
-                    &mut l.post_attention_norm,
-                    &mut l.gate_proj,
-                    &mut l.up_proj,
-                    &mut l.down_proj,
-                ] {
+                for t in l.tensors_mut() {
                     *t = next();
                 }
             }
