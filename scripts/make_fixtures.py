@@ -34,6 +34,11 @@ crates/pctrain-model/tests/fixtures/:
   granite/   GraniteForCausalLM: vocab 256, hidden 16, 4 heads, 2 KV heads, intermediate 40,
              2 layers, embedding x12, attention scale 0.2, residual x0.3, logits /4, tied.
   eval-records.jsonl   the 6 records the evaluation fixture was made from, verbatim.
+  llama/peft-steps/    the training fixture (write_peft_steps; alone: --only peft-steps): the
+             committed llama model and llama/adapter after 3 PEFT AdamW steps on the first 3
+             samples of eval-samples.jsonl, one a step (lr 1e-3 cosine over 3 steps, no warmup,
+             clip 1.0, no weight decay): adapter_model.safetensors + adapter_config.json as PEFT
+             saves them, and steps.json (each step's lr, loss, pre-clip grad norm, trained tokens).
 
 Each model folder holds what save_pretrained writes (config.json, model.safetensors,
 generation_config.json; transformers 5 writes RoPE as "rope_parameters", rope_theta inside, where
@@ -70,9 +75,12 @@ position_ids (which it only does with use_cache=False: with a cache, the default
 that packing is silently skipped and attention crosses samples).
 """
 
+import argparse
 import json
+import math
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import peft
@@ -85,6 +93,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save, load_file
 from transformers import GraniteConfig, LlamaConfig, MistralConfig
 from transformers import GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM
+from transformers import get_cosine_schedule_with_warmup
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "crates/pctrain-model/tests/fixtures"
@@ -108,6 +117,9 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 IGNORE = -100
 EVAL_RECORDS, EVAL_SEQ_LEN = 6, 64
 TOL = 1e-5
+# The training fixture: this many AdamW steps at batch size 1 from llama/adapter, peak learning
+# rate high enough that the adapter moves well beyond float rounding.
+PEFT_STEPS, PEFT_LR, PEFT_CLIP = 3, 1e-3, 1.0
 # Greedy fixtures need each step's winner ahead by this much, so that float rounding elsewhere
 # cannot flip a token.
 MIN_MARGIN = 1e-3
@@ -623,15 +635,138 @@ def write_eval(model) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The training fixture (llama only)
+
+
+def cosine_lrs(peak: float, steps: int) -> list:
+    """pctrain's schedule, cosine without warmup: step s (from 0) uses peak * 0.5 * (1 + cos(pi s / n)),
+    checked against transformers' own scheduler."""
+    lrs = [peak * 0.5 * (1.0 + math.cos(math.pi * s / steps)) for s in range(steps)]
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    sched = get_cosine_schedule_with_warmup(dummy, num_warmup_steps=0, num_training_steps=steps)
+    for lr in lrs:
+        assert abs(sched.get_last_lr()[0] - lr) < 1e-15, (sched.get_last_lr(), lr)
+        dummy.step()
+        sched.step()
+    return lrs
+
+
+def write_peft_steps() -> None:
+    """Three steps of PEFT LoRA training, batch size 1, from the committed llama model and adapter
+    on the committed eval samples: what `pctrain --init-adapter llama/adapter --max-steps 3
+    --no-shuffle --no-packing --batch-size 1` must reproduce. Reads the committed fixtures only
+    (writes nothing but peft-steps/), so it runs alone after the rest was made."""
+    folder = OUT / "llama"
+    out_dir = folder / "peft-steps"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir()
+    base = LlamaForCausalLM.from_pretrained(
+        folder, attn_implementation="eager", dtype=torch.float32, use_safetensors=True
+    )
+    model = PeftModel.from_pretrained(base, folder / "adapter", is_trainable=True)
+    model.train()  # dropout is 0 everywhere, so this changes nothing but says what we do
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(".lora_A." in n or ".lora_B." in n for n, _ in params), [n for n, _ in params]
+    assert len(params) == 2 * len(LORA_TARGETS) * base.config.num_hidden_layers
+    initial = {n: p.detach().clone() for n, p in params}
+
+    lines = (folder / "eval-samples.jsonl").read_text().splitlines()[:PEFT_STEPS]
+    samples = [json.loads(line) for line in lines]
+    reference = json.loads((folder / "eval-reference.json").read_text())["samples"]
+
+    # The batches line up with the evaluation fixture: the base model (adapter off) scores each
+    # sample as eval-reference.json does. (With the adapter on, step 1's loss differs from it.)
+    with torch.no_grad(), model.disable_adapter():
+        for s, ref in zip(samples, reference):
+            assert s["id"] == ref["id"], (s["id"], ref["id"])
+            loss = model(input_ids=torch.tensor([s["input_ids"]]), labels=torch.tensor([s["labels"]])).loss
+            assert abs(loss.item() - ref["loss_sum"] / ref["trained"]) < TOL, (s["id"], loss.item(), ref)
+    log(f"peft-steps: base-model losses of samples {[s['id'] for s in samples]} match eval-reference.json")
+
+    lrs = cosine_lrs(PEFT_LR, PEFT_STEPS)
+    optimizer = torch.optim.AdamW(
+        [p for _, p in params], lr=PEFT_LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=False
+    )
+    steps = []
+    for step, (s, lr) in enumerate(zip(samples, lrs), start=1):
+        ids, labels = torch.tensor([s["input_ids"]]), torch.tensor([s["labels"]])
+        optimizer.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, labels=labels)
+        # One sample, so transformers' mean over shifted labels is pctrain's sum / trained tokens.
+        tokens = int((labels[0, 1:] != IGNORE).sum())
+        by_hand = loss_by_hand(out.logits.detach(), labels)
+        assert abs(by_hand.item() - out.loss.item()) < TOL
+        out.loss.backward()
+        # Pre-clip global norm over all LoRA weights; scaled by 1 / (norm + 1e-6) when above 1.
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], max_norm=PEFT_CLIP, foreach=False)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        loss, norm = out.loss.item(), norm.item()
+        steps.append({"step": step, "lr": lr, "loss": loss, "grad_norm": norm, "tokens": tokens})
+        log(
+            f"  step {step} ({s['id']}): lr {lr:.6e}, loss {loss:.6f}, grad norm {norm:.6f}"
+            f"{' (clipped)' if norm > PEFT_CLIP else ''}, {tokens} trained tokens"
+        )
+
+    # PEFT's own save, tidied as the other adapters; base_model_name_or_path would be this
+    # machine's path to the llama folder, so it goes back to null as in llama/adapter.
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tidy_adapter(Path(tmp))
+        config = json.loads((Path(tmp) / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = None
+        (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        shutil.copyfile(Path(tmp) / "adapter_model.safetensors", out_dir / "adapter_model.safetensors")
+    start = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    assert config == start, "the trained adapter's config differs from the initial one"
+
+    # What was saved is what was trained, under the adapter file's names (no ".default").
+    saved = load_file(str(out_dir / "adapter_model.safetensors"))
+    assert saved.keys() == {n.replace(".default", "") for n in initial}, sorted(saved)
+    worst = 0.0
+    for n, p in params:
+        assert torch.equal(saved[n.replace(".default", "")], p.detach()), n
+        change = ((p.detach() - initial[n]).norm() / initial[n].norm()).item()
+        worst = max(worst, change)
+    log(f"  adapter moved: largest ||after - before|| / ||before|| of its {len(params)} tensors {worst:.3e}")
+    assert worst > 1e3 * TOL, "the adapter barely moved; the fixture would not test the steps"
+
+    record = {
+        "lr_peak": PEFT_LR,
+        "schedule": "cosine",
+        "warmup_steps": 0,
+        "clip_norm": PEFT_CLIP,
+        "weight_decay": 0.0,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "batch_size": 1,
+        "samples": [s["id"] for s in samples],
+        "steps": steps,
+        **VERSIONS,
+    }
+    (out_dir / "steps.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", choices=["peft-steps"], help="write just this fixture, from the committed others"
+    )
+    args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     log(f"versions: {VERSIONS}, tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}")
     for lib, version in MADE_WITH.items():
         if VERSIONS[lib].split("+")[0] != version:
             log(f"WARNING: {lib} {VERSIONS[lib]} is not {version}, which made the committed fixtures")
+    if args.only == "peft-steps":
+        write_peft_steps()
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     sp = special_ids()
     log(f"tiny tokenizer: bos {sp['bos']}, eos {sp['eos']}, pad {sp['pad']}, vocab {sp['vocab']}")
@@ -650,6 +785,9 @@ def main() -> None:
 
     granite = build(GraniteForCausalLM, granite_config(), 3000, embed_std=0.1)
     write_model("granite", granite, 3000, 3, lora_std=0.2)
+
+    # Last: it reads the llama model, adapter and eval samples back from disk.
+    write_peft_steps()
 
     log("wrote " + ", ".join(sorted(str(p.relative_to(OUT)) for p in OUT.rglob("*") if p.is_file())))
 

@@ -25,6 +25,9 @@ pub struct TextTokenizer {
     pub chat_template: Option<String>,
     /// Id used to pad rows: the pad token, else EOS, else 0.
     pub pad_id: u32,
+    /// `tokenizer.json` and `tokenizer_config.json` as read, for exports.
+    json_bytes: Vec<u8>,
+    config_text: Option<String>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -95,8 +98,9 @@ impl TextTokenizer {
 
     /// Loads `tokenizer.json` with an optional `tokenizer_config.json` and `chat_template.jinja`.
     pub fn from_files(json: &Path, config: Option<&Path>, jinja: Option<&Path>) -> Result<Self> {
-        let tokenizer =
-            Tokenizer::from_file(json).map_err(|e| DataError::tokenizer(json.display(), e))?;
+        let json_bytes = std::fs::read(json).map_err(|e| DataError::io(json, e))?;
+        let tokenizer = Tokenizer::from_bytes(&json_bytes)
+            .map_err(|e| DataError::tokenizer(json.display(), e))?;
         let config = match config {
             Some(p) => Some((
                 p,
@@ -111,6 +115,7 @@ impl TextTokenizer {
         Self::from_parts(
             tokenizer,
             json.display().to_string(),
+            json_bytes,
             config.as_ref().map(|(p, t)| (*p, t.as_str())),
             jinja,
         )
@@ -124,6 +129,7 @@ impl TextTokenizer {
         Self::from_parts(
             tokenizer,
             "tiny".into(),
+            TINY_TOKENIZER.to_vec(),
             Some((Path::new("assets/tiny/tokenizer_config.json"), TINY_CONFIG)),
             None,
         )
@@ -133,6 +139,7 @@ impl TextTokenizer {
     fn from_parts(
         tokenizer: Tokenizer,
         source: String,
+        json_bytes: Vec<u8>,
         config: Option<(&Path, &str)>,
         chat_template_jinja: Option<String>,
     ) -> Result<Self> {
@@ -165,7 +172,29 @@ impl TextTokenizer {
             special,
             chat_template,
             pad_id,
+            json_bytes,
+            config_text: config.map(|(_, t)| t.to_string()),
         })
+    }
+
+    /// The files a saved model carries for this tokenizer: `tokenizer.json` as loaded,
+    /// `tokenizer_config.json` with `chat_template` set to `template`, and `chat_template.jinja`
+    /// (transformers reads either).
+    pub fn export_files(&self, template: Option<&str>) -> Vec<(String, Vec<u8>)> {
+        let mut files = vec![("tokenizer.json".to_string(), self.json_bytes.clone())];
+        let mut config = self
+            .config_text
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .filter(|v| v.is_object())
+            .unwrap_or_else(|| serde_json::json!({}));
+        if let Some(template) = template {
+            config["chat_template"] = template.into();
+            files.push(("chat_template.jinja".into(), template.as_bytes().to_vec()));
+        }
+        let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises") + "\n";
+        files.push(("tokenizer_config.json".into(), text.into_bytes()));
+        files
     }
 
     /// Encodes `text` as it is: no BOS or EOS added (chat templates write their own).

@@ -56,36 +56,28 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// Saves a checkpoint of `model`'s trainable tensors, `optimizer` and `position` into
-/// `output/checkpoint-{step}`, then removes all but the newest `keep_last` (0 keeps all).
+/// Saves a checkpoint of `model`'s trainable tensors, `optimizer`, `position` and the run's
+/// `settings` (JSON text) into `output/checkpoint-{step}`, then removes all but the newest
+/// `keep_last` (0 keeps all). Refuses weights that are not finite; on any failure the folder being
+/// written is removed and the checkpoints already there are untouched.
 pub fn save_checkpoint(
     output: &Path,
     model: &Model,
     mode: TrainMode,
     optimizer: &AdamW,
     position: Position,
+    settings: &str,
     keep_last: usize,
 ) -> Result<PathBuf, CheckpointError> {
+    remove_unfinished(output)?;
     let name = format!("checkpoint-{:06}", optimizer.step);
     let target = output.join(&name);
-    let tmp = output.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let params = trainable(model, mode);
-    let mut tensors = Vec::with_capacity(params.len() * 3);
-    for (i, (n, t)) in params.iter().enumerate() {
-        tensors.push((format!("param.{n}"), t.to_dtype(DType::F32)?));
-        tensors.push((format!("adam_m.{n}"), optimizer.m[i].clone()));
-        tensors.push((format!("adam_v.{n}"), optimizer.v[i].clone()));
+    let tmp = output.join(format!(".{name}{TMP_MARK}{}", std::process::id()));
+    let written = write_into(&tmp, model, mode, optimizer, position, settings);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    write_safetensors(&tmp.join("trainable.safetensors"), &tensors)?;
-    let state = State {
-        step: optimizer.step,
-        position,
-        mode: mode_name(mode).into(),
-        adamw: optimizer.config,
-    };
-    let text = serde_json::to_string_pretty(&state).expect("a state serialises") + "\n";
-    pctrain_model::save::write_atomic(&tmp.join("state.json"), text.as_bytes())?;
     if target.exists() {
         std::fs::remove_dir_all(&target).map_err(io(&target))?;
     }
@@ -100,6 +92,68 @@ pub fn save_checkpoint(
         }
     }
     Ok(target)
+}
+
+/// What names a checkpoint folder still being written: `.checkpoint-NNNNNN.tmp-PID`.
+const TMP_MARK: &str = ".tmp-";
+
+/// Writes a checkpoint's files into the new folder `dir`.
+fn write_into(
+    dir: &Path,
+    model: &Model,
+    mode: TrainMode,
+    optimizer: &AdamW,
+    position: Position,
+    settings: &str,
+) -> Result<(), CheckpointError> {
+    let params = trainable(model, mode);
+    for (n, t) in &params {
+        let finite = t
+            .to_dtype(DType::F32)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?
+            .is_finite();
+        if !finite {
+            return Err(CheckpointError::Invalid {
+                path: dir.to_path_buf(),
+                message: format!("`{n}` holds NaN or infinite values; not saved"),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut tensors = Vec::with_capacity(params.len() * 3);
+    for (i, (n, t)) in params.iter().enumerate() {
+        tensors.push((format!("param.{n}"), t.to_dtype(DType::F32)?));
+        tensors.push((format!("adam_m.{n}"), optimizer.m[i].clone()));
+        tensors.push((format!("adam_v.{n}"), optimizer.v[i].clone()));
+    }
+    write_safetensors(&dir.join("trainable.safetensors"), &tensors)?;
+    let state = State {
+        step: optimizer.step,
+        position,
+        mode: mode_name(mode).into(),
+        adamw: optimizer.config,
+    };
+    let text = serde_json::to_string_pretty(&state).expect("a state serialises") + "\n";
+    pctrain_model::save::write_atomic(&dir.join("state.json"), text.as_bytes())?;
+    pctrain_model::save::write_atomic(&dir.join("settings.json"), settings.as_bytes())?;
+    Ok(())
+}
+
+/// Removes checkpoint folders a crash left half-written.
+pub fn remove_unfinished(output: &Path) -> Result<(), CheckpointError> {
+    if !output.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(output).map_err(io(output))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".checkpoint-") && name.contains(TMP_MARK) {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint folders of a run, oldest first.

@@ -1,9 +1,10 @@
-//! pctrain's trainer: loading a base model, evaluation, the optimizer and learning-rate schedule;
-//! the training loop, checkpoints and export build on them (issue 4).
+//! pctrain's trainer: loading a base model, the optimizer and learning-rate schedule, the training
+//! loop, checkpoints, evaluation and export in the Hugging Face layouts.
 
 pub mod base;
 pub mod checkpoint;
 pub mod eval;
+pub mod export;
 pub mod optim;
 pub mod preset;
 pub mod schedule;
@@ -12,10 +13,12 @@ pub mod train;
 
 pub use base::{load_base, BaseModel};
 pub use candle_core::{DType, Device};
-pub use checkpoint::{checkpoints, load_checkpoint, save_checkpoint, CheckpointError};
+pub use checkpoint::{
+    checkpoints, load_checkpoint, remove_unfinished, save_checkpoint, CheckpointError,
+};
 pub use eval::{evaluate, EvalResult};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use preset::tiny_model;
 pub use schedule::{Decay, Schedule};
-pub use step::{optimizer_step, trainable, StepReport};
+pub use step::{optimizer_step, trainable, StepError, StepReport};
 pub use train::{collate, train, Progress, TrainConfig};

@@ -108,6 +108,26 @@ pub(crate) fn set_trainable(
     }
 }
 
+/// Why an optimizer step did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Model(#[from] pctrain_model::ModelError),
+    /// The loss or the gradient is NaN or infinite; the weights were left as they were.
+    #[error("step {step}: the loss is {loss} and the gradient norm {grad_norm}; the step was not applied")]
+    NonFinite {
+        step: u64,
+        loss: f64,
+        grad_norm: f64,
+    },
+}
+
+impl From<candle_core::Error> for StepError {
+    fn from(e: candle_core::Error) -> Self {
+        StepError::Model(e.into())
+    }
+}
+
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -130,11 +150,12 @@ pub fn optimizer_step(
     optimizer: &mut AdamW,
     schedule: &Schedule,
     clip_norm: f64,
-) -> pctrain_model::Result<StepReport> {
+) -> Result<StepReport, StepError> {
     if micro_batches.is_empty() {
         return Err(pctrain_model::ModelError::Input(
             "an optimizer step needs at least one micro-batch".into(),
-        ));
+        )
+        .into());
     }
     let normalizer: usize = micro_batches.iter().map(Batch::target_count).sum();
     let mut sum = 0.0;
@@ -161,6 +182,15 @@ pub fn optimizer_step(
     }
     let mut grads = total.unwrap_or_default();
     let grad_norm = clip_grad_norm(&mut grads, clip_norm)?;
+    let loss = sum / normalizer.max(1) as f64;
+    if !(loss.is_finite() && grad_norm.is_finite()) {
+        // Stop before the update, so the weights stay those of the last good step.
+        return Err(StepError::NonFinite {
+            step: optimizer.step + 1,
+            loss,
+            grad_norm,
+        });
+    }
     let lr = schedule.lr(optimizer.step);
     let params = trainable(model, opts.mode);
     let refs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
@@ -168,7 +198,7 @@ pub fn optimizer_step(
     let updated = optimizer.update(&refs, &grad_refs, lr)?;
     set_trainable(model, opts.mode, updated.into_iter());
     Ok(StepReport {
-        loss: sum / normalizer.max(1) as f64,
+        loss,
         tokens: normalizer,
         grad_norm,
         lr,

@@ -5,7 +5,7 @@ use pctrain_model::{Batch, Model, ModelError, StepOptions};
 
 use crate::optim::{AdamW, AdamWConfig};
 use crate::schedule::Schedule;
-use crate::step::{optimizer_step, trainable, StepReport};
+use crate::step::{optimizer_step, trainable, StepError, StepReport};
 
 /// How a run trains.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +35,7 @@ pub struct Progress<'a> {
 /// Trains `model` on `samples` until the optimizer has taken `cfg.max_steps` steps (or the
 /// loader's epochs run out), from `resume` (an optimizer and data position from a checkpoint) or
 /// from the start, calling `on_step` after each step.
-pub fn train<E: From<ModelError>>(
+pub fn train<E: From<StepError>>(
     model: &mut Model,
     samples: &[Encoded],
     pad_id: u32,
@@ -49,13 +49,13 @@ pub fn train<E: From<ModelError>>(
             let params = trainable(model, cfg.step.mode);
             let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
             (
-                AdamW::new(cfg.adamw, &refs).map_err(ModelError::from)?,
+                AdamW::new(cfg.adamw, &refs).map_err(|e| StepError::from(ModelError::from(e)))?,
                 Position::default(),
             )
         }
     };
     let mut loader = Loader::new(samples, cfg.loader.clone(), pad_id, start)
-        .map_err(|e| ModelError::Input(e.to_string()))?;
+        .map_err(|e| StepError::from(ModelError::Input(e.to_string())))?;
     let mut reports = Vec::new();
     while optimizer.step < cfg.max_steps {
         let mut micro = Vec::with_capacity(cfg.grad_accum);

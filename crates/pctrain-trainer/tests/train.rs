@@ -7,7 +7,7 @@ use pctrain_data::{LoaderConfig, Mixer, PcJoin, Pipeline, TemplateChoice, TextTo
 use pctrain_model::{StepOptions, TrainMode};
 use pctrain_trainer::{
     checkpoints, load_checkpoint, save_checkpoint, tiny_model, train, trainable, AdamWConfig,
-    CheckpointError, Decay, Device, Schedule, TrainConfig,
+    Decay, Device, Schedule, TrainConfig,
 };
 
 fn samples() -> (Vec<pctrain_data::Encoded>, u32) {
@@ -79,19 +79,26 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
 
     // Uninterrupted, saving a checkpoint at every step but keeping the last two.
     let mut straight = tiny_model(7, &Device::Cpu).unwrap();
-    let reports =
-        train::<CheckpointError>(&mut straight, &samples, pad, &config(), None, |_, p| {
+    let reports = train::<Box<dyn std::error::Error>>(
+        &mut straight,
+        &samples,
+        pad,
+        &config(),
+        None,
+        |_, p| {
             save_checkpoint(
                 out.path(),
                 p.model,
                 TrainMode::Full,
                 p.optimizer,
                 p.position,
+                "{}",
                 2,
             )?;
             Ok(())
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     assert_eq!(reports.len(), 6);
     let losses: Vec<f64> = reports.iter().map(|r| r.loss).collect();
     assert!(
@@ -110,7 +117,7 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
     let mut resumed = tiny_model(99, &Device::Cpu).unwrap();
     let (optimizer, position) = load_checkpoint(&kept[0], &mut resumed, TrainMode::Full).unwrap();
     assert_eq!(optimizer.step, 5);
-    let rest = train::<CheckpointError>(
+    let rest = train::<Box<dyn std::error::Error>>(
         &mut resumed,
         &samples,
         pad,

@@ -2,6 +2,12 @@
 
 mod data_cmd;
 mod eval_cmd;
+mod export_cmd;
+mod metrics;
+mod plot;
+mod presets;
+mod settings;
+mod setup;
 mod train_cmd;
 
 use std::process::ExitCode;
@@ -33,6 +39,14 @@ enum Command {
     /// Mean cross-entropy of a model on the trained tokens of a data set; the last line is JSON
     /// {"loss", "tokens"}.
     Eval(eval_cmd::EvalArgs),
+    /// Write a run's PEFT adapter, or with --merged the whole model, in the Hugging Face layout;
+    /// optionally upload it to the hub.
+    Export(export_cmd::ExportArgs),
+    /// List the presets (`--base NAME`), or print one's config.
+    Presets {
+        /// Print this preset's config file.
+        name: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +61,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Data(cmd)) => data_cmd::run(cmd),
         Some(Command::Eval(args)) => eval_cmd::run(args),
+        Some(Command::Export(args)) => export_cmd::run(args),
+        Some(Command::Presets { name }) => presets::run(name.as_deref()),
         None => train_cmd::run(cli.train),
     };
     match result {

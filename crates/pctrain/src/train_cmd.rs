@@ -1,99 +1,208 @@
 //! Training, the default command: `pctrain --base BASE --mix MIX [--data FILE...]`. Writes the
-//! resolved settings, `metrics.jsonl`, checkpoints, and at the end an export, into `--output`.
+//! resolved settings, `metrics.jsonl`, `loss.svg`, checkpoints, and at the end an export, into the
+//! run folder.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pctrain_data::loader::epoch_rows;
-use pctrain_data::tokenizer::{TINY_CONFIG, TINY_TOKENIZER};
-use pctrain_data::{LoaderConfig, TextTokenizer};
-use pctrain_model::save::{write_atomic, write_safetensors};
-use pctrain_model::{LoraAdapter, LoraConfig, StepOptions, Target, TrainMode};
-use pctrain_trainer::preset::TINY_CONFIG as TINY_MODEL_CONFIG;
+use pctrain_data::LoaderConfig;
+use pctrain_model::save::write_atomic;
+use pctrain_model::StepOptions;
 use pctrain_trainer::{
-    checkpoints, load_base, load_checkpoint, save_checkpoint, tiny_model, train, trainable,
-    AdamWConfig, DType, Decay, Device, Schedule, TrainConfig,
+    checkpoints, evaluate, load_checkpoint, remove_unfinished, save_checkpoint, train, AdamWConfig,
+    Schedule, TrainConfig,
 };
+use serde::Serialize;
 use serde_json::json;
 
-use crate::data_cmd::DataArgs;
+use crate::export_cmd::export_model;
+use crate::metrics::{process_memory, MetricsLog};
+use crate::settings::Settings;
+use crate::setup;
 
-#[derive(Args, Debug)]
+/// Flags of the training command. Each one left out keeps the value of `--config`, of the
+/// preset, or the built-in default, in that order.
+#[derive(Args, Debug, Default)]
 pub struct TrainArgs {
-    /// `tiny` (built in: a small Llama initialised from --seed, for CPU), a model folder, or a hub
-    /// id.
-    #[arg(long, default_value = "tiny")]
-    base: String,
-    #[command(flatten)]
-    data: DataArgs,
-    /// The run folder (default: runs/BASE-MIX).
+    /// A preset (`pctrain presets` lists them; `tiny` is built in and needs no download), a model
+    /// folder, or a hub id (owner/name[@revision]). Default: tiny.
     #[arg(long)]
-    output: Option<PathBuf>,
-    /// Passes over the data.
-    #[arg(long, default_value_t = 1)]
-    epochs: u64,
-    /// Optimizer steps (default: what the epochs give).
+    base: Option<String>,
+    /// A TOML file of settings (keys as these flags, with `_`); flags override it.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Training data: JSONL or Parquet, Tulu or Alpaca shape. Default: examples/tulu-pc.jsonl.
+    #[arg(long, num_args = 1..)]
+    data: Option<Vec<PathBuf>>,
+    /// nl | pc | nl-pc, a blend (nl:0.5,nl-pc:0.5) or both renditions (nl+nl-pc). Default: nl-pc.
     #[arg(long)]
-    max_steps: Option<u64>,
-    /// Packed rows per micro-batch.
-    #[arg(long, default_value_t = 1)]
-    batch_size: usize,
-    /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
-    grad_accum: usize,
-    /// Peak learning rate (default: 3e-3 for tiny, 2e-4 with LoRA, 2e-5 full).
+    mix: Option<String>,
+    /// auto (the model's chat template, else tulu), tulu, llama3, mistral, granite, chatml, or a
+    /// .jinja file.
     #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long, default_value_t = 0)]
-    warmup_steps: u64,
-    /// cosine, linear or constant after warmup.
-    #[arg(long, default_value = "cosine")]
-    schedule: String,
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
-    /// Global gradient norm bound; 0 turns clipping off.
-    #[arg(long, default_value_t = 1.0)]
-    clip_norm: f64,
-    /// Train every weight (the default for `tiny`, whose weights are random); else LoRA.
+    template: Option<String>,
+    /// How pseudo-code and response are joined in nl-pc answers.
     #[arg(long)]
-    full: bool,
-    #[arg(long, default_value_t = 16)]
-    lora_r: usize,
-    #[arg(long, default_value_t = 32.0)]
-    lora_alpha: f64,
-    #[arg(long, default_value_t = 0.05)]
-    lora_dropout: f64,
-    /// `all`, or a comma list of q, k, v, o, gate, up, down.
-    #[arg(long, default_value = "all")]
-    lora_targets: String,
-    /// Scale LoRA by alpha / sqrt(r).
+    pc_template: Option<String>,
+    /// A tokenizer other than the base's (tokenizer.json, folder, hub id, or tiny).
     #[arg(long)]
-    rslora: bool,
-    /// Recompute each layer's activations in backward (less memory, more compute).
+    tokenizer: Option<String>,
+    /// Drop samples whose format needs pseudo-code the record lacks (default: fall back to nl).
     #[arg(long)]
-    recompute: bool,
+    require_pc: bool,
+    /// Skip malformed records (they are counted) instead of stopping at the first.
     #[arg(long)]
-    no_shuffle: bool,
+    skip_invalid: bool,
+    /// Tokens per packed row (longer samples are cut).
+    #[arg(long)]
+    seq_len: Option<usize>,
     /// One sample a row instead of packing.
     #[arg(long)]
     no_packing: bool,
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Rows per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Passes over the data.
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Optimizer steps (default: what the epochs give).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Peak learning rate (default: 3e-3 for tiny, 2e-4 with LoRA, 2e-5 full).
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// cosine, linear or constant after warmup.
+    #[arg(long)]
+    schedule: Option<String>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Global gradient norm bound; 0 turns clipping off.
+    #[arg(long)]
+    clip_norm: Option<f64>,
+    /// Train every weight instead of a LoRA adapter.
+    #[arg(long)]
+    full: bool,
+    #[arg(long)]
+    lora_r: Option<usize>,
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// `all`, or a comma list of q, k, v, o, gate, up, down.
+    #[arg(long, value_delimiter = ',')]
+    lora_targets: Option<Vec<String>>,
+    /// Scale LoRA by alpha / sqrt(r).
+    #[arg(long)]
+    rslora: bool,
+    /// Start from a PEFT adapter folder; its r, alpha, dropout and targets are used.
+    #[arg(long, value_name = "DIR")]
+    init_adapter: Option<PathBuf>,
+    /// f32 (CPU), bf16 or f16 (CUDA): the base weights' type.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// cpu or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Seed of initialisation, data order, blends and dropout.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Recompute each layer's activations in backward (less memory, more compute).
+    #[arg(long)]
+    recompute: bool,
+    /// Held-out data, scored every --eval-every steps and at the end.
+    #[arg(long, num_args = 1..)]
+    eval_data: Option<Vec<PathBuf>>,
+    /// Steps between evaluations (0: only at the end).
+    #[arg(long)]
+    eval_every: Option<u64>,
     /// Save a checkpoint every N optimizer steps (and at the end).
-    #[arg(long, default_value_t = 100)]
-    save_every: u64,
+    #[arg(long)]
+    save_every: Option<u64>,
     /// Checkpoints kept (0 keeps all).
-    #[arg(long, default_value_t = 2)]
-    keep_last: usize,
-    /// Continue from the newest checkpoint in --output, or from the one given.
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long)]
+    keep_last: Option<usize>,
+    /// The run folder (default: runs/BASE-MIX).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Continue from the newest checkpoint in the run folder, or from the one given.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "CHECKPOINT")]
     resume: Option<String>,
-    /// Where to run: `cpu`.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+}
+
+impl TrainArgs {
+    /// The flags given, as a settings layer.
+    fn overrides(&self) -> Result<toml::Table> {
+        fn put<T: Serialize>(t: &mut toml::Table, key: &str, v: &Option<T>) -> Result<()> {
+            if let Some(v) = v {
+                t.insert(key.into(), toml::Value::try_from(v)?);
+            }
+            Ok(())
+        }
+        let mut t = toml::Table::new();
+        put(&mut t, "base", &self.base)?;
+        put(&mut t, "data", &self.data)?;
+        put(&mut t, "mix", &self.mix)?;
+        put(&mut t, "template", &self.template)?;
+        put(&mut t, "pc_template", &self.pc_template)?;
+        put(&mut t, "tokenizer", &self.tokenizer)?;
+        put(&mut t, "seq_len", &self.seq_len)?;
+        put(&mut t, "batch_size", &self.batch_size)?;
+        put(&mut t, "grad_accum", &self.grad_accum)?;
+        put(&mut t, "epochs", &self.epochs)?;
+        put(&mut t, "max_steps", &self.max_steps)?;
+        put(&mut t, "lr", &self.lr)?;
+        put(&mut t, "warmup_steps", &self.warmup_steps)?;
+        put(&mut t, "schedule", &self.schedule)?;
+        put(&mut t, "weight_decay", &self.weight_decay)?;
+        put(&mut t, "clip_norm", &self.clip_norm)?;
+        put(&mut t, "init_adapter", &self.init_adapter)?;
+        put(&mut t, "dtype", &self.dtype)?;
+        put(&mut t, "device", &self.device)?;
+        put(&mut t, "seed", &self.seed)?;
+        put(&mut t, "eval_data", &self.eval_data)?;
+        put(&mut t, "eval_every", &self.eval_every)?;
+        put(&mut t, "save_every", &self.save_every)?;
+        put(&mut t, "keep_last", &self.keep_last)?;
+        put(&mut t, "output", &self.output)?;
+        for (flag, key, value) in [
+            (self.require_pc, "require_pc", true),
+            (self.skip_invalid, "skip_invalid", true),
+            (self.no_packing, "packing", false),
+            (self.no_shuffle, "shuffle", false),
+            (self.recompute, "recompute", true),
+        ] {
+            if flag {
+                t.insert(key.into(), value.into());
+            }
+        }
+        if self.full {
+            t.insert("method".into(), "full".into());
+        }
+        let mut lora = toml::Table::new();
+        put(&mut lora, "r", &self.lora_r)?;
+        put(&mut lora, "alpha", &self.lora_alpha)?;
+        put(&mut lora, "dropout", &self.lora_dropout)?;
+        put(&mut lora, "targets", &self.lora_targets)?;
+        if self.rslora {
+            lora.insert("rslora".into(), true.into());
+        }
+        if !lora.is_empty() {
+            t.insert("lora".into(), lora.into());
+        }
+        Ok(t)
+    }
 }
 
 /// Ctrl-C stopped the run after this optimizer step (its checkpoint is saved).
@@ -108,134 +217,72 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-fn targets(spec: &str) -> Result<Vec<Target>> {
-    if spec == "all" {
-        return Ok(Target::ALL.to_vec());
-    }
-    let mut out = Vec::new();
-    for name in spec.split(',').map(str::trim) {
-        let module = if name.ends_with("_proj") {
-            name.to_string()
-        } else {
-            format!("{name}_proj")
-        };
-        match Target::from_module(&module) {
-            Some(t) if !out.contains(&t) => out.push(t),
-            Some(_) => {}
-            None => bail!("--lora-targets: unknown target {name:?} (q, k, v, o, gate, up, down)"),
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        other => bail!("device {other:?} is not available in this build (use cpu)"),
-    };
-    let tiny = args.base == "tiny";
-    let mode = if args.full || tiny {
-        TrainMode::Full
-    } else {
-        TrainMode::Lora
-    };
-    let (mut model, tokenizer, base_dir) = if tiny {
-        (
-            tiny_model(args.data.seed, &device)?,
-            TextTokenizer::tiny()?,
-            None,
-        )
-    } else {
-        let base = load_base(&args.base, DType::F32, &device)
-            .with_context(|| format!("loading {}", args.base))?;
-        (base.model, base.tokenizer, Some(base.dir))
-    };
-    let lora_config = LoraConfig {
-        r: args.lora_r,
-        alpha: args.lora_alpha,
-        dropout: args.lora_dropout,
-        rslora: args.rslora,
-        targets: targets(&args.lora_targets)?,
-    };
-    if mode == TrainMode::Lora {
-        if !(0.0..1.0).contains(&args.lora_dropout) || args.lora_r == 0 {
-            bail!("--lora-r must be at least 1 and --lora-dropout in [0, 1)");
-        }
-        model.lora = Some(LoraAdapter::init(
-            &model.config,
-            lora_config.clone(),
-            args.data.seed,
-            DType::F32,
-            &device,
-        )?);
-    }
-    let pipeline = args.data.pipeline_with(tokenizer)?;
-    let (samples, stats) = pipeline.encode_all(&args.data.data)?;
+    let mut settings = Settings::resolve(args.config.as_deref(), args.overrides()?)?;
+    setup::adopt_init_adapter(&mut settings)?;
+    let device = setup::device(&settings.device)?;
+    let dtype = setup::dtype(&settings.dtype, &device)?;
+    let output = settings.output();
+    std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
+    remove_unfinished(&output)?;
+
+    let mut run = setup::build(&settings, &device, dtype)?;
+    let (samples, stats) = run.pipeline.encode_all(&settings.data)?;
     if samples.is_empty() {
-        bail!("no sample with a trained token in the data: nothing to train on");
+        anyhow::bail!("no sample with a trained token in the data: nothing to train on");
     }
+    let eval_samples = if settings.eval_data.is_empty() {
+        Vec::new()
+    } else {
+        let (s, _) = run
+            .pipeline
+            .encode_all(&settings.eval_data)
+            .context("reading the eval data")?;
+        s
+    };
     let loader = LoaderConfig {
-        seq_len: args.data.seq_len,
-        packing: !args.no_packing,
-        shuffle: !args.no_shuffle,
-        seed: args.data.seed,
-        epochs: args.epochs.max(1),
+        seq_len: settings.seq_len,
+        packing: settings.packing,
+        shuffle: settings.shuffle,
+        seed: settings.seed,
+        epochs: settings.epochs,
         ..LoaderConfig::default()
     };
-    let rows_per_step = (args.batch_size.max(1) * args.grad_accum.max(1)) as u64;
+    let rows_per_step = (settings.batch_size * settings.grad_accum) as u64;
     let rows = epoch_rows(&samples, &loader, 0).len() as u64;
-    let max_steps = args
+    let max_steps = settings
         .max_steps
         .unwrap_or_else(|| (rows * loader.epochs).div_ceil(rows_per_step));
-    let lr = args.lr.unwrap_or(match (tiny, mode) {
-        (true, _) => 3e-3,
-        (false, TrainMode::Lora) => 2e-4,
-        (false, TrainMode::Full) => 2e-5,
-    });
-    let decay: Decay = args.schedule.parse().map_err(anyhow::Error::msg)?;
     let cfg = TrainConfig {
         loader,
-        batch_size: args.batch_size.max(1),
-        grad_accum: args.grad_accum.max(1),
+        batch_size: settings.batch_size,
+        grad_accum: settings.grad_accum,
         max_steps,
         schedule: Schedule {
-            peak_lr: lr,
-            warmup_steps: args.warmup_steps,
+            peak_lr: settings.lr(),
+            warmup_steps: settings.warmup_steps,
             total_steps: max_steps,
-            decay,
+            decay: settings.schedule,
         },
         adamw: AdamWConfig {
-            weight_decay: args.weight_decay,
+            weight_decay: settings.weight_decay,
             ..AdamWConfig::default()
         },
-        clip_norm: args.clip_norm,
+        clip_norm: settings.clip_norm,
         step: StepOptions {
-            mode,
-            recompute: args.recompute,
+            mode: run.mode,
+            recompute: settings.recompute,
             loss_chunk: 1024,
-            dropout_seed: args.data.seed,
+            dropout_seed: settings.seed,
         },
     };
+    let mut resolved = settings.clone();
+    resolved.lr = Some(settings.lr());
+    resolved.method = Some(settings.method());
+    resolved.max_steps = Some(max_steps);
+    resolved.output = Some(output.clone());
+    let settings_json = serde_json::to_string_pretty(&resolved)? + "\n";
 
-    let output = args.output.clone().unwrap_or_else(|| {
-        let base: String = args
-            .base
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        PathBuf::from("runs").join(format!(
-            "{base}-{}",
-            args.data.mix.replace([':', ',', '+'], "_")
-        ))
-    });
-    std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
     let resume = match args.resume.as_deref() {
         None => None,
         Some(dir) => {
@@ -246,158 +293,150 @@ pub fn run(args: TrainArgs) -> Result<()> {
             } else {
                 PathBuf::from(dir)
             };
-            let (optimizer, position) = load_checkpoint(&dir, &mut model, mode)?;
+            check_same_run(&dir, &resolved)?;
+            let (optimizer, position) = load_checkpoint(&dir, &mut run.model, run.mode)?;
             eprintln!("resuming from {} (step {})", dir.display(), optimizer.step);
             Some((optimizer, position))
         }
     };
-    let settings = json!({
-        "base": args.base, "mix": args.data.mix, "data": args.data.data, "template": args.data.template,
-        "seq_len": args.data.seq_len, "seed": args.data.seed, "mode": format!("{mode:?}").to_lowercase(),
-        "epochs": cfg.loader.epochs, "max_steps": max_steps, "batch_size": cfg.batch_size,
-        "grad_accum": cfg.grad_accum, "lr": lr, "warmup_steps": args.warmup_steps,
-        "schedule": args.schedule, "weight_decay": args.weight_decay, "clip_norm": args.clip_norm,
-        "lora": (mode == TrainMode::Lora).then(|| json!({"r": args.lora_r, "alpha": args.lora_alpha,
-            "dropout": args.lora_dropout, "targets": lora_config.targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
-            "rslora": args.rslora})),
-        "packing": cfg.loader.packing, "shuffle": cfg.loader.shuffle, "recompute": args.recompute,
-        "samples": samples.len(), "trained_tokens": stats.trained_tokens,
-    });
-    write_atomic(
-        &output.join("settings.json"),
-        (serde_json::to_string_pretty(&settings)? + "\n").as_bytes(),
-    )?;
-
-    let metrics_path = output.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    write_atomic(&output.join("settings.json"), settings_json.as_bytes())?;
     let start_step = resume.as_ref().map_or(0, |(o, _)| o.step);
+    let mut metrics = MetricsLog::open(&output, start_step)?;
+    eprintln!(
+        "training {} ({:?}) on {} samples ({} trained tokens), {max_steps} steps, into {}",
+        settings.base,
+        run.mode,
+        samples.len(),
+        stats.trained_tokens,
+        output.display()
+    );
+
     let bar = ProgressBar::new(max_steps).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]")
             .expect("valid template"),
     );
     bar.set_position(start_step);
-    let started = std::time::Instant::now();
-    let mut last = started;
-    let pad_id = pipeline.tokenizer.pad_id;
+    let mut last = std::time::Instant::now();
+    let pad_id = run.pipeline.tokenizer.pad_id;
     // Ctrl-C finishes the step in progress, saves a checkpoint and stops.
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
+    let mut saved_step = start_step;
     let outcome = train::<anyhow::Error>(
-        &mut model,
+        &mut run.model,
         &samples,
         pad_id,
         &cfg,
         resume,
         |report, progress| {
             let step = progress.optimizer.step;
-            if !report.loss.is_finite() {
-                bail!(
-                    "the loss is {} at step {step}; the last good checkpoint stays in {}",
-                    report.loss,
-                    output.display()
-                );
-            }
             let now = std::time::Instant::now();
             let tokens_per_s =
                 report.tokens as f64 / now.duration_since(last).as_secs_f64().max(1e-9);
-            last = now;
-            let line = json!({"step": step, "loss": report.loss, "lr": report.lr, "grad_norm": report.grad_norm,
-            "tokens": report.tokens, "tokens_per_s": tokens_per_s, "epoch": progress.position.epoch});
-            writeln!(metrics, "{line}")?;
-            metrics.flush()?;
+            let mut line = json!({"step": step, "loss": report.loss, "lr": report.lr,
+                "grad_norm": report.grad_norm, "tokens": report.tokens, "tokens_per_s": tokens_per_s,
+                "epoch": progress.position.epoch});
+            let last_step = step == max_steps;
+            let eval_now = settings.eval_every > 0 && step % settings.eval_every == 0;
+            if !eval_samples.is_empty() && (eval_now || last_step) {
+                let e = evaluate(progress.model, &eval_samples, settings.seq_len, pad_id, 4)?;
+                line["eval_loss"] = e.loss.into();
+                line["eval_tokens"] = e.tokens.into();
+                bar.println(format!("step {step}: eval loss {:.4}", e.loss));
+            }
+            line["memory"] = process_memory();
+            metrics.append(&line)?;
             bar.set_position(step);
             bar.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} tok/s",
                 report.loss, report.lr, tokens_per_s
             ));
             let stop = interrupted.load(Ordering::SeqCst);
-            if stop || step % args.save_every.max(1) == 0 || step == max_steps {
+            if stop || step % settings.save_every == 0 || last_step {
                 save_checkpoint(
                     &output,
                     progress.model,
-                    mode,
+                    run.mode,
                     progress.optimizer,
                     progress.position,
-                    args.keep_last,
+                    &settings_json,
+                    settings.keep_last,
                 )?;
+                saved_step = step;
+                metrics.plot()?;
             }
             if stop {
                 return Err(Interrupted(step).into());
             }
+            last = std::time::Instant::now();
             Ok(())
         },
     );
     bar.finish();
-    if let Err(e) = outcome {
-        return match e.downcast::<Interrupted>() {
-            Ok(Interrupted(step)) => {
-                eprintln!(
-                    "interrupted: the checkpoint of step {step} is saved in {}; continue with --resume",
+    match outcome {
+        Ok(_) => {}
+        Err(e) => {
+            return match e.downcast::<Interrupted>() {
+                Ok(Interrupted(step)) => {
+                    eprintln!(
+                        "interrupted: the checkpoint of step {step} is saved in {}; continue with --resume",
+                        output.display()
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(e.context(format!(
+                    "training stopped; the last checkpoint (step {saved_step}) is in {}",
                     output.display()
-                );
-                Ok(())
-            }
-            Err(e) => Err(e),
-        };
+                ))),
+            };
+        }
     }
-    let exported = export(&output, &model, mode, tiny, base_dir.as_deref(), &args.base)?;
+    let exported = output.join(export_name(&resolved));
+    export_model(&resolved, &run, &exported, false, None)?;
     eprintln!("exported {}", exported.display());
     Ok(())
 }
 
-/// Writes the result into the run folder: a PEFT adapter (`adapter/`) or the whole model in the
-/// Hugging Face layout (`model/`).
-fn export(
-    output: &Path,
-    model: &pctrain_model::Model,
-    mode: TrainMode,
-    tiny: bool,
-    base_dir: Option<&Path>,
-    base: &str,
-) -> Result<PathBuf> {
-    match mode {
-        TrainMode::Lora => {
-            let dir = output.join("adapter");
-            model
-                .lora
-                .as_ref()
-                .context("a LoRA run has an adapter")?
-                .save(&dir, Some(base))?;
-            Ok(dir)
-        }
-        TrainMode::Full => {
-            let dir = output.join("model");
-            write_safetensors(
-                &dir.join("model.safetensors"),
-                &trainable(model, TrainMode::Full),
-            )?;
-            if tiny {
-                write_atomic(&dir.join("config.json"), TINY_MODEL_CONFIG.as_bytes())?;
-                write_atomic(&dir.join("tokenizer.json"), TINY_TOKENIZER)?;
-                write_atomic(&dir.join("tokenizer_config.json"), TINY_CONFIG.as_bytes())?;
-            } else if let Some(src) = base_dir {
-                for f in [
-                    "config.json",
-                    "generation_config.json",
-                    "tokenizer.json",
-                    "tokenizer_config.json",
-                    "chat_template.jinja",
-                ] {
-                    let from = src.join(f);
-                    if from.is_file() {
-                        let bytes = std::fs::read(&from)
-                            .with_context(|| format!("reading {}", from.display()))?;
-                        write_atomic(&dir.join(f), &bytes)?;
-                    }
-                }
-            }
-            Ok(dir)
-        }
+/// The export folder a finished run writes: `adapter` (LoRA) or `model` (full).
+fn export_name(settings: &Settings) -> &'static str {
+    match settings.method() {
+        crate::settings::Method::Lora => "adapter",
+        crate::settings::Method::Full => "model",
+    }
+}
+
+/// Refuses to resume from a checkpoint of another base, method or adapter shape.
+fn check_same_run(checkpoint: &Path, settings: &Settings) -> Result<()> {
+    let path = checkpoint.join("settings.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        // Checkpoints are checked tensor by tensor in any case.
+        return Ok(());
+    };
+    let saved: Settings =
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed", path.display()))?;
+    let same_model = saved.base == settings.base
+        && saved.method() == settings.method()
+        && (settings.method() == crate::settings::Method::Full || saved.lora == settings.lora);
+    if !same_model {
+        anyhow::bail!(
+            "{}: a checkpoint of another run (base {}, {:?}{}); this run is base {}, {:?}{}",
+            checkpoint.display(),
+            saved.base,
+            saved.method(),
+            lora_desc(&saved),
+            settings.base,
+            settings.method(),
+            lora_desc(settings)
+        );
+    }
+    Ok(())
+}
+
+fn lora_desc(s: &Settings) -> String {
+    match s.method() {
+        crate::settings::Method::Lora => format!(" r={} alpha={}", s.lora.r, s.lora.alpha),
+        crate::settings::Method::Full => String::new(),
     }
 }

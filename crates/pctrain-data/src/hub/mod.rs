@@ -1,12 +1,15 @@
-//! Downloads from the Hugging Face hub into the shared cache (`$HF_HOME/hub`), through `hf-hub`.
-//! `HF_ENDPOINT`, `HF_TOKEN`, `HF_HOME` and `HF_HUB_CACHE` are read as the Python libraries read
-//! them; `HF_HUB_OFFLINE=1` resolves from the cache only. The token is never printed.
+//! Downloads from the Hugging Face hub into the shared cache (`$HF_HOME/hub`), and uploads of
+//! export folders, through `hf-hub`. `HF_ENDPOINT`, `HF_TOKEN`, `HF_HOME` and `HF_HUB_CACHE` are
+//! read as the Python libraries read them; `HF_HUB_OFFLINE=1` resolves from the cache only. The
+//! token is never printed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub mod loopback;
 
-use hf_hub::{HFClientSync, HFError};
+use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
+use hf_hub::{HFClientSync, HFError, RepoTypeModel};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{DataError, Result};
 
@@ -70,7 +73,8 @@ pub fn fetch(repo: &HubRepo, filename: &str, required: bool) -> Result<Option<Pa
         .download_file()
         .filename(filename)
         .maybe_revision(repo.revision.clone())
-        .local_files_only(offline());
+        .local_files_only(offline())
+        .progress(DownloadBar::new(filename));
     match request.send() {
         Ok(path) => Ok(Some(path)),
         Err(HFError::EntryNotFound { .. }) if !required => Ok(None),
@@ -79,11 +83,91 @@ pub fn fetch(repo: &HubRepo, filename: &str, required: bool) -> Result<Option<Pa
     }
 }
 
+/// A download's progress bar on stderr (drawn only on a terminal).
+struct DownloadBar(ProgressBar);
+
+impl DownloadBar {
+    fn new(filename: &str) -> Self {
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{msg:>28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_message(filename.to_string());
+        DownloadBar(bar)
+    }
+}
+
+impl ProgressHandler for DownloadBar {
+    fn on_progress(&self, event: &ProgressEvent) {
+        let ProgressEvent::Download(event) = event else {
+            return;
+        };
+        match event {
+            DownloadEvent::Start { total_bytes, .. } => self.0.set_length(*total_bytes),
+            DownloadEvent::Progress { files } => {
+                for f in files {
+                    if f.total_bytes > 0 {
+                        self.0.set_length(f.total_bytes);
+                    }
+                    self.0.set_position(f.bytes_completed);
+                }
+            }
+            DownloadEvent::AggregateProgress {
+                bytes_completed,
+                total_bytes,
+                ..
+            } => {
+                self.0.set_length(*total_bytes);
+                self.0.set_position(*bytes_completed);
+            }
+            DownloadEvent::Complete => self.0.finish_and_clear(),
+        }
+    }
+}
+
+/// Creates the model repository `repo_id` (`owner/name`) if it does not exist, then uploads every
+/// file of `folder` to it in one commit. Returns the repository's URL.
+pub fn upload_folder(repo_id: &str, folder: &Path, private: bool, message: &str) -> Result<String> {
+    let repo = HubRepo::parse(repo_id)
+        .filter(|r| r.revision.is_none())
+        .ok_or_else(|| DataError::Hub {
+            repo: repo_id.to_string(),
+            message: "not a repository id (owner/name)".into(),
+        })?;
+    if offline() {
+        return Err(DataError::Hub {
+            repo: repo.id.clone(),
+            message: "HF_HUB_OFFLINE is set: uploads need the network".into(),
+        });
+    }
+    let client = HFClientSync::new().map_err(|e| hub_error(&repo, e))?;
+    let created = client
+        .create_repository()
+        .repo_id(&repo.id)
+        .repo_type(RepoTypeModel)
+        .private(private)
+        .exist_ok(true)
+        .send()
+        .map_err(|e| hub_error(&repo, e))?;
+    let (owner, name) = repo.id.split_once('/').expect("a parsed id has an owner");
+    client
+        .model(owner, name)
+        .upload_folder()
+        .folder_path(folder)
+        .commit_message(message.to_string())
+        .send()
+        .map_err(|e| hub_error(&repo, e))?;
+    Ok(created.url)
+}
+
 fn hub_error(repo: &HubRepo, e: HFError) -> DataError {
     let message = match &e {
         HFError::AuthRequired { .. } | HFError::Forbidden { .. } => format!(
-            "{e}. The repository is gated or private: accept its licence at \
-             https://huggingface.co/{} and log in (`hf auth login`, or set HF_TOKEN)",
+            "{e}. The repository is gated or private, or the token may not write to it: accept \
+             its licence at https://huggingface.co/{} and log in (`hf auth login`, or set \
+             HF_TOKEN to a token with the access needed)",
             repo.id
         ),
         HFError::LocalEntryNotFound { .. } => {

@@ -85,6 +85,8 @@ impl TemplateChoice {
 /// A compiled chat template.
 pub struct ChatTemplate {
     name: String,
+    /// The Jinja source as given.
+    source: String,
     env: Environment<'static>,
     /// Strings besides the EOS token that close an assistant turn.
     end_markers: Vec<String>,
@@ -129,6 +131,7 @@ impl ChatTemplate {
         );
         let mut template = ChatTemplate {
             name: name.to_string(),
+            source: source.to_string(),
             env,
             end_markers: end_markers.iter().map(|s| s.to_string()).collect(),
         };
@@ -152,6 +155,11 @@ impl ChatTemplate {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The Jinja source, as an export's `chat_template`.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Fixes the time `strftime_now` reports (Unix seconds, UTC); it is the current time otherwise.
