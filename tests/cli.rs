@@ -1,39 +1,10 @@
-//! End-to-end tests of the `pctrain` binary.
+//! End-to-end tests of the `pctrain` binary: data commands, eval, training, resume.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use std::process::Command;
 
-fn pctrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pctrain"))
-        .args(args)
-        .current_dir(root())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run pctrain")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
-
-/// Runs a command that must fail cleanly; returns its stderr.
-fn fails(args: &[&str]) -> String {
-    let o = pctrain(args);
-    let err = stderr(&o);
-    assert!(!o.status.success(), "{args:?} succeeded");
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    err
-}
+use common::{fails, pctrain, root, stderr, stdout, tiny_run};
 
 #[test]
 fn inspect_json_gives_one_sample_a_line_with_aligned_labels() {
@@ -330,31 +301,6 @@ fn eval_gives_the_loss_transformers_gives() {
     assert!(err.contains("no/such/model/dir/"), "{err}");
 }
 
-/// The arguments of a short training run of the tiny preset into `out`.
-fn tiny_run(out: &Path, steps: &str) -> Vec<String> {
-    [
-        "--base",
-        "tiny",
-        "--mix",
-        "nl-pc",
-        "--data",
-        "examples/alpaca-pc.jsonl",
-        "--seq-len",
-        "128",
-        "--max-steps",
-        steps,
-        "--save-every",
-        "1",
-        "--keep-last",
-        "2",
-        "--output",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([out.to_str().unwrap().to_string()])
-    .collect()
-}
-
 #[test]
 fn training_is_the_default_command_and_exports_the_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,17 +316,24 @@ fn training_is_the_default_command_and_exports_the_model() {
     for key in ["step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"] {
         assert!(metrics[0].get(key).is_some(), "metrics lack {key}");
     }
+    assert!(metrics[0]["memory"]["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(dir.path().join("loss.svg")).unwrap();
+    assert!(svg.contains("<polyline"), "{svg}");
     assert!(metrics[3]["loss"].as_f64() < metrics[0]["loss"].as_f64());
     let settings: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("settings.json")).unwrap())
             .unwrap();
-    assert_eq!(settings["mode"], "full");
+    assert_eq!(settings["method"], "full");
     assert_eq!(settings["max_steps"], 4);
+    assert_eq!(settings["preset"], "tiny");
     for f in [
         "config.json",
+        "generation_config.json",
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
+        "chat_template.jinja",
+        "README.md",
     ] {
         assert!(
             dir.path().join("model").join(f).is_file(),

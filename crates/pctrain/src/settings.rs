@@ -318,6 +318,18 @@ impl Settings {
         if self.data.is_empty() {
             bail!("data: no training file given");
         }
+        let is_hub_id = pctrain_data::hub::HubRepo::parse(&self.base).is_some();
+        if !self.tiny() && !Path::new(&self.base).exists() && !is_hub_id {
+            bail!(
+                "base {:?}: not a preset ({}), a model folder, or a hub id (owner/name)",
+                self.base,
+                presets::PRESETS
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         self.targets()?;
         Ok(())
     }

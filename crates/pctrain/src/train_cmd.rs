@@ -139,6 +139,9 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in the run folder, or from the one given.
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "CHECKPOINT")]
     resume: Option<String>,
+    /// Start afresh in a run folder that has checkpoints, removing them.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
 }
 
 impl TrainArgs {
@@ -283,6 +286,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
     resolved.output = Some(output.clone());
     let settings_json = serde_json::to_string_pretty(&resolved)? + "\n";
 
+    let earlier = checkpoints(&output)?;
+    if args.resume.is_none() && !earlier.is_empty() {
+        if !args.overwrite {
+            anyhow::bail!(
+                "{} has checkpoints of an earlier run: continue it with --resume, start afresh with \
+                 --overwrite (which removes them), or choose another --output",
+                output.display()
+            );
+        }
+        for dir in &earlier {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
     let resume = match args.resume.as_deref() {
         None => None,
         Some(dir) => {

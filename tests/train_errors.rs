@@ -1,0 +1,159 @@
+//! How training fails: bad settings, a diverging loss, a checkpoint or adapter that does not fit,
+//! and a disk that fills while saving. Each gives a clear error and a non-zero exit, and no
+//! checkpoint already written is lost.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{fails, llama_fixture, pctrain, root, stderr, tiny_run};
+
+fn run_args(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn checkpoint_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains("checkpoint"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn bad_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.toml");
+    std::fs::write(&config, "base = \"tiny\"\nlearning_rate = 1e-4\n").unwrap();
+    let err = fails(&["--config", config.to_str().unwrap()]);
+    assert!(
+        err.contains("run.toml") && err.contains("learning_rate"),
+        "{err}"
+    );
+    let err = fails(&["--base", "llama9-70b"]);
+    assert!(
+        err.contains("llama9-70b") && err.contains("llama3-8b"),
+        "{err}"
+    );
+    let err = fails(&["--schedule", "step"]);
+    assert!(err.contains("step") && err.contains("cosine"), "{err}");
+    let err = fails(&["--dtype", "bf16"]);
+    assert!(err.contains("bf16") && err.contains("CPU"), "{err}");
+    let err = fails(&["--device", "cuda:0"]);
+    assert!(err.contains("--features cuda"), "{err}");
+    let err = fails(&["--base", "llama3-8b", "--lora-targets", "q,zz"]);
+    assert!(err.contains("zz"), "{err}");
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = tiny_run(dir.path(), "6");
+    args.extend(["--lr", "1e30", "--clip-norm", "0"].map(String::from));
+    let err = fails(&run_args(&args));
+    assert!(err.contains("not applied"), "{err}");
+    assert!(err.contains("NaN") || err.contains("inf"), "{err}");
+    let names = checkpoint_names(dir.path());
+    assert!(
+        !names.is_empty() && names.iter().all(|n| n.starts_with("checkpoint-")),
+        "{names:?}"
+    );
+    // What is left resumes (and fails again the same way, not on a broken checkpoint).
+    args.push("--resume".into());
+    let err = fails(&run_args(&args));
+    assert!(err.contains("not applied"), "{err}");
+}
+
+#[test]
+fn a_checkpoint_or_adapter_of_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = tiny_run(dir.path(), "1");
+    let o = pctrain(&run_args(&args));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let checkpoint = dir.path().join("checkpoint-000001");
+    let llama = llama_fixture();
+    let other = tempfile::tempdir().unwrap();
+    let err = fails(&[
+        "--base",
+        llama.to_str().unwrap(),
+        "--data",
+        "examples/alpaca-pc.jsonl",
+        "--output",
+        other.path().to_str().unwrap(),
+        "--resume",
+        checkpoint.to_str().unwrap(),
+    ]);
+    assert!(err.contains("checkpoint of another run"), "{err}");
+    // An adapter whose tensors do not have the shapes its config and the model give.
+    let adapter = other.path().join("adapter");
+    std::fs::create_dir(&adapter).unwrap();
+    std::fs::copy(
+        llama.join("adapter/adapter_model.safetensors"),
+        adapter.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(llama.join("adapter/adapter_config.json")).unwrap();
+    assert!(config.contains("\"r\": 4,"));
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        config.replace("\"r\": 4,", "\"r\": 8,"),
+    )
+    .unwrap();
+    let err = fails(&[
+        "--base",
+        llama.to_str().unwrap(),
+        "--data",
+        "examples/alpaca-pc.jsonl",
+        "--init-adapter",
+        adapter.to_str().unwrap(),
+        "--output",
+        other.path().to_str().unwrap(),
+    ]);
+    assert!(err.contains("shape"), "{err}");
+    // A fresh run does not silently mix with an earlier run's checkpoints.
+    let err = fails(&run_args(&args));
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_full_disk_while_saving_loses_no_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = tiny_run(dir.path(), "2");
+    let o = pctrain(&run_args(&args));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = std::fs::read(dir.path().join("checkpoint-000002/trainable.safetensors")).unwrap();
+    // A file size limit makes every large write fail as a full disk does (EFBIG instead of
+    // ENOSPC); the signal it raises is ignored so that the write returns the error.
+    let mut more = tiny_run(dir.path(), "4");
+    more.push("--resume".into());
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 1024; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_pctrain"))
+        .args(&more)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("checkpoint") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert_eq!(
+        checkpoint_names(dir.path()),
+        ["checkpoint-000001", "checkpoint-000002"]
+    );
+    let after = std::fs::read(dir.path().join("checkpoint-000002/trainable.safetensors")).unwrap();
+    assert_eq!(before, after);
+    // With room again, the run continues from the checkpoint that was kept.
+    let o = pctrain(&run_args(&more));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("checkpoint-000004").is_dir());
+}
