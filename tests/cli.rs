@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::{fails, pctrain, root, stderr, stdout, tiny_run};
@@ -353,16 +354,21 @@ fn training_is_the_default_command_and_exports_the_model() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-#[test]
-fn a_run_killed_mid_way_and_resumed_ends_bit_identical() {
+/// Runs `args(dir)` straight through, and again killed with SIGKILL once `metrics.jsonl` has
+/// three lines, then resumed; the exported `file`s and the metrics must be identical.
+fn killed_and_resumed_equals_straight(args: impl Fn(&Path) -> Vec<String>, file: &str) {
     let straight = tempfile::tempdir().unwrap();
-    let args = tiny_run(straight.path(), "6");
-    let o = pctrain(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = pctrain(
+        &args(straight.path())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 
     let killed = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pctrain"))
-        .args(tiny_run(killed.path(), "6"))
+        .args(args(killed.path()))
         .current_dir(root())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -383,19 +389,67 @@ fn a_run_killed_mid_way_and_resumed_ends_bit_identical() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!killed.path().join("model").exists());
+    assert!(!killed.path().join(file).exists());
 
-    let mut resume = tiny_run(killed.path(), "6");
+    let mut resume = args(killed.path());
     resume.push("--resume".into());
     let o = pctrain(&resume.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));
-    let a = std::fs::read(straight.path().join("model/model.safetensors")).unwrap();
-    let b = std::fs::read(killed.path().join("model/model.safetensors")).unwrap();
+    let a = std::fs::read(straight.path().join(file)).unwrap();
+    let b = std::fs::read(killed.path().join(file)).unwrap();
     assert!(
         a == b,
-        "the resumed run's weights differ from the uninterrupted run's"
+        "the resumed run's {file} differs from the uninterrupted run's"
     );
+    // Each step is in the metrics once, with the same loss.
+    let steps = |dir: &Path| -> Vec<(u64, f64, f64)> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let f = |k: &str| v[k].as_f64().unwrap();
+                (v["step"].as_u64().unwrap(), f("loss"), f("grad_norm"))
+            })
+            .collect()
+    };
+    assert_eq!(steps(straight.path()), steps(killed.path()));
+}
+
+#[test]
+fn a_run_killed_mid_way_and_resumed_ends_bit_identical() {
+    killed_and_resumed_equals_straight(|dir| tiny_run(dir, "6"), "model/model.safetensors");
+}
+
+#[test]
+fn a_lora_run_with_dropout_killed_and_resumed_exports_the_same_adapter() {
+    let llama = root().join("crates/pctrain-model/tests/fixtures/llama");
+    let args = |dir: &Path| -> Vec<String> {
+        [
+            "--base",
+            llama.to_str().unwrap(),
+            "--data",
+            "examples/tulu-pc.jsonl",
+            "--seq-len",
+            "256",
+            "--grad-accum",
+            "2",
+            "--lora-r",
+            "4",
+            "--lora-dropout",
+            "0.1",
+            "--max-steps",
+            "6",
+            "--save-every",
+            "1",
+            "--output",
+            dir.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    killed_and_resumed_equals_straight(args, "adapter/adapter_model.safetensors");
 }
 
 #[test]

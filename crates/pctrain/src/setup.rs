@@ -177,7 +177,12 @@ pub fn export_meta(settings: &Settings, setup: &Setup) -> Result<ExportMeta> {
                 "LoRA r={} alpha={} on {}",
                 settings.lora.r,
                 settings.lora.alpha,
-                settings.lora.targets.join(", ")
+                settings
+                    .targets()?
+                    .iter()
+                    .map(|t| t.module())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             TrainMode::Full => "full fine-tuning".to_string(),
         },
