@@ -305,7 +305,16 @@ fn eval_gives_the_loss_transformers_gives() {
 #[test]
 fn training_is_the_default_command_and_exports_the_model() {
     let dir = tempfile::tempdir().unwrap();
-    let args = tiny_run(dir.path(), "4");
+    let mut args = tiny_run(dir.path(), "4");
+    args.extend(
+        [
+            "--eval-data",
+            "examples/alpaca-pc.jsonl",
+            "--eval-every",
+            "3",
+        ]
+        .map(String::from),
+    );
     let o = pctrain(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
     let metrics: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
@@ -318,6 +327,13 @@ fn training_is_the_default_command_and_exports_the_model() {
         assert!(metrics[0].get(key).is_some(), "metrics lack {key}");
     }
     assert!(metrics[0]["memory"]["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    // Evaluated every third step and at the end.
+    let evaluated: Vec<u64> = metrics
+        .iter()
+        .filter(|m| m.get("eval_loss").is_some())
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(evaluated, [3, 4]);
     let svg = std::fs::read_to_string(dir.path().join("loss.svg")).unwrap();
     assert!(svg.contains("<polyline"), "{svg}");
     assert!(metrics[3]["loss"].as_f64() < metrics[0]["loss"].as_f64());
@@ -352,6 +368,14 @@ fn training_is_the_default_command_and_exports_the_model() {
         "128",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // ... and scores as the run's last evaluation did.
+    let last: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    let (a, b) = (
+        last["loss"].as_f64().unwrap(),
+        metrics[3]["eval_loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-9 * a, "eval {a} vs the run's {b}");
+    assert_eq!(last["tokens"], metrics[3]["eval_tokens"]);
 }
 
 /// Runs `args(dir)` straight through, and again killed with SIGKILL once `metrics.jsonl` has
