@@ -5,8 +5,7 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::layer::LayerContext;
-use crate::layers::attention::attention_mask;
+use crate::layer::{AttentionMask, LayerContext};
 use crate::layers::loss::{cross_entropy_backward, shift_targets, LossSum};
 use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
 use crate::layers::rope::rope_tables;
@@ -80,11 +79,12 @@ impl Model {
                 .reshape((b, t, c.hidden_size))?;
         let x0 = (&embeds * c.embedding_multiplier)?;
         let (cos, sin) = rope_tables(self.inv_freq(), &batch.position_ids, b, &device)?;
-        let mask = attention_mask(&batch.segment_ids, b, c.sliding_window, &device)?;
+        let attention =
+            AttentionMask::for_batch(&batch.segment_ids, b, c.sliding_window, &embeds, c.head_dim)?;
         let ctx = LayerContext {
             cos,
             sin,
-            mask,
+            attention,
             dropout_seed: Some(opts.dropout_seed),
         };
 
@@ -165,6 +165,8 @@ mod tests {
     use candle_core::{DType, Device};
 
     use super::*;
+    use crate::layer::AttnSaved;
+    use crate::layers::attention::attention_mask;
     use crate::{LoraAdapter, ModelConfig, ModelWeights};
 
     fn bytes(t: &Tensor) -> usize {
@@ -202,7 +204,7 @@ mod tests {
         let ctx = LayerContext {
             cos,
             sin,
-            mask,
+            attention: AttentionMask::Dense(mask),
             dropout_seed: None,
         };
         let mut x = Tensor::zeros(
@@ -215,11 +217,16 @@ mod tests {
         for l in 0..m.config.num_layers {
             let s = m.layer_forward(&x, l, &ctx, None).unwrap();
             kept += [
-                &s.h1, &s.q, &s.k, &s.v, &s.p, &s.a, &s.x_mid, &s.h2, &s.gate, &s.up, &s.z, &s.out,
+                &s.h1, &s.q, &s.k, &s.v, &s.a, &s.x_mid, &s.h2, &s.gate, &s.up, &s.z, &s.out,
             ]
             .into_iter()
             .map(bytes)
             .sum::<usize>();
+            kept += match &s.attn {
+                AttnSaved::Probs(p) => bytes(p),
+                #[cfg(feature = "cuda")]
+                AttnSaved::Flash(_) => unreachable!("this test runs on the CPU"),
+            };
             x = s.out;
         }
         let account = m.memory_account(TrainMode::Lora, rows, seq_len, false);

@@ -3,7 +3,7 @@
 use candle_core::{Tensor, D};
 
 use crate::error::{ModelError, Result};
-use crate::layer::LayerContext;
+use crate::layer::{AttentionMask, LayerContext};
 use crate::layers::attention::decode_mask;
 use crate::layers::norm::rms_norm_forward;
 use crate::layers::rope::rope_tables;
@@ -72,7 +72,7 @@ impl Model {
         let ctx = LayerContext {
             cos,
             sin,
-            mask,
+            attention: AttentionMask::Dense(mask),
             dropout_seed: None,
         };
         cache.layers.resize(c.num_layers, None);

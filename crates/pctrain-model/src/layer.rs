@@ -24,7 +24,7 @@ pub(crate) struct Saved {
     pub(crate) q: Tensor,
     pub(crate) k: Tensor,
     pub(crate) v: Tensor,
-    pub(crate) p: Tensor,
+    pub(crate) attn: AttnSaved,
     pub(crate) a: Tensor,
     pub(crate) x_mid: Tensor,
     pub(crate) h2: Tensor,
@@ -34,11 +34,55 @@ pub(crate) struct Saved {
     pub(crate) out: Tensor,
 }
 
+/// What attention's backward needs besides q, k and v.
+pub(crate) enum AttnSaved {
+    /// The probabilities `[B, heads, T, S]` (the tensor path).
+    Probs(Tensor),
+    /// The output and log-sum-exps of the fused kernel, which recomputes the probabilities.
+    #[cfg(feature = "cuda")]
+    Flash(crate::cuda::AttentionSaved),
+}
+
+/// How attention is masked in a pass.
+pub(crate) enum AttentionMask {
+    /// An additive mask `[B, 1, T, S]` (the tensor path, and decoding with a cache).
+    Dense(Tensor),
+    /// Segment ids `[B, T]` (u32, on the GPU) and the sliding window (0: none), for the fused
+    /// kernels.
+    #[cfg(feature = "cuda")]
+    Segments { ids: Tensor, window: usize },
+}
+
+impl AttentionMask {
+    /// The fused kernels' mask on a GPU that runs them, else the dense mask.
+    pub(crate) fn for_batch(
+        segment_ids: &[u32],
+        batch: usize,
+        window: Option<usize>,
+        like: &Tensor,
+        head_dim: usize,
+    ) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if crate::cuda::runs_on(like) && head_dim <= crate::cuda::MAX_HEAD_DIM {
+            let t = segment_ids.len() / batch;
+            let ids = Tensor::from_slice(segment_ids, (batch, t), like.device())?;
+            return Ok(AttentionMask::Segments {
+                ids,
+                window: window.unwrap_or(0),
+            });
+        }
+        let _ = (like, head_dim);
+        Ok(AttentionMask::Dense(
+            crate::layers::attention::attention_mask(segment_ids, batch, window, like.device())?,
+        ))
+    }
+}
+
 /// Inputs shared by every layer of a pass.
 pub(crate) struct LayerContext {
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
-    pub(crate) mask: Tensor,
+    pub(crate) attention: AttentionMask,
     /// Seed of the LoRA dropout masks; `None` at inference (no dropout).
     pub(crate) dropout_seed: Option<u64>,
 }
@@ -115,8 +159,20 @@ impl Model {
                 (k, v)
             }
         };
-        let p = attention_probs(&q, &k, &ctx.mask, c.attention_scale)?;
-        let o = attention_output(&p, &v)?.to_dtype(x.dtype())?;
+        let (attn_saved, o) = match &ctx.attention {
+            AttentionMask::Dense(mask) => {
+                let p = attention_probs(&q, &k, mask, c.attention_scale)?;
+                let o = attention_output(&p, &v)?.to_dtype(x.dtype())?;
+                (AttnSaved::Probs(p), o)
+            }
+            #[cfg(feature = "cuda")]
+            AttentionMask::Segments { ids, window } => {
+                let s =
+                    crate::cuda::attention_forward(&q, &k, &v, ids, *window, c.attention_scale)?;
+                let o = s.out.clone();
+                (AttnSaved::Flash(s), o)
+            }
+        };
         let a = o
             .transpose(1, 2)?
             .reshape((b, t, c.num_heads * c.head_dim))?;
@@ -134,7 +190,7 @@ impl Model {
             q,
             k,
             v,
-            p,
+            attn: attn_saved,
             a,
             x_mid,
             h2,
@@ -208,7 +264,28 @@ impl Model {
             .reshape((b, t, c.num_heads, c.head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        let (dq, dk, dv) = attention_backward(&da, &s.q, &s.k, &s.v, &s.p, c.attention_scale)?;
+        let (dq, dk, dv) = match (&s.attn, &ctx.attention) {
+            (AttnSaved::Probs(p), _) => {
+                attention_backward(&da, &s.q, &s.k, &s.v, p, c.attention_scale)?
+            }
+            #[cfg(feature = "cuda")]
+            (AttnSaved::Flash(f), AttentionMask::Segments { ids, window }) => {
+                crate::cuda::attention_backward(
+                    &da,
+                    &s.q,
+                    &s.k,
+                    &s.v,
+                    f,
+                    ids,
+                    *window,
+                    c.attention_scale,
+                )?
+            }
+            #[cfg(feature = "cuda")]
+            (AttnSaved::Flash(_), AttentionMask::Dense(_)) => {
+                unreachable!("the fused forward ran with segment ids")
+            }
+        };
         let dq = rope_backward(&dq, &ctx.cos, &ctx.sin)?;
         let dk = rope_backward(&dk, &ctx.cos, &ctx.sin)?;
         let unheads = |d: Tensor, heads: usize| -> Result<Tensor> {

@@ -3,6 +3,8 @@
 
 pub mod backward;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod generate;
 pub mod layer;

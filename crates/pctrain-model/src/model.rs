@@ -5,8 +5,7 @@ use candle_core::{Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layer::LayerContext;
-use crate::layers::attention::attention_mask;
+use crate::layer::{AttentionMask, LayerContext};
 use crate::layers::loss::{cross_entropy_forward, shift_targets, LossSum};
 use crate::layers::norm::rms_norm_forward;
 use crate::layers::rope::{inverse_frequencies, rope_tables};
@@ -116,11 +115,17 @@ impl Model {
             x = (x * c.embedding_multiplier)?;
         }
         let (cos, sin) = rope_tables(&self.inv_freq, &batch.position_ids, batch.rows, &device)?;
-        let mask = attention_mask(&batch.segment_ids, batch.rows, c.sliding_window, &device)?;
+        let attention = AttentionMask::for_batch(
+            &batch.segment_ids,
+            batch.rows,
+            c.sliding_window,
+            &x,
+            c.head_dim,
+        )?;
         let ctx = LayerContext {
             cos,
             sin,
-            mask,
+            attention,
             dropout_seed: None,
         };
         for l in 0..c.num_layers {

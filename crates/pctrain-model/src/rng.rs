@@ -4,13 +4,17 @@
 #[derive(Debug, Clone)]
 pub struct Rng64(u64);
 
+/// SplitMix64's finaliser: every bit of `z` affects every bit of the result.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 impl Rng64 {
     pub fn new(seed: u64) -> Self {
         // SplitMix64 spreads every bit of the seed; a zero state would stay zero.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        let z = mix64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
         Rng64(if z == 0 { 0x9e37_79b9_7f4a_7c15 } else { z })
     }
 

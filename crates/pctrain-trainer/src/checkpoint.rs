@@ -124,7 +124,12 @@ fn write_into(
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut tensors = Vec::with_capacity(params.len() * 3);
     for (i, (n, t)) in params.iter().enumerate() {
-        tensors.push((format!("param.{n}"), t.to_dtype(DType::F32)?));
+        // A parameter with an f32 master copy is saved at full precision.
+        let value = match &optimizer.master[i] {
+            Some(master) => master.clone(),
+            None => t.to_dtype(DType::F32)?,
+        };
+        tensors.push((format!("param.{n}"), value));
         tensors.push((format!("adam_m.{n}"), optimizer.m[i].clone()));
         tensors.push((format!("adam_v.{n}"), optimizer.v[i].clone()));
     }
@@ -204,7 +209,7 @@ pub fn load_checkpoint(
         candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| invalid(e.to_string()))?;
     let params = trainable(model, mode);
     let device = model.device().clone();
-    let (mut values, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut values, mut m, mut v, mut master) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (n, t) in &params {
         let mut take = |prefix: &str| -> Result<Tensor, CheckpointError> {
             let key = format!("{prefix}.{n}");
@@ -222,7 +227,9 @@ pub fn load_checkpoint(
             }
             Ok(found.to_device(&device)?)
         };
-        values.push(take("param")?.to_dtype(t.dtype())?);
+        let value = take("param")?;
+        master.push((t.dtype() != DType::F32).then(|| value.clone()));
+        values.push(value.to_dtype(t.dtype())?);
         m.push(take("adam_m")?);
         v.push(take("adam_v")?);
     }
@@ -237,6 +244,7 @@ pub fn load_checkpoint(
         step: state.step,
         m,
         v,
+        master,
     };
     Ok((optimizer, state.position))
 }

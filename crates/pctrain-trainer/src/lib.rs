@@ -12,7 +12,7 @@ pub mod step;
 pub mod train;
 
 pub use base::{load_base, BaseModel};
-pub use candle_core::{DType, Device};
+pub use candle_core::{DType, Device, Tensor};
 pub use checkpoint::{
     checkpoints, load_checkpoint, remove_unfinished, save_checkpoint, CheckpointError,
 };

@@ -35,6 +35,9 @@ pub struct AdamW {
     pub m: Vec<Tensor>,
     /// Second moments, one per parameter, f32.
     pub v: Vec<Tensor>,
+    /// f32 master copies of parameters stored in a narrower type (bf16 on a GPU), which the
+    /// updates accumulate in; `None` for f32 parameters.
+    pub master: Vec<Option<Tensor>>,
 }
 
 impl AdamW {
@@ -46,6 +49,14 @@ impl AdamW {
             step: 0,
             m: params.iter().map(zeros).collect::<Result<_>>()?,
             v: params.iter().map(zeros).collect::<Result<_>>()?,
+            master: params
+                .iter()
+                .map(|p| {
+                    (p.dtype() != DType::F32)
+                        .then(|| p.to_dtype(DType::F32))
+                        .transpose()
+                })
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -71,8 +82,27 @@ impl AdamW {
         let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let mut out = Vec::with_capacity(params.len());
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            #[cfg(feature = "cuda")]
+            if pctrain_model::cuda::runs_on(p) {
+                // One fused kernel, in place on the parameter (and its master copy).
+                let step = pctrain_model::cuda::AdamWStep {
+                    wd_factor: 1.0 - lr * c.weight_decay,
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    step_size,
+                    bc2_sqrt,
+                    eps: c.eps,
+                };
+                let master = self.master[i].as_ref();
+                pctrain_model::cuda::adamw(p, master, g, &self.m[i], &self.v[i], step)?;
+                out.push((*p).clone());
+                continue;
+            }
             let dtype = p.dtype();
-            let p32 = p.to_dtype(DType::F32)?;
+            let p32 = match &self.master[i] {
+                Some(master) => master.clone(),
+                None => p.to_dtype(DType::F32)?,
+            };
             let g = g.to_dtype(DType::F32)?;
             let p32 = if c.weight_decay != 0.0 {
                 (p32 * (1.0 - lr * c.weight_decay))?
@@ -84,6 +114,9 @@ impl AdamW {
             let denom = ((self.v[i].sqrt()? / bc2_sqrt)? + c.eps)?;
             let p32 = (p32 - ((&self.m[i] / denom)? * step_size)?)?;
             out.push(p32.to_dtype(dtype)?);
+            if self.master[i].is_some() {
+                self.master[i] = Some(p32);
+            }
         }
         Ok(out)
     }

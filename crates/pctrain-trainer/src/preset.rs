@@ -43,7 +43,7 @@ pub fn init_weights(
     device: &Device,
 ) -> pctrain_model::Result<ModelWeights> {
     let mut rng = Rng64::new(seed);
-    let mut normal = |shape: &[usize]| -> candle_core::Result<Tensor> {
+    let normal = |shape: &[usize]| -> candle_core::Result<Tensor> {
         let n: usize = shape.iter().product();
         let mut v = Vec::with_capacity(n);
         while v.len() < n {
@@ -57,6 +57,28 @@ pub fn init_weights(
         v.truncate(n);
         Tensor::from_vec(v, shape, device)
     };
+    weights_from(config, DType::F32, device, normal)
+}
+
+/// Weights drawn on the device itself (cuRAND on a GPU) in `dtype`: for benchmarks of large
+/// shapes, where drawing on the CPU would take minutes. Not reproducible across devices.
+pub fn random_weights(
+    config: &ModelConfig,
+    dtype: DType,
+    device: &Device,
+) -> pctrain_model::Result<ModelWeights> {
+    weights_from(config, dtype, device, |shape| {
+        Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)
+    })
+}
+
+/// Every weight of `config`'s model: projections and embeddings from `normal`, norms at 1.
+fn weights_from(
+    config: &ModelConfig,
+    dtype: DType,
+    device: &Device,
+    mut normal: impl FnMut(&[usize]) -> candle_core::Result<Tensor>,
+) -> pctrain_model::Result<ModelWeights> {
     let (h, i, v) = (
         config.hidden_size,
         config.intermediate_size,
@@ -66,7 +88,7 @@ pub fn init_weights(
         config.num_heads * config.head_dim,
         config.num_kv_heads * config.head_dim,
     );
-    let ones = |n: usize| Tensor::ones(n, DType::F32, device);
+    let ones = |n: usize| Tensor::ones(n, dtype, device);
     let embed_tokens = normal(&[v, h])?;
     let mut layers = Vec::with_capacity(config.num_layers);
     for _ in 0..config.num_layers {

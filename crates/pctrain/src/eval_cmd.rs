@@ -4,8 +4,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pctrain_data::TextTokenizer;
 use pctrain_model::LoraAdapter;
+use pctrain_trainer::DType;
 use pctrain_trainer::{evaluate, load_base};
-use pctrain_trainer::{DType, Device};
 
 use crate::data_cmd::DataArgs;
 
@@ -16,9 +16,12 @@ pub struct EvalArgs {
     base: String,
     #[command(flatten)]
     data: DataArgs,
-    /// Where to run: `cpu`.
+    /// Where to run: cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The base weights' type: f32, or bf16 on a GPU.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// A PEFT adapter folder to apply to the base.
     #[arg(long)]
     adapter: Option<std::path::PathBuf>,
@@ -28,12 +31,10 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        other => bail!("device {other:?} is not available in this build (use cpu)"),
-    };
-    let mut base = load_base(&args.base, DType::F32, &device)
-        .with_context(|| format!("loading {}", args.base))?;
+    let device = crate::setup::device(&args.device)?;
+    let dtype = crate::setup::parse_dtype(&args.dtype)?;
+    let mut base =
+        load_base(&args.base, dtype, &device).with_context(|| format!("loading {}", args.base))?;
     if let Some(dir) = &args.adapter {
         base.model.lora = Some(LoraAdapter::load(
             dir,

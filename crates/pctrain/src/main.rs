@@ -1,5 +1,6 @@
 //! `pctrain`: fine-tune LLMs on instructions re-expressed as pseudo-code.
 
+mod bench_cmd;
 mod data_cmd;
 mod eval_cmd;
 mod export_cmd;
@@ -42,6 +43,9 @@ enum Command {
     /// Write a run's PEFT adapter, or with --merged the whole model, in the Hugging Face layout;
     /// optionally upload it to the hub.
     Export(export_cmd::ExportArgs),
+    /// Time whole training steps on a model shape with random weights (one JSON line).
+    #[command(hide = true)]
+    Bench(bench_cmd::BenchArgs),
     /// List the presets (`--base NAME`), or print one's config.
     Presets {
         /// Print this preset's config file.
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Some(Command::Data(cmd)) => data_cmd::run(cmd),
         Some(Command::Eval(args)) => eval_cmd::run(args),
         Some(Command::Export(args)) => export_cmd::run(args),
+        Some(Command::Bench(args)) => bench_cmd::run(args),
         Some(Command::Presets { name }) => presets::run(name.as_deref()),
         None => train_cmd::run(cli.train),
     };

@@ -18,12 +18,28 @@ use crate::settings::{Method, Settings};
 pub fn device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => bail!(
-            "device {s:?}: this pctrain was built without CUDA; on a GPU machine build it with \
-             `cargo build --release --features cuda` (see the README), or use --device cpu"
-        ),
+        s if s == "cuda" || s.starts_with("cuda:") => cuda_device(s),
         other => bail!("unknown device {other:?} (cpu or cuda:N)"),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(spec: &str) -> Result<Device> {
+    let ordinal = match spec.strip_prefix("cuda:") {
+        None => 0,
+        Some(n) => n
+            .parse()
+            .with_context(|| format!("device {spec:?}: expected cuda:N with N a GPU number"))?,
+    };
+    Device::new_cuda(ordinal).with_context(|| format!("opening GPU {ordinal}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(spec: &str) -> Result<Device> {
+    bail!(
+        "device {spec:?}: this pctrain was built without CUDA; on a GPU machine build it with \
+         `cargo build --release --features cuda` (see the README), or use --device cpu"
+    )
 }
 
 /// The dtype a `--dtype` value names.
@@ -79,6 +95,9 @@ pub fn adopt_init_adapter(settings: &mut Settings) -> Result<()> {
 /// data pipeline with the base's tokenizer (or `tokenizer`).
 pub fn build(settings: &Settings, device: &Device, dtype: DType) -> Result<Setup> {
     let (mut model, tokenizer, base_dir) = if settings.tiny() {
+        if dtype != DType::F32 {
+            bail!("the tiny preset trains in f32; use --dtype f32");
+        }
         (
             tiny_model(settings.seed, device)?,
             TextTokenizer::tiny()?,

@@ -42,6 +42,12 @@ pub fn cross_entropy_forward(
     targets: &[i64],
     chunk: usize,
 ) -> Result<LossSum> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::runs_on(hidden) {
+        let grads =
+            cross_entropy_cuda(hidden, output, logits_scaling, targets, chunk, None, false)?;
+        return Ok(grads.loss);
+    }
     let n = hidden.dim(0)?;
     let mut total = LossSum { sum: 0.0, count: 0 };
     let out_t = output.t()?;
@@ -144,6 +150,18 @@ pub fn cross_entropy_backward(
     grad_scale: f64,
     train_output: bool,
 ) -> Result<CrossEntropyGrads> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::runs_on(hidden) {
+        return cross_entropy_cuda(
+            hidden,
+            output,
+            logits_scaling,
+            targets,
+            chunk,
+            Some(grad_scale),
+            train_output,
+        );
+    }
     let (n, h_dim) = hidden.dims2()?;
     let vocab = output.dim(0)?;
     let mut loss = LossSum { sum: 0.0, count: 0 };
@@ -177,6 +195,67 @@ pub fn cross_entropy_backward(
             output.dtype(),
             output.device(),
         )?);
+    }
+    Ok(CrossEntropyGrads {
+        loss,
+        dhidden,
+        doutput,
+    })
+}
+
+/// [`cross_entropy_backward`] (or, without `grad_scale`, the loss alone) on a GPU: each chunk's
+/// logits come from cuBLAS, and one fused kernel gives the losses and writes `dz` over the logits,
+/// so no one-hot matrix is built and the chunk's logits exist once.
+#[cfg(feature = "cuda")]
+fn cross_entropy_cuda(
+    hidden: &Tensor,
+    output: &Tensor,
+    logits_scaling: f64,
+    targets: &[i64],
+    chunk: usize,
+    grad_scale: Option<f64>,
+    train_output: bool,
+) -> Result<CrossEntropyGrads> {
+    let (n, h_dim) = hidden.dims2()?;
+    let vocab = output.dim(0)?;
+    let device = hidden.device();
+    let out_t = output.t()?;
+    let mut loss = LossSum { sum: 0.0, count: 0 };
+    let mut dhidden = Tensor::zeros((n, h_dim), hidden.dtype(), device)?;
+    let mut doutput = None::<Tensor>;
+    for start in (0..n).step_by(chunk.max(1)) {
+        let rows: Vec<u32> = (start..(start + chunk.max(1)).min(n))
+            .filter(|&i| targets[i] != IGNORE_INDEX)
+            .map(|i| i as u32)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let index = Tensor::from_slice(&rows, rows.len(), device)?;
+        let picked: Vec<u32> = rows.iter().map(|&i| targets[i as usize] as u32).collect();
+        let picked = Tensor::from_slice(&picked, picked.len(), device)?;
+        let h = hidden.index_select(&index, 0)?;
+        let z = h.matmul(&out_t)?;
+        let (losses, dz) = crate::cuda::cross_entropy(z, &picked, logits_scaling, grad_scale)?;
+        loss.sum += losses
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&l| f64::from(l))
+            .sum::<f64>();
+        loss.count += rows.len();
+        if let Some(dz) = dz {
+            dhidden = dhidden.index_add(&index, &dz.matmul(output)?, 0)?;
+            if train_output {
+                let d = dz.t()?.matmul(&h)?;
+                doutput = Some(match doutput {
+                    Some(acc) => (acc + d)?,
+                    None => d,
+                });
+            }
+        }
+    }
+    if train_output && doutput.is_none() {
+        doutput = Some(Tensor::zeros((vocab, h_dim), output.dtype(), device)?);
     }
     Ok(CrossEntropyGrads {
         loss,

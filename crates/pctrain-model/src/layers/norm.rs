@@ -4,6 +4,10 @@ use candle_core::{DType, Result, Tensor, D};
 
 /// `x`: `[.., H]`, `w`: `[H]` -> `y`: `[.., H]` in `x`'s dtype.
 pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::runs_on(x) {
+        return crate::cuda::rms_norm_forward(x, w, eps);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let rstd = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
@@ -19,6 +23,10 @@ pub fn rms_norm_backward(
     w: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::runs_on(x) {
+        return crate::cuda::rms_norm_backward(dy, x, w, eps);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let dy = dy.to_dtype(DType::F32)?;

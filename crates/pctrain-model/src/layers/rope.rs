@@ -55,6 +55,10 @@ pub fn rope_tables(
 
 /// `x`: `[B, heads, T, d]`, `cos`/`sin`: `[B, T, d]` -> `x * cos + rotate_half(x) * sin`.
 pub fn rope_forward(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::runs_on(x) {
+        return crate::cuda::rope(x, cos, sin, false);
+    }
     let dtype = x.dtype();
     let d = x.dim(3)?;
     let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
@@ -73,6 +77,10 @@ fn rotate_half(x: &Tensor, d: usize) -> Result<Tensor> {
 /// Gradient of [`rope_forward`]: `dx = dy * cos + rotate_half^T(dy * sin)`, where
 /// `rotate_half^T([a1, a2]) = [a2, -a1]`.
 pub fn rope_backward(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::runs_on(dy) {
+        return crate::cuda::rope(dy, cos, sin, true);
+    }
     let dtype = dy.dtype();
     let d = dy.dim(3)?;
     let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);

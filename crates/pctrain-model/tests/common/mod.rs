@@ -9,9 +9,12 @@ use pctrain_model::{Batch, LoraAdapter, Model, ModelConfig, ModelWeights};
 
 pub const MODELS: [&str; 3] = ["llama", "mistral", "granite"];
 
+/// A fixture folder; `PCTRAIN_FIXTURES` moves them (test executables run on another machine, as
+/// scripts/gpu-check.sh runs them, do not find the build machine's paths).
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+    std::env::var_os("PCTRAIN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
         .join(name)
 }
 

@@ -1,0 +1,181 @@
+//! `pctrain bench` (hidden): the speed of whole training steps (forward, backward, AdamW) on a
+//! model shape with random weights, as one JSON line. `scripts/gpu-check.sh` runs it beside the
+//! same steps in transformers + PEFT.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use pctrain_model::rng::Rng64;
+use pctrain_model::{
+    Batch, LoraAdapter, LoraConfig, Model, ModelConfig, StepOptions, Target, TrainMode,
+};
+use pctrain_trainer::preset::{random_weights, TINY_CONFIG};
+use pctrain_trainer::{
+    optimizer_step, trainable, AdamW, AdamWConfig, DType, Decay, Device, Schedule, Tensor,
+};
+use serde_json::json;
+
+/// Llama 3 8B's `config.json` (the real shape).
+const LLAMA3_8B: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 128256,
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0, "max_position_embeddings": 8192, "tie_word_embeddings": false}"#;
+
+/// Llama 3.2 1B's shape (1.24B parameters, tied embeddings).
+const LLAMA_1B: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 128256,
+    "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0, "max_position_embeddings": 8192, "tie_word_embeddings": true}"#;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// llama3-8b, llama-1b or tiny.
+    #[arg(long, default_value = "tiny")]
+    shape: String,
+    /// lora (r=16, alpha 32, all seven targets) or full.
+    #[arg(long, default_value = "lora")]
+    mode: String,
+    #[arg(long, default_value_t = 2048)]
+    seq_len: usize,
+    /// Rows of `seq_len` tokens per step (each one sample).
+    #[arg(long, default_value_t = 1)]
+    rows: usize,
+    /// Timed steps (after two warm-up steps); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Recompute each layer's activations in backward.
+    #[arg(long)]
+    recompute: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let device = crate::setup::device(&args.device)?;
+    let dtype = crate::setup::parse_dtype(&args.dtype)?;
+    let text = match args.shape.as_str() {
+        "llama3-8b" => LLAMA3_8B,
+        "llama-1b" => LLAMA_1B,
+        "tiny" => TINY_CONFIG,
+        other => bail!("unknown shape {other:?} (llama3-8b, llama-1b, tiny)"),
+    };
+    let mode = match args.mode.as_str() {
+        "lora" => TrainMode::Lora,
+        "full" => TrainMode::Full,
+        other => bail!("unknown mode {other:?} (lora or full)"),
+    };
+    let config = ModelConfig::from_json(text, Path::new(&args.shape))?;
+    let weights = random_weights(&config, dtype, &device)?;
+    let lora = (mode == TrainMode::Lora)
+        .then(|| {
+            let lora = LoraConfig {
+                r: 16,
+                alpha: 32.0,
+                dropout: 0.0,
+                rslora: false,
+                targets: Target::ALL.to_vec(),
+            };
+            LoraAdapter::init(&config, lora, 1, DType::F32, &device)
+        })
+        .transpose()?;
+    let mut model = Model::new(config.clone(), weights, lora);
+    let (rows, seq_len) = (args.rows, args.seq_len);
+    let n = rows * seq_len;
+    let mut rng = Rng64::new(7);
+    let vocab = config.vocab_size as u64;
+    let batch = Batch {
+        rows,
+        seq_len,
+        input_ids: (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect(),
+        position_ids: (0..n).map(|p| (p % seq_len) as u32).collect(),
+        segment_ids: vec![1; n],
+        labels: (0..n).map(|_| (rng.next_u64() % vocab) as i64).collect(),
+    };
+    let params = trainable(&model, mode);
+    let refs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
+    let mut optimizer = AdamW::new(AdamWConfig::default(), &refs)?;
+    drop(params);
+    let schedule = Schedule {
+        peak_lr: 1e-5,
+        warmup_steps: 0,
+        total_steps: 1000,
+        decay: Decay::Constant,
+    };
+    let opts = StepOptions {
+        mode,
+        recompute: args.recompute,
+        loss_chunk: 1024,
+        dropout_seed: 0,
+    };
+    let mut times = Vec::new();
+    for step in 0..args.steps + 2 {
+        device.synchronize()?;
+        let start = Instant::now();
+        let report = optimizer_step(
+            &mut model,
+            std::slice::from_ref(&batch),
+            opts,
+            &mut optimizer,
+            &schedule,
+            1.0,
+        )?;
+        device.synchronize()?;
+        if step >= 2 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(report);
+    }
+    times.sort_by(f64::total_cmp);
+    let step_s = times[times.len() / 2];
+    let account = model.memory_account(mode, rows, seq_len, args.recompute);
+    let size = dtype.size_in_bytes();
+    let frozen = (account.frozen_weight_bytes / size) as f64;
+    let trained = (account.trainable_weight_bytes / 4) as f64;
+    let (layers, width) = (
+        config.num_layers as f64,
+        (config.num_heads * config.head_dim) as f64,
+    );
+    // Causal attention: forward 2 T H d and backward 4 T H d FLOPs per token and layer.
+    let attention = 6.0 * seq_len as f64 * width * layers;
+    let flops_per_token = match mode {
+        TrainMode::Lora => 4.0 * (frozen + trained) + attention,
+        TrainMode::Full => 6.0 * trained + attention,
+    };
+    let tokens_per_s = n as f64 / step_s;
+    let matmul = matmul_tflops(&device, dtype)?;
+    let line = json!({
+        "tool": "pctrain", "shape": args.shape, "mode": args.mode, "dtype": args.dtype,
+        "device": args.device, "rows": rows, "seq_len": seq_len,
+        "parameters": frozen + trained, "trainable_parameters": trained,
+        "step_s": step_s, "tokens_per_s": tokens_per_s, "flops_per_token": flops_per_token,
+        "matmul_tflops": matmul,
+        "mfu": matmul.map(|m| tokens_per_s * flops_per_token / (m * 1e12)),
+        "process_memory": crate::metrics::process_memory(),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// The device's measured matmul rate in `dtype` (TFLOP/s): ten 8192-square products on a GPU.
+/// `None` on the CPU, where the figure would only measure this machine.
+fn matmul_tflops(device: &Device, dtype: DType) -> Result<Option<f64>> {
+    if device.is_cpu() {
+        return Ok(None);
+    }
+    let n = 8192;
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    std::hint::black_box(a.matmul(&b)?);
+    device.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..10 {
+        std::hint::black_box(a.matmul(&b)?);
+    }
+    device.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Some(10.0 * 2.0 * (n as f64).powi(3) / seconds / 1e12))
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU (driver for CUDA 13.0) and PyTorch, transformers and PEFT, from
+# the repository root, with gpu-bundle.tar.xz made by scripts/gpu-bundle.sh: runs every CUDA
+# kernel against its CPU twin, then the benchmark (pctrain against transformers + PEFT on the same
+# GPU), and writes one JSON report, $OUT/report.json. Finishes within 8 minutes on an H100.
+#
+#     OUT=results scripts/gpu-check.sh
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-$ROOT/gpu-check-out}
+mkdir -p "$OUT"
+BIN=$(mktemp -d)
+tar -xJf gpu-bundle.tar.xz -C "$BIN" || { echo "no gpu-bundle.tar.xz: run scripts/gpu-bundle.sh first" >&2; exit 1; }
+
+# The CUDA libraries pctrain links come with PyTorch's nvidia wheels.
+SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+export LD_LIBRARY_PATH=$SP/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if ldd "$BIN/pctrain" | grep "not found" > "$OUT/ldd-missing.txt"; then
+  echo "missing libraries:" >&2; cat "$OUT/ldd-missing.txt" >&2; exit 1
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
+
+# 1. Kernels against their CPU twins.
+export PCTRAIN_FIXTURES=$ROOT/crates/pctrain-model/tests/fixtures
+for t in model trainer; do
+  timeout 120 "$BIN/test-$t-cuda" --test-threads=1 > "$OUT/test-$t.log" 2>&1
+  echo $? > "$OUT/test-$t.rc"
+done
+
+# 2. The benchmark. GPU memory is sampled every 100 ms while each run lasts.
+bench() {
+  local name=$1; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$OUT/$name.mem" &
+  local sampler=$!
+  timeout 150 "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"
+  echo $? > "$OUT/$name.rc"
+  kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+}
+IDLE=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+bench pctrain-lora-8b "$BIN/pctrain" bench --shape llama3-8b --mode lora --seq-len 2048 --rows 1 --steps 5 --device cuda:0 --dtype bf16
+bench hf-lora-8b python3 scripts/bench_gpu_transformers.py llama3-8b lora 2048 1 5
+bench pctrain-full-1b "$BIN/pctrain" bench --shape llama-1b --mode full --seq-len 2048 --rows 1 --steps 5 --device cuda:0 --dtype bf16
+bench hf-full-1b python3 scripts/bench_gpu_transformers.py llama-1b full 2048 1 5
+
+# 3. One report.
+python3 - "$OUT" "$IDLE" "$(cat "$BIN/COMMIT" | tr '\n' ' ')" <<'PY'
+import datetime, json, pathlib, sys
+out, idle, commit = pathlib.Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3].strip()
+
+def run(name):
+    r = {"rc": int((out / f"{name}.rc").read_text())}
+    lines = [l for l in (out / f"{name}.json").read_text().splitlines() if l.strip()]
+    if lines:
+        r.update(json.loads(lines[-1]))
+    else:
+        r["error"] = (out / f"{name}.err").read_text()[-2000:]
+    mem = [float(x) for x in (out / f"{name}.mem").read_text().split() if x.strip()]
+    r["peak_gpu_mib"] = max(mem) - idle if mem else None
+    return r
+
+def test(name):
+    log = (out / f"test-{name}.log").read_text()
+    return {"rc": int((out / f"test-{name}.rc").read_text()), "skipped": "skipped" in log,
+            "summary": [l for l in log.splitlines() if l.startswith("test ")]}
+
+report = {
+    "date": datetime.date.today().isoformat(),
+    "gpu": (out / "gpu.txt").read_text().strip(),
+    "commit": commit,
+    "tests": {n: test(n) for n in ["model", "trainer"]},
+    "bench": {n: run(n) for n in ["pctrain-lora-8b", "hf-lora-8b", "pctrain-full-1b", "hf-full-1b"]},
+}
+for ours, theirs, key in [("pctrain-lora-8b", "hf-lora-8b", "lora_8b"), ("pctrain-full-1b", "hf-full-1b", "full_1b")]:
+    a, b = report["bench"][ours], report["bench"][theirs]
+    if a.get("tokens_per_s") and b.get("tokens_per_s"):
+        report[f"speedup_{key}"] = a["tokens_per_s"] / b["tokens_per_s"]
+    if a.get("peak_gpu_mib") and b.get("peak_gpu_mib"):
+        report[f"memory_ratio_{key}"] = a["peak_gpu_mib"] / b["peak_gpu_mib"]
+(out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+print(json.dumps(report, indent=2))
+PY
