@@ -5,6 +5,9 @@
 
 typedef unsigned short bf16;
 
+// NVRTC has no standard headers: minus infinity by its bits.
+#define NEG_INF __int_as_float(0xff800000)
+
 __device__ __forceinline__ float ld(const float* p, long i) { return p[i]; }
 __device__ __forceinline__ float ld(const bf16* p, long i) {
     return __uint_as_float(((unsigned)p[i]) << 16);
@@ -51,7 +54,7 @@ __device__ float block_max(float v) {
     if (lane == 0) partial[warp] = v;
     __syncthreads();
     int warps = (blockDim.x + 31) >> 5;
-    v = lane < warps ? partial[lane] : -INFINITY;
+    v = lane < warps ? partial[lane] : NEG_INF;
     return warp_max(v);
 }
 
@@ -198,7 +201,7 @@ __device__ void attn_fwd(const T* q, const T* k, const T* v, const unsigned* seg
     const T* kh = k + ((long)b * kv_heads + kvh) * t * d;
     const T* vh = v + ((long)b * kv_heads + kvh) * t * d;
     for (int e = lane; e < d; e += 32) qs[warp * d + e] = i < t ? ld(qh, (long)i * d + e) : 0.f;
-    float m = -INFINITY, l = 0.f;
+    float m = NEG_INF, l = 0.f;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};  // dims lane, lane + 32, .. (d <= 128)
     int last = min(t - 1, first + ROWS - 1);
     int start = window > 0 ? max(0, first - window + 1) : 0;
@@ -209,16 +212,16 @@ __device__ void attn_fwd(const T* q, const T* k, const T* v, const unsigned* seg
         __syncthreads();
         if (i >= t) continue;
         int j = kt + lane;
-        float s = -INFINITY;
+        float s = NEG_INF;
         if (j < t && allowed(seg, i, j, window)) {
             float dot = 0.f;
             for (int e = 0; e < d; e++) dot += qs[warp * d + e] * ks[lane * stride + e];
             s = dot * scale;
         }
         float m_new = fmaxf(m, warp_max(s));
-        if (m_new == -INFINITY) continue;  // nothing visible in this tile yet
-        float p = s == -INFINITY ? 0.f : expf(s - m_new);
-        float corr = m == -INFINITY ? 0.f : expf(m - m_new);
+        if (m_new == NEG_INF) continue;  // nothing visible in this tile yet
+        float p = s == NEG_INF ? 0.f : expf(s - m_new);
+        float corr = m == NEG_INF ? 0.f : expf(m - m_new);
         l = l * corr + warp_sum(p);
         for (int r = 0; r < 4; r++) acc[r] *= corr;
         for (int jj = 0; jj < TILE; jj++) {
@@ -398,7 +401,7 @@ __device__ void cross_entropy(T* z, const unsigned* target, float* loss, int voc
                               float grad_scale, bool grad) {
     long row = blockIdx.x;
     T* zr = z + row * vocab;
-    float mx = -INFINITY;
+    float mx = NEG_INF;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, ld(zr, i) / scaling);
     mx = block_max(mx);
     float se = 0.f;

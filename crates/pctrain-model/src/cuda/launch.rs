@@ -59,17 +59,22 @@ fn ptx(dev: &Dev) -> Result<String> {
     }
     // NVRTC wants a 'static architecture name; one per compute capability is leaked.
     let arch: &'static str = Box::leak(format!("compute_{}{}", cc.0, cc.1).into_boxed_str());
+    let ptx = compile(arch)?;
+    cache.insert(cc, ptx.clone());
+    Ok(ptx)
+}
+
+/// `kernels.cu` compiled by NVRTC to PTX for `arch` (`compute_90`, ...); needs no GPU.
+pub fn compile(arch: &'static str) -> Result<String> {
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),
         use_fast_math: Some(false),
         name: Some("kernels.cu".into()),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
+    Ok(cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
         .map_err(|e| err("compiling kernels.cu with NVRTC", e))?
-        .to_src();
-    cache.insert(cc, ptx.clone());
-    Ok(ptx)
+        .to_src())
 }
 
 /// The kernel `name` (no storage-type suffix).
@@ -180,7 +185,7 @@ impl Slice {
             let Storage::Cuda(cs) = &*storage else {
                 candle_core::bail!("a CUDA kernel got a tensor on {:?}", t.device());
             };
-            let stream = cs.device().cuda_stream();
+            let stream = cs.device.cuda_stream();
             let offset = layout.start_offset() as u64;
             let (base, size) = match t.dtype() {
                 DType::F32 => (cs.as_cuda_slice::<f32>()?.device_ptr(&stream).0, 4),

@@ -461,3 +461,40 @@ pub fn adamw(
 pub fn runs_on(x: &Tensor) -> bool {
     x.device().is_cuda() && arg_dtype(x.dtype()).is_some()
 }
+
+#[cfg(test)]
+mod tests {
+    /// NVRTC compiles the kernels for Ampere and Hopper (no GPU needed), and every kernel the
+    /// wrappers launch is in the result.
+    #[test]
+    fn the_kernels_compile_with_nvrtc_and_export_every_entry_point() {
+        for arch in ["compute_80", "compute_90"] {
+            let ptx = super::launch::compile(arch).unwrap();
+            let mut names = vec!["col_sum_f32", "adamw_f32", "adamw_bf16"];
+            let typed = [
+                "rms_norm_fwd",
+                "rms_norm_bwd",
+                "rope",
+                "swiglu_fwd",
+                "swiglu_bwd",
+                "attn_fwd",
+                "attn_delta",
+                "attn_bwd_dq",
+                "attn_bwd_dkdv",
+                "cross_entropy",
+                "dropout_mask",
+            ];
+            let typed: Vec<String> = typed
+                .iter()
+                .flat_map(|n| [format!("{n}_f32"), format!("{n}_bf16")])
+                .collect();
+            names.extend(typed.iter().map(String::as_str));
+            for name in names {
+                assert!(
+                    ptx.contains(&format!(".entry {name}(")),
+                    "{arch}: no kernel {name}"
+                );
+            }
+        }
+    }
+}
