@@ -6,16 +6,17 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use crate::error::{ModelError, Result};
 
 /// Writes `tensors` to `path` with `{"format": "pt"}` metadata, atomically.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    // On the CPU, so that a copy from a GPU that fails is an error here.
     let contiguous: Vec<(String, Tensor)> = tensors
         .iter()
-        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
+        .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(
         contiguous.iter().map(|(n, t)| (n.as_str(), t)),

@@ -84,6 +84,27 @@ impl MetricsLog {
     }
 }
 
+/// The process's memory, and the GPU's when training on one (used by every process, MiB).
+pub fn memory(device: &pctrain_trainer::Device) -> Value {
+    let m = process_memory();
+    #[cfg(feature = "cuda")]
+    let m = with_gpu_memory(m, device);
+    let _ = device;
+    m
+}
+
+#[cfg(feature = "cuda")]
+fn with_gpu_memory(mut m: Value, device: &pctrain_trainer::Device) -> Value {
+    if let pctrain_trainer::Device::Cuda(dev) = device {
+        if let (Some(obj), Ok(used)) =
+            (m.as_object_mut(), pctrain_model::cuda::memory_used_mib(dev))
+        {
+            obj.insert("gpu_used_mib".into(), ((used * 10.0).round() / 10.0).into());
+        }
+    }
+    m
+}
+
 /// The process's resident memory now and at its peak, in MiB (Linux; null elsewhere).
 pub fn process_memory() -> Value {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {

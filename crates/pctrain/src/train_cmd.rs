@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::export_cmd::export_model;
-use crate::metrics::{process_memory, MetricsLog};
+use crate::metrics::{memory, MetricsLog};
 use crate::settings::Settings;
 use crate::setup;
 
@@ -362,7 +362,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 line["eval_tokens"] = e.tokens.into();
                 bar.println(format!("step {step}: eval loss {:.4}", e.loss));
             }
-            line["memory"] = process_memory();
+            line["memory"] = memory(&device);
             metrics.append(&line)?;
             bar.set_position(step);
             bar.set_message(format!(

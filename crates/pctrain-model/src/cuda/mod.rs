@@ -456,6 +456,16 @@ pub fn adamw(
     }
 }
 
+/// Memory in use on the GPU (by every process), MiB.
+pub fn memory_used_mib(dev: &Dev) -> Result<f64> {
+    let (free, total) = dev
+        .cuda_stream()
+        .context()
+        .mem_get_info()
+        .map_err(|e| candle_core::Error::Msg(format!("reading GPU memory: {e}")))?;
+    Ok((total - free) as f64 / (1024.0 * 1024.0))
+}
+
 /// Whether `x` is a tensor the kernels take: on a CUDA device, in f32 or bf16. Others (a CPU
 /// tensor, an f16 one) take the CPU twin's tensor code.
 pub fn runs_on(x: &Tensor) -> bool {
