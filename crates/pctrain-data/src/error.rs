@@ -45,6 +45,12 @@ pub enum DataError {
     /// A download from the Hugging Face hub failed.
     #[error("hub repo {repo}: {message}")]
     Hub { repo: String, message: String },
+    /// A prompt file of the pseudo-code pipeline that is malformed or missing a value.
+    #[error("prompt {path}: {message}")]
+    Prompt { path: String, message: String },
+    /// The teacher of the pseudo-code pipeline could not be used at all.
+    #[error("teacher {url}: {message}")]
+    Teacher { url: String, message: String },
     /// A setting outside its valid range.
     #[error("{0}")]
     Config(String),

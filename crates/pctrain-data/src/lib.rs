@@ -14,6 +14,7 @@ pub mod loader;
 pub mod mix;
 pub mod pack;
 pub mod pipeline;
+pub mod pseudo;
 pub mod reader;
 pub mod record;
 pub mod template;

@@ -1,4 +1,4 @@
-//! `pctrain data inspect` and `pctrain data stats`.
+//! `pctrain data inspect`, `pctrain data stats` and `pctrain data pseudo-code`.
 
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -18,6 +18,8 @@ pub enum DataCommand {
     Inspect(InspectArgs),
     /// Count records, samples per format, fallbacks, drops, tokens and packing efficiency.
     Stats(StatsArgs),
+    /// Write each instruction's pseudo-code with a teacher LLM: generate, check, repair.
+    PseudoCode(crate::pseudo_cmd::PseudoCodeArgs),
 }
 
 /// What turns data files into samples; shared by every command that reads data.
@@ -118,6 +120,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Inspect(args) => inspect(args),
         DataCommand::Stats(args) => stats(args),
+        DataCommand::PseudoCode(args) => crate::pseudo_cmd::run(args),
     }
 }
 

@@ -7,6 +7,7 @@ mod export_cmd;
 mod metrics;
 mod plot;
 mod presets;
+mod pseudo_cmd;
 mod settings;
 mod setup;
 mod train_cmd;
@@ -34,7 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Look at training samples: `data inspect`, `data stats`.
+    /// Look at training samples (`data inspect`, `data stats`); make pseudo-code
+    /// (`data pseudo-code`).
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
     /// Mean cross-entropy of a model on the trained tokens of a data set; the last line is JSON

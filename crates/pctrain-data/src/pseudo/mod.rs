@@ -1,0 +1,13 @@
+//! The pseudo-code pipeline: a teacher LLM writes each instruction as pseudo-code, a local parser
+//! and the teacher as a judge check it, and failures are repaired or given up
+//! (`pctrain data pseudo-code`).
+
+pub mod check;
+pub mod prompts;
+pub mod run;
+pub mod teacher;
+
+pub use check::{check_structure, Checked};
+pub use prompts::{ChatMessage, Prompts, Stage};
+pub use run::{parse_verdict, rejects_path, run, summary_path, OnFailure, RunConfig, Summary};
+pub use teacher::{ApiKey, Reply, Teacher, TeacherConfig, TeacherError};

@@ -1,0 +1,517 @@
+//! The pipeline over a data set: for each user turn without pseudo-code, generate, check the
+//! structure, let the judge check faithfulness, repair what fails (up to `max_repairs` rounds),
+//! then keep the record (without pseudo-code where a turn failed) or drop it. Records are
+//! processed by `concurrency` workers and appended to the output as each finishes, so a rerun
+//! after any stop skips the ids already written (to the output, or to the rejects file beside it).
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::check::check_structure;
+use super::prompts::{Prompts, Stage};
+use super::teacher::{Teacher, TeacherError};
+use crate::error::{DataError, Result};
+use crate::reader::RecordReader;
+use crate::record::{Record, Role};
+
+/// What happens to a record whose pseudo-code failed every round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Written without pseudo-code for the failed turns.
+    Keep,
+    /// Written to the rejects file instead of the output.
+    Drop,
+}
+
+/// How the pipeline runs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub max_repairs: usize,
+    pub on_failure: OnFailure,
+    pub concurrency: usize,
+}
+
+/// What a run did (also written as JSON beside the output).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Records read (those done by an earlier run included).
+    pub records: u64,
+    /// Records an earlier run had written, skipped.
+    pub already_done: u64,
+    /// Records whose every user turn already had pseudo-code, written unchanged.
+    pub already_had_pseudo_code: u64,
+    /// User turns sent to the teacher.
+    pub generated: u64,
+    /// Turns whose first pseudo-code passed both checks.
+    pub passed_first_time: u64,
+    /// Turns that passed after one or more repairs.
+    pub repaired: u64,
+    /// Turns that failed every round (or whose requests failed).
+    pub failed: u64,
+    /// Records written with a failed turn left without pseudo-code.
+    pub kept_without: u64,
+    /// Records written to the rejects file.
+    pub dropped: u64,
+    /// Records left for a later run because the request budget ran out.
+    pub deferred: u64,
+    pub requests: u64,
+    pub retries: u64,
+    /// Token counts, when the server reports them.
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub budget_exhausted: bool,
+    pub teacher: String,
+}
+
+/// One turn's result.
+struct TurnResult {
+    pseudo_code: Option<String>,
+    rounds: usize,
+    reasons: Vec<String>,
+}
+
+/// What became of one record.
+enum Outcome {
+    /// A line for the output, and the turns' results for the counts.
+    Write {
+        line: Value,
+        turns: Vec<TurnResult>,
+        dropped: bool,
+    },
+    /// The budget ran out; not written.
+    Deferred,
+}
+
+/// The rejects file beside `output`: `NAME.rejected.jsonl`.
+pub fn rejects_path(output: &Path) -> PathBuf {
+    sibling(output, "rejected.jsonl")
+}
+
+/// The summary file beside `output`: `NAME.summary.json`.
+pub fn summary_path(output: &Path) -> PathBuf {
+    sibling(output, "summary.json")
+}
+
+fn sibling(output: &Path, suffix: &str) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map_or_else(|| "output".into(), |s| s.to_string_lossy().into_owned());
+    output.with_file_name(format!("{stem}.{suffix}"))
+}
+
+/// The ids in a JSONL file written by an earlier run. A last line cut short by a stop is removed
+/// from the file.
+fn done_ids(path: &Path, ids: &mut HashSet<String>) -> Result<()> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut good_len = 0u64;
+    let mut torn = false;
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|e| DataError::io(path, e))?;
+        match serde_json::from_slice::<Value>(&line) {
+            Ok(v) => {
+                if let Some(id) = v.get("id").and_then(Value::as_str) {
+                    ids.insert(id.to_string());
+                }
+                good_len += line.len() as u64 + 1;
+            }
+            Err(_) if line.iter().all(u8::is_ascii_whitespace) => good_len += line.len() as u64 + 1,
+            Err(_) => {
+                torn = true;
+                break;
+            }
+        }
+    }
+    if torn {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| DataError::io(path, e))?;
+        f.set_len(good_len).map_err(|e| DataError::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// Runs the pipeline over `inputs` into `output`, calling `progress` after each record.
+pub fn run(
+    inputs: &[PathBuf],
+    output: &Path,
+    teacher: &Teacher,
+    prompts: &Prompts,
+    cfg: &RunConfig,
+    mut progress: impl FnMut(&Summary),
+) -> Result<Summary> {
+    let rejects = rejects_path(output);
+    let mut done = HashSet::new();
+    done_ids(output, &mut done)?;
+    done_ids(&rejects, &mut done)?;
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| DataError::io(p, e))
+    };
+    let (mut out, mut rej) = (open(output)?, open(&rejects)?);
+    let mut summary = Summary {
+        teacher: teacher.model().to_string(),
+        ..Summary::default()
+    };
+    let source = Mutex::new(inputs.iter().flat_map(|p| match RecordReader::open(p) {
+        Ok(r) => Box::new(r) as Box<dyn Iterator<Item = Result<Record>> + Send>,
+        Err(e) => Box::new(std::iter::once(Err(e))),
+    }));
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<Result<(Record, Option<Outcome>)>>();
+    let result = std::thread::scope(|scope| -> Result<()> {
+        for w in 0..cfg.concurrency.max(1) {
+            let tx = tx.clone();
+            let (source, stop, done) = (&source, &stop, &done);
+            scope.spawn(move || loop {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let next = source.lock().map(|mut s| s.next()).unwrap_or(None);
+                let message = match next {
+                    None => return,
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(record)) if done.contains(&record.id) => Ok((record, None)),
+                    Some(Ok(record)) => {
+                        let outcome = process(&record, teacher, prompts, cfg, w as u64);
+                        Ok((record, Some(outcome)))
+                    }
+                };
+                if tx.send(message).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        for message in rx {
+            let (record, outcome) = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            };
+            summary.records += 1;
+            match outcome {
+                None => summary.already_done += 1,
+                Some(Outcome::Deferred) => {
+                    summary.deferred += 1;
+                    summary.budget_exhausted = true;
+                    stop.store(true, Ordering::SeqCst);
+                }
+                Some(Outcome::Write {
+                    line,
+                    turns,
+                    dropped,
+                }) => {
+                    if turns.is_empty() {
+                        summary.already_had_pseudo_code += 1;
+                    }
+                    for t in &turns {
+                        summary.generated += 1;
+                        match (&t.pseudo_code, t.rounds) {
+                            (Some(_), 1) => summary.passed_first_time += 1,
+                            (Some(_), _) => summary.repaired += 1,
+                            (None, _) => summary.failed += 1,
+                        }
+                    }
+                    let failed = turns.iter().any(|t| t.pseudo_code.is_none());
+                    let (file, path) = if dropped {
+                        summary.dropped += 1;
+                        (&mut rej, rejects.as_path())
+                    } else {
+                        summary.kept_without += u64::from(failed);
+                        (&mut out, output)
+                    };
+                    writeln!(file, "{line}")
+                        .and_then(|_| file.flush())
+                        .map_err(|e| DataError::io(path, e))?;
+                }
+            }
+            let _ = record;
+            fill_usage(&mut summary, teacher);
+            progress(&summary);
+        }
+        Ok(())
+    });
+    fill_usage(&mut summary, teacher);
+    result?;
+    let text = serde_json::to_string_pretty(&summary).expect("a summary serialises") + "\n";
+    let path = summary_path(output);
+    write_file_atomically(&path, text.as_bytes())?;
+    Ok(summary)
+}
+
+fn fill_usage(summary: &mut Summary, teacher: &Teacher) {
+    let u = &teacher.usage;
+    summary.requests = u.requests.load(Ordering::Relaxed);
+    summary.retries = u.retries.load(Ordering::Relaxed);
+    if u.tokens_reported.load(Ordering::Relaxed) {
+        summary.prompt_tokens = Some(u.prompt_tokens.load(Ordering::Relaxed));
+        summary.completion_tokens = Some(u.completion_tokens.load(Ordering::Relaxed));
+    }
+}
+
+fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        DataError::io(path, e)
+    })
+}
+
+/// Pseudo-code for every user turn of `record` that lacks it.
+fn process(
+    record: &Record,
+    teacher: &Teacher,
+    prompts: &Prompts,
+    cfg: &RunConfig,
+    worker: u64,
+) -> Outcome {
+    let users: Vec<&str> = record
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .collect();
+    let mut pseudo_code = record.pseudo_code.clone();
+    let mut turns = Vec::new();
+    let mut meta = Vec::new();
+    for (i, instruction) in users.iter().enumerate() {
+        if pseudo_code[i].is_some() {
+            continue;
+        }
+        let salt = crate::hash::stable_hash(worker, record.id.as_bytes()) ^ i as u64;
+        let result = match pseudo_code_for(instruction, teacher, prompts, cfg.max_repairs, salt) {
+            Ok(r) => r,
+            Err(()) => return Outcome::Deferred,
+        };
+        meta.push(json!({
+            "turn": i,
+            "rounds": result.rounds,
+            "verdict": if result.pseudo_code.is_some() { "faithful" } else { "failed" },
+            "reasons": result.reasons,
+        }));
+        pseudo_code[i] = result.pseudo_code.clone();
+        turns.push(result);
+    }
+    let failed = turns.iter().any(|t| t.pseudo_code.is_none());
+    let mut line = json!({
+        "id": record.id,
+        "messages": record.messages,
+        "pseudo_code": pseudo_code,
+    });
+    if let Some(d) = &record.dataset {
+        line["dataset"] = d.as_str().into();
+    }
+    if !turns.is_empty() {
+        line["pseudo_code_meta"] = json!({"teacher": teacher.model(), "turns": meta});
+    }
+    Outcome::Write {
+        line,
+        turns,
+        dropped: failed && cfg.on_failure == OnFailure::Drop,
+    }
+}
+
+/// Generate, check, judge and repair one instruction's pseudo-code. `Err(())`: the budget ran out.
+fn pseudo_code_for(
+    instruction: &str,
+    teacher: &Teacher,
+    prompts: &Prompts,
+    max_repairs: usize,
+    salt: u64,
+) -> std::result::Result<TurnResult, ()> {
+    let mut reasons: Vec<String> = Vec::new();
+    let mut previous = String::new();
+    for round in 1..=max_repairs + 1 {
+        let (stage, code, why) = match reasons.last() {
+            None => (Stage::Generate, "", ""),
+            Some(r) => (Stage::Repair, previous.as_str(), r.as_str()),
+        };
+        let failure = |reasons: Vec<String>| TurnResult {
+            pseudo_code: None,
+            rounds: round,
+            reasons,
+        };
+        let messages = match prompts.messages(stage, instruction, code, why) {
+            Ok(m) => m,
+            Err(e) => {
+                reasons.push(e.to_string());
+                return Ok(failure(reasons));
+            }
+        };
+        let reply = match teacher.chat(&messages, salt) {
+            Ok(r) => r,
+            Err(TeacherError::Budget) => return Err(()),
+            Err(TeacherError::Failed(e)) => {
+                reasons.push(format!("the teacher failed: {e}"));
+                return Ok(failure(reasons));
+            }
+        };
+        previous = reply.text.clone();
+        if reply.truncated {
+            reasons
+                .push("the answer was cut off (finish_reason \"length\"); write it shorter".into());
+            continue;
+        }
+        let checked = match check_structure(&reply.text) {
+            Ok(c) => c,
+            Err(e) => {
+                reasons.push(e);
+                continue;
+            }
+        };
+        match judge(instruction, &checked.text, teacher, prompts, salt) {
+            Err(JudgeError::Budget) => return Err(()),
+            Err(JudgeError::Failed(e)) => {
+                reasons.push(e);
+                return Ok(failure(reasons));
+            }
+            Ok(None) => {
+                return Ok(TurnResult {
+                    pseudo_code: Some(checked.text),
+                    rounds: round,
+                    reasons,
+                })
+            }
+            Ok(Some(why)) => reasons.push(format!("the judge found it unfaithful: {why}")),
+        }
+    }
+    Ok(TurnResult {
+        pseudo_code: None,
+        rounds: max_repairs + 1,
+        reasons,
+    })
+}
+
+enum JudgeError {
+    Budget,
+    Failed(String),
+}
+
+/// Tries of the judge for one pseudo-code when it answers something other than a verdict.
+const JUDGE_TRIES: usize = 2;
+
+/// The judge's verdict: `None` when faithful, else its reason.
+fn judge(
+    instruction: &str,
+    pseudo_code: &str,
+    teacher: &Teacher,
+    prompts: &Prompts,
+    salt: u64,
+) -> std::result::Result<Option<String>, JudgeError> {
+    let messages = prompts
+        .messages(Stage::Judge, instruction, pseudo_code, "")
+        .map_err(|e| JudgeError::Failed(e.to_string()))?;
+    let mut last = String::new();
+    for _ in 0..JUDGE_TRIES {
+        let reply = match teacher.chat(&messages, salt) {
+            Ok(r) => r,
+            Err(TeacherError::Budget) => return Err(JudgeError::Budget),
+            Err(TeacherError::Failed(e)) => {
+                return Err(JudgeError::Failed(format!("the judge failed: {e}")))
+            }
+        };
+        match parse_verdict(&reply.text) {
+            Ok(verdict) => return Ok(verdict),
+            Err(e) => last = e,
+        }
+    }
+    Err(JudgeError::Failed(format!(
+        "the judge gave no verdict in {JUDGE_TRIES} tries: {last}"
+    )))
+}
+
+/// Reads `{"verdict": "faithful" | "unfaithful", "reason": "..."}` from a judge's answer (the
+/// object may be fenced or surrounded by text): `Ok(None)` for faithful, `Ok(Some(reason))` for
+/// unfaithful.
+pub fn parse_verdict(answer: &str) -> std::result::Result<Option<String>, String> {
+    let (Some(start), Some(end)) = (answer.find('{'), answer.rfind('}')) else {
+        return Err(format!(
+            "the answer is not JSON: {:?}",
+            answer.chars().take(120).collect::<String>()
+        ));
+    };
+    let v: Value = serde_json::from_str(answer.get(start..=end).unwrap_or(""))
+        .map_err(|e| format!("the answer is not valid JSON: {e}"))?;
+    let reason = v
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match v
+        .get("verdict")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("faithful") => Ok(None),
+        Some("unfaithful") => Ok(Some(if reason.is_empty() {
+            "no reason given".into()
+        } else {
+            reason
+        })),
+        _ => Err("the JSON has no verdict \"faithful\" or \"unfaithful\"".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_read_from_json_in_any_wrapping() {
+        assert_eq!(
+            parse_verdict(r#"{"verdict": "faithful", "reason": "ok"}"#),
+            Ok(None)
+        );
+        assert_eq!(
+            parse_verdict(
+                "```json\n{\"verdict\": \"Unfaithful\", \"reason\": \"adds a limit\"}\n```"
+            ),
+            Ok(Some("adds a limit".into()))
+        );
+        assert!(parse_verdict("Looks good to me!")
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(parse_verdict(r#"{"verdict": "maybe"}"#).is_err());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_its_id_not_counted_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(
+            &path,
+            "{\"id\": \"a\"}\n{\"id\": \"b\"}\n{\"id\": \"c\", \"mess",
+        )
+        .unwrap();
+        let mut ids = HashSet::new();
+        done_ids(&path, &mut ids).unwrap();
+        assert_eq!(ids, HashSet::from(["a".to_string(), "b".to_string()]));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"id\": \"a\"}\n{\"id\": \"b\"}\n"
+        );
+        assert_eq!(rejects_path(&path), dir.path().join("out.rejected.jsonl"));
+    }
+}
