@@ -34,6 +34,9 @@ fn answer(stage: &str, instruction: &str, nth: usize, delay: Duration) -> (u16, 
     match stage {
         "generate" if marker("[429]") && nth == 0 => (429, r#"{"error":"rate limited"}"#.into()),
         "generate" if marker("[500]") && nth == 0 => (500, "upstream error".into()),
+        "generate" if marker("[html]") && nth == 0 => {
+            (200, "<html><body>Bad gateway</body></html>".into())
+        }
         "generate" if marker("[garbage]") || marker("[never]") => {
             (200, chat("def broken(:\n    pass", "stop"))
         }
@@ -145,7 +148,7 @@ fn serve(
     let _ = stream.write_all(reply.as_bytes());
 }
 
-/// Ten records: one per scripted behaviour, one that has pseudo-code already, one with two turns.
+/// Eleven records: one per scripted behaviour, one that has pseudo-code already, one with two turns.
 fn write_records(path: &Path) {
     let mut lines = Vec::new();
     for (i, marker) in [
@@ -157,6 +160,7 @@ fn write_records(path: &Path) {
         "[429]",
         "[500]",
         "[truncated]",
+        "[html]",
     ]
     .iter()
     .enumerate()
@@ -228,7 +232,7 @@ fn the_pipeline_generates_checks_repairs_and_gives_up_as_scripted() {
     let err = stderr(&run);
     assert!(run.status.success(), "{err}");
     let records = read_jsonl(&out);
-    assert_eq!(records.len(), 10);
+    assert_eq!(records.len(), 11);
     let r = by_id(&records);
     let turn = |id: &str, i: usize| r[id]["pseudo_code_meta"]["turns"][i].clone();
     assert_eq!(r["r0"]["pseudo_code"][0], good());
@@ -259,8 +263,9 @@ fn the_pipeline_generates_checks_repairs_and_gives_up_as_scripted() {
     assert!(r["r4"]["pseudo_code"][0].is_null());
     let reasons = turn("r4", 0)["reasons"].to_string();
     assert!(reasons.contains("no verdict"), "{reasons}");
-    // 429 and 500 are retried; a cut-off answer is repaired.
-    for id in ["r5", "r6"] {
+    // 429, 500 and an answer that is not a chat completion are retried; a cut-off answer is
+    // repaired.
+    for id in ["r5", "r6", "r8"] {
         assert_eq!(r[id]["pseudo_code"][0], good(), "{id}");
         assert_eq!(turn(id, 0)["rounds"], 1, "{id}");
     }
@@ -280,32 +285,32 @@ fn the_pipeline_generates_checks_repairs_and_gives_up_as_scripted() {
         &std::fs::read_to_string(dir.path().join("out.summary.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(summary["records"], 10);
-    assert_eq!(summary["generated"], 10);
-    assert_eq!(summary["passed_first_time"], 5);
+    assert_eq!(summary["records"], 11);
+    assert_eq!(summary["generated"], 11);
+    assert_eq!(summary["passed_first_time"], 6);
     assert_eq!(summary["repaired"], 3);
     assert_eq!(summary["failed"], 2);
     assert_eq!(summary["kept_without"], 2);
     assert_eq!(summary["already_had_pseudo_code"], 1);
-    assert_eq!(summary["retries"], 2);
+    assert_eq!(summary["retries"], 3);
     assert_eq!(summary["requests"], *requests.lock().unwrap() as u64);
     assert_eq!(
         summary["prompt_tokens"],
-        10 * summary["requests"].as_u64().unwrap() - 20
+        10 * summary["requests"].as_u64().unwrap() - 30
     );
 
     // The output trains: nl-pc samples come from the pseudo-code written.
     let stats = common::pctrain(&["data", "stats", "--data", o, "--mix", "nl-pc", "--json"]);
     assert!(stats.status.success(), "{}", stderr(&stats));
     let s: Value = serde_json::from_slice(&stats.stdout).unwrap();
-    assert_eq!(s["records"], 10);
+    assert_eq!(s["records"], 11);
 
     // A rerun finds everything done and sends nothing.
     let before = *requests.lock().unwrap();
     let again = pctrain_env(&args(d, o, &url, &[]), &env);
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(*requests.lock().unwrap(), before);
-    assert_eq!(read_jsonl(&out).len(), 10);
+    assert_eq!(read_jsonl(&out).len(), 11);
 
     // Dropping instead: the failed records go to the rejects file with their reasons.
     let out2 = dir.path().join("dropped.jsonl");
@@ -314,7 +319,7 @@ fn the_pipeline_generates_checks_repairs_and_gives_up_as_scripted() {
         &env,
     );
     assert!(run.status.success(), "{}", stderr(&run));
-    assert_eq!(read_jsonl(&out2).len(), 8);
+    assert_eq!(read_jsonl(&out2).len(), 9);
     let rejected = by_id(&read_jsonl(&dir.path().join("dropped.rejected.jsonl")));
     assert_eq!(rejected.keys().count(), 2);
     assert!(rejected.contains_key("r3") && rejected.contains_key("r4"));
@@ -351,7 +356,7 @@ fn a_budget_defers_records_and_a_killed_run_resumes_without_duplicates() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(stderr(&run).contains("budget ran out"), "{}", stderr(&run));
     let first = read_jsonl(&out).len();
-    assert!((1..10).contains(&first), "{first}");
+    assert!((1..11).contains(&first), "{first}");
 
     // A slow teacher, killed mid-way with SIGKILL, then resumed.
     let (slow, _) = teacher(Duration::from_millis(150));
@@ -377,8 +382,8 @@ fn a_budget_defers_records_and_a_killed_run_resumes_without_duplicates() {
     let run = pctrain_env(&args(d, o, &url, &["--concurrency", "4"]), &env);
     assert!(run.status.success(), "{}", stderr(&run));
     let records = read_jsonl(&out);
-    assert_eq!(records.len(), 10, "every record exactly once");
-    assert_eq!(by_id(&records).len(), 10);
+    assert_eq!(records.len(), 11, "every record exactly once");
+    assert_eq!(by_id(&records).len(), 11);
 }
 
 #[test]
@@ -404,7 +409,7 @@ fn bad_teacher_settings_fail_clearly() {
     );
     assert!(run.status.success(), "{}", stderr(&run));
     let records = by_id(&read_jsonl(Path::new(o)));
-    assert_eq!(records.len(), 10);
+    assert_eq!(records.len(), 11);
     let reasons = records["r0"]["pseudo_code_meta"]["turns"][0]["reasons"].to_string();
     assert!(reasons.contains("the teacher failed"), "{reasons}");
 }
