@@ -204,9 +204,11 @@ fn args<'a>(data: &'a str, out: &'a str, url: &'a str, extra: &[&'a str]) -> Vec
     a
 }
 
+/// The complete lines of a JSONL file (a line still being written is left out).
 fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -402,14 +404,39 @@ fn bad_teacher_settings_fail_clearly() {
         "{}",
         stderr(&run)
     );
-    // A teacher that is not there: each record fails with the reason, the run completes.
+    // A teacher that is not there: the run completes, counts the records it could not do and
+    // writes none of them, so that a rerun does them.
     let run = pctrain_env(
         &args(d, o, "http://127.0.0.1:9/v1", &["--max-retries", "1"]),
         &[("TEACHER_KEY", KEY)],
     );
     assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("wait for a rerun"),
+        "{}",
+        stderr(&run)
+    );
     let records = by_id(&read_jsonl(Path::new(o)));
-    assert_eq!(records.len(), 11);
-    let reasons = records["r0"]["pseudo_code_meta"]["turns"][0]["reasons"].to_string();
-    assert!(reasons.contains("the teacher failed"), "{reasons}");
+    assert_eq!(records.keys().collect::<Vec<_>>(), ["given"]);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("o.summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["unfinished"], 10);
+    let (url, _) = teacher(Duration::ZERO);
+    let run = pctrain_env(&args(d, o, &url, &[]), &[("TEACHER_KEY", KEY)]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(read_jsonl(Path::new(o)).len(), 11);
+    // A refused key stops the run with an error that says what to check.
+    let other = dir.path().join("refused.jsonl");
+    let run = pctrain_env(
+        &args(d, other.to_str().unwrap(), &url, &[]),
+        &[("TEACHER_KEY", "wrong")],
+    );
+    assert_eq!(run.status.code(), Some(1));
+    let err = stderr(&run);
+    assert!(err.contains("401") && err.contains("API key"), "{err}");
+    assert!(
+        read_jsonl(&other).len() <= 1,
+        "only records that needed no teacher"
+    );
 }

@@ -165,7 +165,14 @@ fn swiglu_matches_its_cpu_twin() {
 #[test]
 fn fused_attention_matches_its_cpu_twin() {
     let Some(dev) = gpu("attention") else { return };
-    let (b, heads, kv, t) = (2, 4, 2, 70);
+    // Grouped heads over 70 positions; then plain heads over fewer positions than a tile.
+    for (b, heads, kv, t) in [(2, 4, 2, 70), (1, 3, 3, 7)] {
+        attention_case(&dev, b, heads, kv, t);
+    }
+}
+
+fn attention_case(dev: &Device, b: usize, heads: usize, kv: usize, t: usize) {
+    let dev = dev.clone();
     let mut segments = vec![0u32; b * t];
     for (i, s) in segments.iter_mut().enumerate() {
         let (row, p) = (i / t, i % t);
@@ -178,7 +185,7 @@ fn fused_attention_matches_its_cpu_twin() {
     }
     let seg_g = Tensor::from_slice(&segments, (b, t), &dev).unwrap();
     for d in [40, 64, 128] {
-        for window in [None, Some(5)] {
+        for window in [None, Some(5), Some(1000)] {
             for dtype in [DType::F32, DType::BF16] {
                 let scale = 1.0 / (d as f64).sqrt();
                 let q = randn(&[b, heads, t, d], 1.0, 8);
@@ -198,7 +205,9 @@ fn fused_attention_matches_its_cpu_twin() {
                 );
                 let w = window.unwrap_or(0);
                 let saved = cuda::attention_forward(&qg, &kg, &vg, &seg_g, w, scale).unwrap();
-                let what = format!("d {d}, window {window:?}, {dtype:?}");
+                let what = format!(
+                    "b {b}, heads {heads}/{kv}, t {t}, d {d}, window {window:?}, {dtype:?}"
+                );
                 assert!(rel_err(&saved.out, &o_c) < tol(dtype), "{what}: output");
                 let (dq, dk, dv) = cuda::attention_backward(
                     &on(&dout, &dev, dtype),
@@ -296,6 +305,53 @@ fn gpu_dropout_masks_equal_the_cpu_masks() {
     }
 }
 
+/// The llama fixture with its adapter (f32) over base weights in `dtype` on `device`.
+fn llama(dtype: DType, device: &Device) -> pctrain_model::Model {
+    let dir = common::fixture("llama");
+    let config = pctrain_model::ModelConfig::load(&dir).unwrap();
+    let weights = pctrain_model::ModelWeights::load(&dir, &config, dtype, device).unwrap();
+    let lora = pctrain_model::LoraAdapter::load(&dir.join("adapter"), &config, DType::F32, device)
+        .unwrap();
+    pctrain_model::Model::new(config, weights, Some(lora))
+}
+
+/// A whole LoRA step of the llama fixture, with the base in bf16 as training on a GPU runs it:
+/// the GPU's loss and adapter gradients are the CPU's.
+#[test]
+fn a_bf16_lora_step_on_the_gpu_matches_the_cpu() {
+    let Some(dev) = gpu("bf16 lora step") else {
+        return;
+    };
+    let batch = common::batch(&common::reference("llama"));
+    let opts = StepOptions {
+        mode: TrainMode::Lora,
+        recompute: false,
+        loss_chunk: 16,
+        dropout_seed: 3,
+    };
+    let n = batch.target_count() as f64;
+    let (lc, gc) = llama(DType::BF16, &Device::Cpu)
+        .forward_backward(&batch, n, opts)
+        .unwrap();
+    let (lg, gg) = llama(DType::BF16, &dev)
+        .forward_backward(&batch, n, opts)
+        .unwrap();
+    assert!(
+        (lc.sum - lg.sum).abs() < 1e-2 * lc.sum.abs(),
+        "{} vs {}",
+        lc.sum,
+        lg.sum
+    );
+    for (a, b) in gc.layers.iter().zip(&gg.layers) {
+        for (x, y) in a.lora.iter().zip(&b.lora) {
+            let (Some((xa, xb)), Some((ya, yb))) = (x, y) else {
+                continue;
+            };
+            assert!(rel_err(ya, xa) < 5e-2 && rel_err(yb, xb) < 5e-2);
+        }
+    }
+}
+
 /// A whole LoRA step of the llama fixture: the GPU's loss and adapter gradients are the CPU's.
 #[test]
 fn a_lora_step_on_the_gpu_matches_the_cpu() {
@@ -303,12 +359,7 @@ fn a_lora_step_on_the_gpu_matches_the_cpu() {
     let reference = common::reference("llama");
     let batch = common::batch(&reference);
     let cpu_model = common::model("llama", true);
-    let dir = common::fixture("llama");
-    let config = pctrain_model::ModelConfig::load(&dir).unwrap();
-    let weights = pctrain_model::ModelWeights::load(&dir, &config, DType::F32, &dev).unwrap();
-    let lora =
-        pctrain_model::LoraAdapter::load(&dir.join("adapter"), &config, DType::F32, &dev).unwrap();
-    let gpu_model = pctrain_model::Model::new(config, weights, Some(lora));
+    let gpu_model = llama(DType::F32, &dev);
     let opts = StepOptions {
         mode: TrainMode::Lora,
         recompute: false,

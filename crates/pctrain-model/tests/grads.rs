@@ -280,3 +280,42 @@ fn malformed_batches_are_errors_not_panics() {
     assert!(m.forward_backward(&empty, 1.0, opts).is_err());
     assert!(m.logits(&empty).is_err());
 }
+
+/// A bf16 base under an f32 adapter (how a GPU trains): the step runs, the adapter's gradients
+/// stay f32, and they are the f32 model's to bf16 precision.
+#[test]
+fn a_bf16_base_with_an_f32_adapter_gives_the_f32_gradients_closely() {
+    let r = reference("llama");
+    let b = batch(&r);
+    let f32_model = model("llama", true);
+    let dir = common::fixture("llama");
+    let config = pctrain_model::ModelConfig::load(&dir).unwrap();
+    let weights =
+        ModelWeights::load(&dir, &config, candle_core::DType::BF16, &Device::Cpu).unwrap();
+    let lora = f32_model.lora.clone();
+    let bf16_model = Model::new(config, weights, lora);
+    let opts = StepOptions {
+        mode: TrainMode::Lora,
+        recompute: false,
+        loss_chunk: 16,
+        dropout_seed: 0,
+    };
+    let n = trained_targets(&b);
+    let (l32, g32) = f32_model.forward_backward(&b, n, opts).unwrap();
+    let (l16, g16) = bf16_model.forward_backward(&b, n, opts).unwrap();
+    assert!(
+        (l32.sum - l16.sum).abs() < 2e-2 * l32.sum.abs(),
+        "{} vs {}",
+        l32.sum,
+        l16.sum
+    );
+    for (a, c) in g32.layers.iter().zip(&g16.layers) {
+        for (x, y) in a.lora.iter().zip(&c.lora) {
+            let (Some((xa, xb)), Some((ya, yb))) = (x, y) else {
+                continue;
+            };
+            assert_eq!(ya.dtype(), candle_core::DType::F32);
+            assert!(rel_diff(ya, xa) < 0.1 && rel_diff(yb, xb) < 0.1);
+        }
+    }
+}

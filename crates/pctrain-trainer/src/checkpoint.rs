@@ -107,14 +107,20 @@ fn write_into(
     settings: &str,
 ) -> Result<(), CheckpointError> {
     let params = trainable(model, mode);
-    for (n, t) in &params {
-        let finite = t
-            .to_dtype(DType::F32)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?
-            .is_finite();
-        if !finite {
+    for (i, (n, t)) in params.iter().enumerate() {
+        // A sum carries NaN and infinity through (a max may skip NaN).
+        let finite = |t: &Tensor| -> Result<bool, CheckpointError> {
+            Ok(t.to_dtype(DType::F32)?
+                .abs()?
+                .sum_all()?
+                .to_scalar::<f32>()?
+                .is_finite())
+        };
+        let master_ok = match &optimizer.master[i] {
+            Some(m) => finite(m)?,
+            None => true,
+        };
+        if !(finite(t)? && master_ok) {
             return Err(CheckpointError::Invalid {
                 path: dir.to_path_buf(),
                 message: format!("`{n}` holds NaN or infinite values; not saved"),

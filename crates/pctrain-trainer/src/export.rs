@@ -54,8 +54,10 @@ pub fn export_adapter(model: &Model, meta: &ExportMeta, out: &Path) -> Result<()
         .lora
         .as_ref()
         .ok_or_else(|| ExportError::Invalid("the model has no LoRA adapter to export".into()))?;
+    // PEFT resolves `base_model_name_or_path` as a hub id or a folder: no `@revision`.
+    let base = pctrain_data::hub::HubRepo::parse(&meta.base).map_or(meta.base.clone(), |r| r.id);
     build_folder(out, |dir| {
-        adapter.save(dir, Some(&meta.base))?;
+        adapter.save(dir, Some(&base))?;
         write_common(dir, meta, true)
     })
 }
@@ -173,7 +175,10 @@ fn write_common(dir: &Path, meta: &ExportMeta, adapter: bool) -> Result<(), Expo
 
 /// A model card with the hub's metadata header.
 fn model_card(meta: &ExportMeta, adapter: bool) -> String {
-    let hub_base = pctrain_data::hub::HubRepo::parse(&meta.base).map(|r| r.id);
+    // The hub's `base_model` names a hub repository, never a local folder.
+    let hub_base = (!Path::new(&meta.base).exists())
+        .then(|| pctrain_data::hub::HubRepo::parse(&meta.base).map(|r| r.id))
+        .flatten();
     let mut header = String::from("---\n");
     if let Some(id) = &hub_base {
         header += &format!("base_model: {id}\n");
@@ -231,17 +236,30 @@ fn build_folder(
         .into_owned();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    // Left by an export that stopped half-way (process ids repeat).
+    for stale in [&tmp, &old] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(io(stale))?;
+        }
+    }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    if out.exists() {
+    let had_old = out.exists();
+    if had_old {
         std::fs::rename(out, &old).map_err(io(out))?;
     }
-    std::fs::rename(&tmp, out).map_err(io(out))?;
-    if old.exists() {
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        // Put the previous export back.
+        if had_old {
+            let _ = std::fs::rename(&old, out);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io(out)(e));
+    }
+    if had_old {
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     }
     Ok(())

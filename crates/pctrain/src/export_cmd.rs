@@ -61,6 +61,13 @@ fn find_checkpoint(path: &Path) -> Result<PathBuf> {
         .with_context(|| format!("{}: no checkpoint in this folder", path.display()))
 }
 
+/// `path` made absolute, resolved where it exists, for comparing folders.
+fn absolute(path: &Path) -> PathBuf {
+    path.canonicalize()
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Rebuilds the model of a checkpoint (on the CPU) and exports it into `out`.
 pub fn export_run(
     run: &Path,
@@ -69,6 +76,15 @@ pub fn export_run(
     max_shard_size: Option<u64>,
 ) -> Result<PathBuf> {
     let checkpoint = find_checkpoint(run)?;
+    // Replacing a folder that holds the checkpoint would delete the run.
+    let (abs_out, abs_ckpt) = (absolute(out), absolute(&checkpoint));
+    if abs_ckpt.starts_with(&abs_out) {
+        bail!(
+            "--out {} holds the checkpoint {}; export into another folder",
+            out.display(),
+            checkpoint.display()
+        );
+    }
     let path = checkpoint.join("settings.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(

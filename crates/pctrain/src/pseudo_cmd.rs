@@ -70,9 +70,10 @@ pub fn run(args: PseudoCodeArgs) -> Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        bail!("--timeout must be a positive number of seconds");
-    }
+    let timeout = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--timeout must be a positive number of seconds")?;
     let api_key = match &args.api_key_env {
         None => None,
         Some(var) => Some(ApiKey::new(std::env::var(var).with_context(|| {
@@ -89,7 +90,7 @@ pub fn run(args: PseudoCodeArgs) -> Result<()> {
         api_key,
         temperature: args.temperature,
         max_tokens: args.max_tokens,
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout,
         max_retries: args.max_retries,
         retry_base: Duration::from_millis(args.retry_base_ms),
         max_requests: args.max_requests,
@@ -127,6 +128,13 @@ pub fn run(args: PseudoCodeArgs) -> Result<()> {
         summary.requests,
         summary.retries
     );
+    if summary.unfinished > 0 {
+        eprintln!(
+            "the teacher failed on {} records, which wait for a rerun; the last failure: {}",
+            summary.unfinished,
+            summary.last_teacher_error.as_deref().unwrap_or("unknown")
+        );
+    }
     if summary.budget_exhausted {
         eprintln!(
             "the request budget ran out: {} records wait for a rerun",

@@ -222,10 +222,22 @@ impl std::error::Error for Interrupted {}
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let mut settings = Settings::resolve(args.config.as_deref(), args.overrides()?)?;
-    setup::adopt_init_adapter(&mut settings)?;
+    let output = settings.output();
+    let resume_from = match args.resume.as_deref() {
+        None => None,
+        Some("") => Some(
+            checkpoints(&output)?
+                .pop()
+                .with_context(|| format!("--resume: no checkpoint in {}", output.display()))?,
+        ),
+        Some(dir) => Some(PathBuf::from(dir)),
+    };
+    match &resume_from {
+        Some(dir) => adopt_checkpoint_settings(dir, &mut settings)?,
+        None => setup::adopt_init_adapter(&mut settings)?,
+    }
     let device = setup::device(&settings.device)?;
     let dtype = setup::dtype(&settings.dtype, &device)?;
-    let output = settings.output();
     std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
     remove_unfinished(&output)?;
 
@@ -299,19 +311,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
         }
     }
-    let resume = match args.resume.as_deref() {
+    let resume = match &resume_from {
         None => None,
         Some(dir) => {
-            let dir = if dir.is_empty() {
-                checkpoints(&output)?
-                    .pop()
-                    .with_context(|| format!("--resume: no checkpoint in {}", output.display()))?
-            } else {
-                PathBuf::from(dir)
-            };
-            check_same_run(&dir, &resolved)?;
-            let (optimizer, position) = load_checkpoint(&dir, &mut run.model, run.mode)?;
+            let (optimizer, position) = load_checkpoint(dir, &mut run.model, run.mode)?;
             eprintln!("resuming from {} (step {})", dir.display(), optimizer.step);
+            // Later checkpoints of this folder belong to the abandoned continuation.
+            for later in checkpoints(&output)? {
+                if later.file_name() > dir.file_name() && later.parent() == dir.parent() {
+                    std::fs::remove_dir_all(&later)
+                        .with_context(|| format!("removing {}", later.display()))?;
+                    eprintln!("removed {}, which came after it", later.display());
+                }
+            }
             Some((optimizer, position))
         }
     };
@@ -423,36 +435,58 @@ fn export_name(settings: &Settings) -> &'static str {
     }
 }
 
-/// Refuses to resume from a checkpoint of another base, method or adapter shape.
-fn check_same_run(checkpoint: &Path, settings: &Settings) -> Result<()> {
+/// A resumed run continues the run of its checkpoint: the adapter's shape (method, rank, alpha,
+/// dropout, targets) is the checkpoint's, and what decides the data order must not have changed,
+/// or the saved data position would point elsewhere.
+fn adopt_checkpoint_settings(checkpoint: &Path, settings: &mut Settings) -> Result<()> {
     let path = checkpoint.join("settings.json");
+    if !checkpoint.join("state.json").is_file() {
+        anyhow::bail!("--resume {}: not a checkpoint folder", checkpoint.display());
+    }
     let Ok(text) = std::fs::read_to_string(&path) else {
         // Checkpoints are checked tensor by tensor in any case.
         return Ok(());
     };
     let saved: Settings =
         serde_json::from_str(&text).with_context(|| format!("{}: malformed", path.display()))?;
-    let same_model = saved.base == settings.base
-        && saved.method() == settings.method()
-        && (settings.method() == crate::settings::Method::Full || saved.lora == settings.lora);
-    if !same_model {
+    if saved.base != settings.base {
         anyhow::bail!(
-            "{}: a checkpoint of another run (base {}, {:?}{}); this run is base {}, {:?}{}",
+            "{}: a checkpoint of another run (base {}); this run is base {}",
             checkpoint.display(),
             saved.base,
-            saved.method(),
-            lora_desc(&saved),
-            settings.base,
-            settings.method(),
-            lora_desc(settings)
+            settings.base
         );
     }
-    Ok(())
-}
-
-fn lora_desc(s: &Settings) -> String {
-    match s.method() {
-        crate::settings::Method::Lora => format!(" r={} alpha={}", s.lora.r, s.lora.alpha),
-        crate::settings::Method::Full => String::new(),
+    let json = |s: &Settings| serde_json::to_value(s).expect("settings serialise");
+    let (was, now) = (json(&saved), json(settings));
+    let changed: Vec<String> = [
+        "data",
+        "mix",
+        "template",
+        "pc_template",
+        "tokenizer",
+        "require_pc",
+        "skip_invalid",
+        "seq_len",
+        "packing",
+        "shuffle",
+        "seed",
+        "batch_size",
+        "grad_accum",
+    ]
+    .iter()
+    .filter(|k| was[**k] != now[**k])
+    .map(|k| format!("{k} (checkpoint {}, now {})", was[*k], now[*k]))
+    .collect();
+    if !changed.is_empty() {
+        anyhow::bail!(
+            "{}: resuming needs the data settings the run had; changed: {}",
+            checkpoint.display(),
+            changed.join(", ")
+        );
     }
+    settings.method = Some(saved.method());
+    settings.lora = saved.lora;
+    settings.init_adapter = None;
+    Ok(())
 }

@@ -20,7 +20,8 @@ pub fn check_structure(answer: &str) -> Result<Checked, String> {
     let mut calls = Vec::new();
     let mut code = String::with_capacity(text.len());
     for line in text.lines() {
-        match line.trim_start().strip_prefix(">>>") {
+        // At column 0: an indented `>>>` is a doctest line inside a docstring.
+        match line.strip_prefix(">>>") {
             Some(call) => {
                 calls.push(call.trim().to_string());
                 code.push('\n'); // keep line numbers

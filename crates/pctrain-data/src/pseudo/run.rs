@@ -5,7 +5,7 @@
 //! after any stop skips the ids already written (to the output, or to the rejects file beside it).
 
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -60,6 +60,11 @@ pub struct Summary {
     pub dropped: u64,
     /// Records left for a later run because the request budget ran out.
     pub deferred: u64,
+    /// Records left for a later run because the teacher failed (down, overloaded, nonsense) after
+    /// its retries.
+    pub unfinished: u64,
+    /// The last such failure.
+    pub last_teacher_error: Option<String>,
     pub requests: u64,
     pub retries: u64,
     /// Token counts, when the server reports them.
@@ -84,8 +89,8 @@ enum Outcome {
         turns: Vec<TurnResult>,
         dropped: bool,
     },
-    /// The budget ran out; not written.
-    Deferred,
+    /// Not written: the teacher could not be used (the budget, a failure, a refusal).
+    Unfinished(TeacherError),
 }
 
 /// The rejects file beside `output`: `NAME.rejected.jsonl`.
@@ -105,37 +110,34 @@ fn sibling(output: &Path, suffix: &str) -> PathBuf {
     output.with_file_name(format!("{stem}.{suffix}"))
 }
 
-/// The ids in a JSONL file written by an earlier run. A last line cut short by a stop is removed
-/// from the file.
+/// The ids in a JSONL file written by an earlier run. Whatever follows the last newline (a line
+/// cut short by a stop) is removed from the file; a malformed complete line is an error.
 fn done_ids(path: &Path, ids: &mut HashSet<String>) -> Result<()> {
     if !path.is_file() {
         return Ok(());
     }
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut good_len = 0u64;
-    let mut torn = false;
-    for line in std::io::BufReader::new(file).split(b'\n') {
-        let line = line.map_err(|e| DataError::io(path, e))?;
-        match serde_json::from_slice::<Value>(&line) {
-            Ok(v) => {
-                if let Some(id) = v.get("id").and_then(Value::as_str) {
-                    ids.insert(id.to_string());
-                }
-                good_len += line.len() as u64 + 1;
-            }
-            Err(_) if line.iter().all(u8::is_ascii_whitespace) => good_len += line.len() as u64 + 1,
-            Err(_) => {
-                torn = true;
-                break;
-            }
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(line).map_err(|e| DataError::Record {
+            path: path.to_path_buf(),
+            line: n as u64 + 1,
+            message: format!("not a record this pipeline wrote: {e}"),
+        })?;
+        if let Some(id) = v.get("id").and_then(Value::as_str) {
+            ids.insert(id.to_string());
         }
     }
-    if torn {
+    if complete < bytes.len() {
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(|e| DataError::io(path, e))?;
-        f.set_len(good_len).map_err(|e| DataError::io(path, e))?;
+        f.set_len(complete as u64)
+            .map_err(|e| DataError::io(path, e))?;
     }
     Ok(())
 }
@@ -195,21 +197,37 @@ pub fn run(
             });
         }
         drop(tx);
+        // After an error, records still in flight are written as they finish; then it is
+        // returned.
+        let mut failure: Option<DataError> = None;
         for message in rx {
             let (record, outcome) = match message {
                 Ok(m) => m,
                 Err(e) => {
                     stop.store(true, Ordering::SeqCst);
-                    return Err(e);
+                    failure.get_or_insert(e);
+                    continue;
                 }
             };
             summary.records += 1;
             match outcome {
                 None => summary.already_done += 1,
-                Some(Outcome::Deferred) => {
+                Some(Outcome::Unfinished(TeacherError::Budget)) => {
                     summary.deferred += 1;
                     summary.budget_exhausted = true;
                     stop.store(true, Ordering::SeqCst);
+                }
+                Some(Outcome::Unfinished(TeacherError::Failed(reason))) => {
+                    summary.unfinished += 1;
+                    summary.last_teacher_error = Some(reason);
+                }
+                Some(Outcome::Unfinished(TeacherError::Fatal(reason))) => {
+                    summary.unfinished += 1;
+                    stop.store(true, Ordering::SeqCst);
+                    failure.get_or_insert(DataError::Teacher {
+                        url: teacher.shown_url().to_string(),
+                        message: format!("{reason}; check --teacher, --model and the API key"),
+                    });
                 }
                 Some(Outcome::Write {
                     line,
@@ -235,22 +253,25 @@ pub fn run(
                         summary.kept_without += u64::from(failed);
                         (&mut out, output)
                     };
-                    writeln!(file, "{line}")
-                        .and_then(|_| file.flush())
-                        .map_err(|e| DataError::io(path, e))?;
+                    // One write a record, so that a stop leaves at most one partial last line.
+                    let text = line.to_string() + "\n";
+                    if let Err(e) = file.write_all(text.as_bytes()).and_then(|_| file.flush()) {
+                        stop.store(true, Ordering::SeqCst);
+                        failure.get_or_insert(DataError::io(path, e));
+                    }
                 }
             }
             let _ = record;
             fill_usage(&mut summary, teacher);
             progress(&summary);
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     });
     fill_usage(&mut summary, teacher);
-    result?;
     let text = serde_json::to_string_pretty(&summary).expect("a summary serialises") + "\n";
     let path = summary_path(output);
     write_file_atomically(&path, text.as_bytes())?;
+    result?;
     Ok(summary)
 }
 
@@ -302,7 +323,7 @@ fn process(
         let salt = crate::hash::stable_hash(worker, record.id.as_bytes()) ^ i as u64;
         let result = match pseudo_code_for(instruction, teacher, prompts, cfg.max_repairs, salt) {
             Ok(r) => r,
-            Err(()) => return Outcome::Deferred,
+            Err(e) => return Outcome::Unfinished(e),
         };
         meta.push(json!({
             "turn": i,
@@ -332,14 +353,16 @@ fn process(
     }
 }
 
-/// Generate, check, judge and repair one instruction's pseudo-code. `Err(())`: the budget ran out.
+/// Generate, check, judge and repair one instruction's pseudo-code. A turn fails only on its
+/// pseudo-code (structure, faithfulness, a judge without a verdict); `Err` when the teacher could
+/// not be used.
 fn pseudo_code_for(
     instruction: &str,
     teacher: &Teacher,
     prompts: &Prompts,
     max_repairs: usize,
     salt: u64,
-) -> std::result::Result<TurnResult, ()> {
+) -> std::result::Result<TurnResult, TeacherError> {
     let mut reasons: Vec<String> = Vec::new();
     let mut previous = String::new();
     for round in 1..=max_repairs + 1 {
@@ -347,26 +370,10 @@ fn pseudo_code_for(
             None => (Stage::Generate, "", ""),
             Some(r) => (Stage::Repair, previous.as_str(), r.as_str()),
         };
-        let failure = |reasons: Vec<String>| TurnResult {
-            pseudo_code: None,
-            rounds: round,
-            reasons,
-        };
-        let messages = match prompts.messages(stage, instruction, code, why) {
-            Ok(m) => m,
-            Err(e) => {
-                reasons.push(e.to_string());
-                return Ok(failure(reasons));
-            }
-        };
-        let reply = match teacher.chat(&messages, salt) {
-            Ok(r) => r,
-            Err(TeacherError::Budget) => return Err(()),
-            Err(TeacherError::Failed(e)) => {
-                reasons.push(format!("the teacher failed: {e}"));
-                return Ok(failure(reasons));
-            }
-        };
+        let messages = prompts
+            .messages(stage, instruction, code, why)
+            .map_err(|e| TeacherError::Fatal(e.to_string()))?;
+        let reply = teacher.chat(&messages, salt)?;
         previous = reply.text.clone();
         if reply.truncated {
             reasons
@@ -380,20 +387,25 @@ fn pseudo_code_for(
                 continue;
             }
         };
-        match judge(instruction, &checked.text, teacher, prompts, salt) {
-            Err(JudgeError::Budget) => return Err(()),
-            Err(JudgeError::Failed(e)) => {
-                reasons.push(e);
-                return Ok(failure(reasons));
-            }
-            Ok(None) => {
+        match judge(instruction, &checked.text, teacher, prompts, salt)? {
+            Verdict::Faithful => {
                 return Ok(TurnResult {
                     pseudo_code: Some(checked.text),
                     rounds: round,
                     reasons,
                 })
             }
-            Ok(Some(why)) => reasons.push(format!("the judge found it unfaithful: {why}")),
+            Verdict::Unfaithful(why) => {
+                reasons.push(format!("the judge found it unfaithful: {why}"))
+            }
+            Verdict::None(why) => {
+                reasons.push(why);
+                return Ok(TurnResult {
+                    pseudo_code: None,
+                    rounds: round,
+                    reasons,
+                });
+            }
         }
     }
     Ok(TurnResult {
@@ -403,40 +415,37 @@ fn pseudo_code_for(
     })
 }
 
-enum JudgeError {
-    Budget,
-    Failed(String),
+/// What the judge said.
+enum Verdict {
+    Faithful,
+    Unfaithful(String),
+    /// No verdict in its tries; why.
+    None(String),
 }
 
 /// Tries of the judge for one pseudo-code when it answers something other than a verdict.
 const JUDGE_TRIES: usize = 2;
 
-/// The judge's verdict: `None` when faithful, else its reason.
 fn judge(
     instruction: &str,
     pseudo_code: &str,
     teacher: &Teacher,
     prompts: &Prompts,
     salt: u64,
-) -> std::result::Result<Option<String>, JudgeError> {
+) -> std::result::Result<Verdict, TeacherError> {
     let messages = prompts
         .messages(Stage::Judge, instruction, pseudo_code, "")
-        .map_err(|e| JudgeError::Failed(e.to_string()))?;
+        .map_err(|e| TeacherError::Fatal(e.to_string()))?;
     let mut last = String::new();
     for _ in 0..JUDGE_TRIES {
-        let reply = match teacher.chat(&messages, salt) {
-            Ok(r) => r,
-            Err(TeacherError::Budget) => return Err(JudgeError::Budget),
-            Err(TeacherError::Failed(e)) => {
-                return Err(JudgeError::Failed(format!("the judge failed: {e}")))
-            }
-        };
+        let reply = teacher.chat(&messages, salt)?;
         match parse_verdict(&reply.text) {
-            Ok(verdict) => return Ok(verdict),
+            Ok(None) => return Ok(Verdict::Faithful),
+            Ok(Some(why)) => return Ok(Verdict::Unfaithful(why)),
             Err(e) => last = e,
         }
     }
-    Err(JudgeError::Failed(format!(
+    Ok(Verdict::None(format!(
         "the judge gave no verdict in {JUDGE_TRIES} tries: {last}"
     )))
 }
@@ -500,11 +509,7 @@ mod tests {
     fn a_torn_last_line_is_cut_and_its_id_not_counted_done() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
-        std::fs::write(
-            &path,
-            "{\"id\": \"a\"}\n{\"id\": \"b\"}\n{\"id\": \"c\", \"mess",
-        )
-        .unwrap();
+        std::fs::write(&path, "{\"id\": \"a\"}\n{\"id\": \"b\"}\n{\"id\": \"c\"}").unwrap();
         let mut ids = HashSet::new();
         done_ids(&path, &mut ids).unwrap();
         assert_eq!(ids, HashSet::from(["a".to_string(), "b".to_string()]));
@@ -513,5 +518,12 @@ mod tests {
             "{\"id\": \"a\"}\n{\"id\": \"b\"}\n"
         );
         assert_eq!(rejects_path(&path), dir.path().join("out.rejected.jsonl"));
+        // A bad line in the middle is not a torn end: an error, and nothing is cut.
+        std::fs::write(&path, "{\"id\": \"a\"}\nnot json\n{\"id\": \"b\"}\n").unwrap();
+        let e = done_ids(&path, &mut HashSet::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
     }
 }

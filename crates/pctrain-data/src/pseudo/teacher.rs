@@ -55,13 +55,17 @@ pub struct Reply {
     pub truncated: bool,
 }
 
-/// Why a request gave no reply.
+/// Why a request gave no reply. None of these is the record's fault: it is left unwritten, for a
+/// later run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TeacherError {
-    /// The request budget is spent; the record is left for a later run.
+    /// The request budget is spent.
     Budget,
-    /// Retries exhausted, or an error retrying cannot fix (a 4xx other than 408 and 429).
+    /// Retries exhausted (the server is down, overloaded, or answers nonsense).
     Failed(String),
+    /// The server refuses the run itself (401, 403, 404: a wrong key, URL or model name); the run
+    /// stops.
+    Fatal(String),
 }
 
 /// Counts over a run.
@@ -79,6 +83,8 @@ pub struct Usage {
 pub struct Teacher {
     client: reqwest::blocking::Client,
     endpoint: String,
+    /// `endpoint` without user info or query, for messages.
+    shown: String,
     config: TeacherConfig,
     pub usage: Usage,
 }
@@ -101,9 +107,21 @@ impl Teacher {
         } else {
             format!("{url}/chat/completions")
         };
+        // Messages show the URL without user info or query, where credentials may hide.
+        let shown = endpoint
+            .split(['?', '#'])
+            .next()
+            .map(|u| match u.split_once("://") {
+                Some((scheme, rest)) => match rest.split_once('@') {
+                    Some((_, host)) => format!("{scheme}://{host}"),
+                    None => u.to_string(),
+                },
+                None => u.to_string(),
+            })
+            .unwrap_or_default();
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(DataError::Teacher {
-                url: config.url.clone(),
+                url: shown,
                 message: "not an http(s) URL".into(),
             });
         }
@@ -111,12 +129,13 @@ impl Teacher {
             .timeout(config.timeout)
             .build()
             .map_err(|e| DataError::Teacher {
-                url: config.url.clone(),
+                url: shown.clone(),
                 message: e.to_string(),
             })?;
         Ok(Teacher {
             client,
             endpoint,
+            shown,
             config,
             usage: Usage::default(),
         })
@@ -124,6 +143,11 @@ impl Teacher {
 
     pub fn model(&self) -> &str {
         &self.config.model
+    }
+
+    /// The chat-completions URL requests go to, without credentials.
+    pub fn shown_url(&self) -> &str {
+        &self.shown
     }
 
     /// Sends `messages`, retrying as the module says; `salt` varies the jitter between callers.
@@ -140,16 +164,19 @@ impl Teacher {
         });
         let mut last = String::new();
         for attempt in 0..=self.config.max_retries {
-            if attempt > 0 {
-                self.usage.retries.fetch_add(1, Ordering::Relaxed);
-            }
             let sent = self.usage.requests.fetch_add(1, Ordering::Relaxed);
             if self.config.max_requests.is_some_and(|max| sent >= max) {
                 self.usage.requests.fetch_sub(1, Ordering::Relaxed);
                 return Err(TeacherError::Budget);
             }
+            if attempt > 0 {
+                self.usage.retries.fetch_add(1, Ordering::Relaxed);
+            }
             match self.attempt(&body) {
                 Attempt::Done(reply) => return Ok(reply),
+                Attempt::Fail(reason) if reason.starts_with("HTTP 40") => {
+                    return Err(TeacherError::Fatal(reason))
+                }
                 Attempt::Fail(reason) => return Err(TeacherError::Failed(reason)),
                 Attempt::Retry { reason, after } => {
                     last = reason;
@@ -190,6 +217,7 @@ impl Teacher {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite())
             .map(|s| Duration::from_secs_f64(s.clamp(0.0, 60.0)));
         let text = match response.text() {
             Ok(t) => t,
@@ -202,19 +230,35 @@ impl Teacher {
         };
         if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
             return Attempt::Retry {
-                reason: format!("HTTP {status}: {}", excerpt(&text)),
+                reason: format!("HTTP {status}: {}", self.excerpt(&text)),
                 after: retry_after,
             };
         }
         if !status.is_success() {
-            return Attempt::Fail(format!("HTTP {status}: {}", excerpt(&text)));
+            return Attempt::Fail(format!("HTTP {status}: {}", self.excerpt(&text)));
         }
         match self.parse(&text) {
             Some(reply) => Attempt::Done(reply),
             None => Attempt::Retry {
-                reason: format!("the answer is not a chat completion: {}", excerpt(&text)),
+                reason: format!(
+                    "the answer is not a chat completion: {}",
+                    self.excerpt(&text)
+                ),
                 after: None,
             },
+        }
+    }
+
+    /// The start of a body, on one line, for messages, with the API key blanked should a server
+    /// echo it.
+    fn excerpt(&self, text: &str) -> String {
+        let mut one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if let Some(key) = self.config.api_key.as_ref().filter(|k| !k.0.is_empty()) {
+            one_line = one_line.replace(&key.0, "[key]");
+        }
+        match one_line.char_indices().nth(200) {
+            Some((i, _)) => format!("{}...", &one_line[..i]),
+            None => one_line,
         }
     }
 
@@ -256,13 +300,4 @@ fn without_url(e: &reqwest::Error) -> String {
         s = s.replace(url.as_str(), "the teacher");
     }
     s
-}
-
-/// The start of a body, on one line, for messages.
-fn excerpt(text: &str) -> String {
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(200) {
-        Some((i, _)) => format!("{}...", &one_line[..i]),
-        None => one_line,
-    }
 }

@@ -516,7 +516,8 @@ extern "C" __global__ void adamw_bf16(float* master, bf16* p, const bf16* g, flo
         attn_bwd_dkdv(q, k, v, seg, dout, lse, delta, dk, dv, heads, kv_heads, t, d, window,     \
                       scale);                                                                    \
     }                                                                                            \
-    extern "C" __global__ void cross_entropy_##S(T* z, const unsigned* target, float* loss,      \
+    extern "C" __global__ void __launch_bounds__(1024)                                           \
+        cross_entropy_##S(T* z, const unsigned* target, float* loss,                             \
                                                  int vocab, float scaling, float grad_scale,     \
                                                  int grad) {                                     \
         cross_entropy(z, target, loss, vocab, scaling, grad_scale, grad != 0);                   \

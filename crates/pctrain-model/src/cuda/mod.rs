@@ -167,15 +167,30 @@ struct AttentionDims {
     d: usize,
 }
 
-fn attention_dims(q: &Tensor, k: &Tensor, segment_ids: &Tensor) -> Result<AttentionDims> {
+fn attention_dims(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segment_ids: &Tensor,
+) -> Result<AttentionDims> {
     let (batch, heads, t, d) = q.dims4()?;
     let (kb, kv_heads, s, kd) = k.dims4()?;
-    if kb != batch || s != t || kd != d || heads % kv_heads != 0 {
+    if kb != batch
+        || s != t
+        || kd != d
+        || kv_heads == 0
+        || heads % kv_heads != 0
+        || v.dims() != k.dims()
+    {
         candle_core::bail!(
-            "attention: q {:?} and k {:?} do not fit (training attention needs S = T)",
+            "attention: q {:?}, k {:?} and v {:?} do not fit (training attention needs S = T)",
             q.dims(),
-            k.dims()
+            k.dims(),
+            v.dims()
         );
+    }
+    if t > i32::MAX as usize {
+        candle_core::bail!("attention: {t} positions are more than the kernels index");
     }
     if d > MAX_HEAD_DIM {
         candle_core::bail!("attention: head dimension {d} is above the kernels' {MAX_HEAD_DIM}");
@@ -205,7 +220,7 @@ pub fn attention_forward(
     scale: f64,
 ) -> Result<AttentionSaved> {
     let dev = device_of(q)?;
-    let a = attention_dims(q, k, segment_ids)?;
+    let a = attention_dims(q, k, v, segment_ids)?;
     let dtype = q.dtype();
     let (qs, ks, vs, seg) = (
         Slice::new(q)?,
@@ -233,7 +248,7 @@ pub fn attention_forward(
         b.i32(a.kv_heads as i32);
         b.i32(a.t as i32);
         b.i32(a.d as i32);
-        b.i32(window as i32);
+        b.i32(window.min(a.t) as i32);
         b.f32(scale as f32);
     })?;
     Ok(AttentionSaved {
@@ -257,7 +272,7 @@ pub fn attention_backward(
     scale: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dev = device_of(q)?;
-    let a = attention_dims(q, k, segment_ids)?;
+    let a = attention_dims(q, k, v, segment_ids)?;
     let dtype = q.dtype();
     let dout = dout.to_dtype(dtype)?.contiguous()?;
     let (qs, ks, vs, seg) = (
@@ -298,7 +313,7 @@ pub fn attention_backward(
         b.i32(a.kv_heads as i32);
         b.i32(a.t as i32);
         b.i32(a.d as i32);
-        b.i32(window as i32);
+        b.i32(window.min(a.t) as i32);
         b.f32(scale as f32);
     };
     let dq = alloc(&dev, dtype, q.elem_count())?;
@@ -355,6 +370,9 @@ pub fn cross_entropy(
 ) -> Result<(Tensor, Option<Tensor>)> {
     let dev = device_of(&z)?;
     let (m, vocab) = z.dims2()?;
+    if targets.dims() != [m] || targets.dtype() != DType::U32 {
+        candle_core::bail!("cross_entropy: {m} rows need u32 targets [{m}]");
+    }
     let z = z.contiguous()?;
     let loss = alloc(&dev, DType::F32, m)?;
     let ts = Slice::new(targets)?;
@@ -411,6 +429,25 @@ pub fn adamw(
 ) -> Result<()> {
     let dev = device_of(param)?;
     let n = param.elem_count();
+    // The kernel trusts these sizes: a mismatch must be an error here, not a stray write.
+    let fits = |what: &str, t: &Tensor, f32_only: bool| -> Result<()> {
+        if t.elem_count() != n || (f32_only && t.dtype() != DType::F32) {
+            candle_core::bail!(
+                "adamw: {what} ({:?}, {:?}) does not fit the parameter ({:?}, {:?})",
+                t.dtype(),
+                t.dims(),
+                param.dtype(),
+                param.dims()
+            );
+        }
+        Ok(())
+    };
+    fits("the gradient", grad, false)?;
+    fits("the first moment", m, true)?;
+    fits("the second moment", v, true)?;
+    if let Some(master) = master {
+        fits("the master copy", master, true)?;
+    }
     let grad = grad.to_dtype(param.dtype())?.contiguous()?;
     let gs = Slice::new(&grad)?;
     let (ms, vs) = (Slice::in_place(m)?, Slice::in_place(v)?);
