@@ -157,3 +157,40 @@ fn a_full_disk_while_saving_loses_no_checkpoint() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.path().join("checkpoint-000004").is_dir());
 }
+
+#[test]
+fn resuming_needs_the_same_data_settings_and_replays_from_an_earlier_checkpoint() {
+    let straight = tempfile::tempdir().unwrap();
+    let o = pctrain(&run_args(&tiny_run(straight.path(), "4")));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = tiny_run(dir.path(), "4");
+    let keep = args.iter().position(|a| a == "--keep-last").unwrap();
+    args[keep + 1] = "0".into();
+    let o = pctrain(&run_args(&args));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Another sequence length would put the saved data position elsewhere.
+    let mut changed = args.clone();
+    let seq = changed.iter().position(|a| a == "--seq-len").unwrap();
+    changed[seq + 1] = "96".into();
+    changed.push("--resume".into());
+    let err = fails(&run_args(&changed));
+    assert!(err.contains("seq_len"), "{err}");
+    // Resuming from step 2 replaces steps 3 and 4, and ends as the run that never stopped.
+    let mut again = args.clone();
+    again.push("--resume".into());
+    again.push(
+        dir.path()
+            .join("checkpoint-000002")
+            .to_str()
+            .unwrap()
+            .into(),
+    );
+    let o = pctrain(&run_args(&again));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("checkpoint-000003"), "{}", stderr(&o));
+    let a = std::fs::read(straight.path().join("model/model.safetensors")).unwrap();
+    let b = std::fs::read(dir.path().join("model/model.safetensors")).unwrap();
+    assert!(a == b, "the replayed run differs from the straight one");
+}
