@@ -8,6 +8,7 @@ use candle_core::cuda_backend::cudarc;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
 };
+use candle_core::cuda_backend::DeviceId;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Device, Result, Shape, Storage, Tensor};
 use half::bf16;
@@ -23,6 +24,9 @@ const MODULE: &str = "pctrain_kernels";
 
 /// PTX of `kernels.cu` by compute capability.
 static PTX: Mutex<Option<HashMap<(i32, i32), String>>> = Mutex::new(None);
+
+/// Loaded kernels by device and name, so that a launch looks its kernel up once.
+static FUNCTIONS: Mutex<Option<HashMap<(DeviceId, String), CudaFunction>>> = Mutex::new(None);
 
 fn err(what: &str, e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(format!("{what}: {e}"))
@@ -79,9 +83,24 @@ pub fn compile(arch: &'static str) -> Result<String> {
 
 /// The kernel `name` (no storage-type suffix).
 pub fn plain_kernel(dev: &Dev, name: &str) -> Result<CudaFunction> {
-    Ok(dev
+    let key = (dev.id(), name.to_string());
+    if let Some(f) = FUNCTIONS
+        .lock()
+        .map_err(|e| err("the kernel cache", e))?
+        .as_ref()
+        .and_then(|m| m.get(&key))
+    {
+        return Ok(f.clone());
+    }
+    let f = dev
         .get_or_load_custom_func(name, MODULE, &ptx(dev)?)?
-        .into_cuda_function())
+        .into_cuda_function();
+    FUNCTIONS
+        .lock()
+        .map_err(|e| err("the kernel cache", e))?
+        .get_or_insert_with(HashMap::new)
+        .insert(key, f.clone());
+    Ok(f)
 }
 
 /// The kernel `base` for storage type `dtype` (`base_f32`, `base_bf16`).

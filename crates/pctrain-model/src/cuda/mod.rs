@@ -316,16 +316,17 @@ pub fn attention_backward(
         b.i32(window.min(a.t) as i32);
         b.f32(scale as f32);
     };
+    // Both backward kernels read the same inputs, then write their outputs.
+    let inputs = |b: &mut launch::Args| {
+        for s in [&qs, &ks, &vs, &seg, &dos, &lses] {
+            s.push(b);
+        }
+        delta.push(b);
+    };
     let dq = alloc(&dev, dtype, q.elem_count())?;
     let f = kernel(&dev, "attn_bwd_dq", dtype)?;
     launch::launch_3d(&dev, &f, grid, threads, smem, |b| {
-        qs.push(b);
-        ks.push(b);
-        vs.push(b);
-        seg.push(b);
-        dos.push(b);
-        lses.push(b);
-        delta.push(b);
+        inputs(b);
         dq.push(b);
         common(b);
     })?;
@@ -333,13 +334,7 @@ pub fn attention_backward(
     let dv_h = alloc(&dev, DType::F32, q.elem_count())?;
     let f = kernel(&dev, "attn_bwd_dkdv", dtype)?;
     launch::launch_3d(&dev, &f, grid, threads, smem, |b| {
-        qs.push(b);
-        ks.push(b);
-        vs.push(b);
-        seg.push(b);
-        dos.push(b);
-        lses.push(b);
-        delta.push(b);
+        inputs(b);
         dk_h.push(b);
         dv_h.push(b);
         common(b);
