@@ -10,6 +10,7 @@ mod presets;
 mod pseudo_cmd;
 mod settings;
 mod setup;
+mod train_args;
 mod train_cmd;
 
 use std::process::ExitCode;
@@ -30,7 +31,7 @@ struct Cli {
     command: Option<Command>,
     /// Training (the default command).
     #[command(flatten)]
-    train: train_cmd::TrainArgs,
+    train: train_args::TrainArgs,
 }
 
 #[derive(Subcommand)]
