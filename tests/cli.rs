@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fails, pctrain, root, stderr, stdout, tiny_run};
+use common::{fails, pctrain, root, spawn, stderr, stdout, tiny_run, wait_for_lines};
 
 #[test]
 fn inspect_json_gives_one_sample_a_line_with_aligned_labels() {
@@ -391,26 +391,12 @@ fn killed_and_resumed_equals_straight(args: impl Fn(&Path) -> Vec<String>, file:
     assert!(o.status.success(), "{}", stderr(&o));
 
     let killed = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pctrain"))
-        .args(args(killed.path()))
-        .current_dir(root())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let metrics = killed.path().join("metrics.jsonl");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run made no progress"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let killed_args = args(killed.path());
+    let mut child = spawn(
+        &killed_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    wait_for_lines(&mut child, &killed.path().join("metrics.jsonl"), 3);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!killed.path().join(file).exists());
@@ -484,23 +470,8 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
         .into_iter()
         .map(|a| if a == "1" { "100".to_string() } else { a })
         .collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pctrain"))
-        .args(&args)
-        .current_dir(root())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let metrics = out.path().join("metrics.jsonl");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run made no progress"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut child = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    wait_for_lines(&mut child, &out.path().join("metrics.jsonl"), 1);
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

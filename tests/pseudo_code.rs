@@ -8,11 +8,10 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{files_under, pctrain_env, root, stderr};
+use common::{files_under, pctrain_env, stderr};
 use serde_json::{json, Value};
 
 const KEY: &str = "sk-loopback-teacher-secret-42";
@@ -362,23 +361,11 @@ fn a_budget_defers_records_and_a_killed_run_resumes_without_duplicates() {
 
     // A slow teacher, killed mid-way with SIGKILL, then resumed.
     let (slow, _) = teacher(Duration::from_millis(150));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pctrain"))
-        .args(args(d, o, &slow, &["--concurrency", "1"]))
-        .env("TEACHER_KEY", KEY)
-        .current_dir(root())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while read_jsonl(&out).len() < first + 2 {
-        assert!(std::time::Instant::now() < deadline, "no progress");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = common::spawn(
+        &args(d, o, &slow, &["--concurrency", "1"]),
+        &[("TEACHER_KEY", KEY)],
+    );
+    common::wait_for_lines(&mut child, &out, first + 2);
     child.kill().unwrap();
     child.wait().unwrap();
     let run = pctrain_env(&args(d, o, &url, &["--concurrency", "4"]), &env);

@@ -111,3 +111,33 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn llama_fixture() -> PathBuf {
     root().join("crates/pctrain-model/tests/fixtures/llama")
 }
+
+/// Starts pctrain in the background with extra environment; stdout is dropped, stderr kept.
+pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_pctrain"))
+        .args(args)
+        .current_dir(root())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pctrain")
+}
+
+/// Waits until `path` holds `lines` complete lines while `child` still runs (panics if it ends
+/// first, or after five minutes).
+pub fn wait_for_lines(child: &mut std::process::Child, path: &Path, lines: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let complete = || std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+    while complete() < lines {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run made no progress"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended too early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -55,6 +55,9 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.steps == 0 || args.rows == 0 || args.seq_len == 0 {
+        bail!("--steps, --rows and --seq-len must be at least 1");
+    }
     let device = crate::setup::device(&args.device)?;
     let dtype = crate::setup::parse_dtype(&args.dtype)?;
     let text = match args.shape.as_str() {
