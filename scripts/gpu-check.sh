@@ -39,9 +39,9 @@ bench() {
 }
 IDLE=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
 bench pctrain-lora-8b "$BIN/pctrain" bench --shape llama3-8b --mode lora --seq-len 2048 --rows 1 --steps 5 --device cuda:0 --dtype bf16
-bench hf-lora-8b python3 scripts/bench_gpu_transformers.py llama3-8b lora 2048 1 5
+bench hf-lora-8b python3 scripts/bench_transformers.py --device cuda --shape llama3-8b --mode lora --seq-len 2048 --rows 1 --steps 5
 bench pctrain-full-1b "$BIN/pctrain" bench --shape llama-1b --mode full --seq-len 2048 --rows 1 --steps 5 --device cuda:0 --dtype bf16
-bench hf-full-1b python3 scripts/bench_gpu_transformers.py llama-1b full 2048 1 5
+bench hf-full-1b python3 scripts/bench_transformers.py --device cuda --shape llama-1b --mode full --seq-len 2048 --rows 1 --steps 5
 
 # 3. One report.
 python3 - "$OUT" "$IDLE" "$(cat "$BIN/COMMIT" | tr '\n' ' ')" <<'PY'

@@ -494,3 +494,104 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
         "an interrupted run does not export"
     );
 }
+
+/// The metrics of a run folder, a line each.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn max_steps_repeats_the_data_and_a_finished_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    // The twelve short records pack into fewer rows than a batch: an epoch is one step.
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--base",
+            "tiny",
+            "--mix",
+            "nl",
+            "--data",
+            "examples/alpaca-pc.jsonl",
+            "--seq-len",
+            "1024",
+            "--batch-size",
+            "8",
+            "--save-every",
+            "100",
+            "--output",
+            out,
+        ];
+        args.extend(extra);
+        pctrain(&args)
+    };
+    // --max-steps overrides the epochs: the data repeats until the run has taken them all.
+    let o = run(&["--max-steps", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(", 3 steps, into"), "{}", stderr(&o));
+    let m = metrics(dir.path());
+    assert_eq!(m.len(), 3);
+    assert!(m[2]["epoch"].as_u64().unwrap() >= 2, "{:?}", m[2]);
+    assert!(dir.path().join("checkpoint-000003").is_dir());
+
+    // A finished run saved its last step: it exports, and a larger --max-steps continues it.
+    let o = run(&["--max-steps", "5", "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let steps: Vec<u64> = metrics(dir.path())
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5]);
+    assert!(dir.path().join("checkpoint-000005").is_dir());
+    let exported = dir.path().join("exported");
+    let o = pctrain(&["export", out, "--out", exported.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(exported.join("model.safetensors").is_file());
+}
+
+#[test]
+fn a_run_whose_epochs_end_saves_its_last_step_and_goes_on_with_more_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let base = [
+        "--base",
+        "tiny",
+        "--mix",
+        "nl",
+        "--data",
+        "examples/alpaca-pc.jsonl",
+        "--seq-len",
+        "256",
+        "--save-every",
+        "100",
+        "--epochs",
+        "1",
+        "--output",
+        out,
+    ];
+    let o = pctrain(&base);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("settings.json")).unwrap())
+            .unwrap();
+    let planned = settings["max_steps"].as_u64().unwrap();
+    assert!(planned >= 2, "{planned} steps an epoch");
+    assert_eq!(metrics(dir.path()).len() as u64, planned);
+    assert!(dir.path().join(format!("checkpoint-{planned:06}")).is_dir());
+    let more = (planned + 2).to_string();
+    let mut args = base.to_vec();
+    args.extend(["--resume", "--max-steps", &more]);
+    let o = pctrain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        metrics(dir.path()).len() as u64,
+        planned + 2,
+        "{}",
+        stderr(&o)
+    );
+    assert!(dir.path().join(format!("checkpoint-{more:0>6}")).is_dir());
+}

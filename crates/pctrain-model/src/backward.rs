@@ -9,7 +9,9 @@ use crate::layer::{AttentionMask, LayerContext};
 use crate::layers::loss::{cross_entropy_backward, shift_targets, LossSum};
 use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
 use crate::layers::rope::rope_tables;
+use crate::lora::Target;
 use crate::model::{Batch, Model};
+use crate::trainable::Gradients;
 use crate::weights::LayerWeights;
 
 /// What trains.
@@ -57,6 +59,80 @@ pub struct Grads {
     pub inputs_embeds: Tensor,
 }
 
+impl Grads {
+    /// Gradients in [`Model::trainable`]'s order, by what they belong to.
+    fn from_trainable(
+        model: &Model,
+        mode: TrainMode,
+        tensors: Vec<Tensor>,
+        inputs_embeds: Tensor,
+    ) -> Self {
+        let mut it = tensors.into_iter();
+        let layers = model.config.num_layers;
+        match mode {
+            TrainMode::Lora => {
+                let layers = (0..layers)
+                    .map(|l| {
+                        let mut lora: [Option<(Tensor, Tensor)>; 7] = Default::default();
+                        for t in Target::ALL {
+                            let present = model
+                                .lora
+                                .as_ref()
+                                .is_some_and(|a| a.layers[l][t as usize].is_some());
+                            if present {
+                                let a = it.next().expect("dA");
+                                lora[t as usize] = Some((a, it.next().expect("dB")));
+                            }
+                        }
+                        LayerGrads {
+                            lora,
+                            weights: None,
+                        }
+                    })
+                    .collect();
+                Grads {
+                    layers,
+                    embed_tokens: None,
+                    norm: None,
+                    lm_head: None,
+                    inputs_embeds,
+                }
+            }
+            TrainMode::Full => {
+                let embed_tokens = it.next();
+                let layers = (0..layers)
+                    .map(|_| {
+                        let mut w = |what| it.next().expect(what);
+                        LayerGrads {
+                            lora: Default::default(),
+                            weights: Some(LayerWeights {
+                                input_norm: w("input norm"),
+                                q_proj: w("q"),
+                                k_proj: w("k"),
+                                v_proj: w("v"),
+                                o_proj: w("o"),
+                                post_attention_norm: w("post-attention norm"),
+                                gate_proj: w("gate"),
+                                up_proj: w("up"),
+                                down_proj: w("down"),
+                            }),
+                        }
+                    })
+                    .collect();
+                let norm = it.next();
+                let lm_head = model.weights.lm_head.as_ref().and_then(|_| it.next());
+                Grads {
+                    layers,
+                    embed_tokens,
+                    norm,
+                    lm_head,
+                    inputs_embeds,
+                }
+            }
+        }
+    }
+}
+
 impl Model {
     /// One forward and backward pass. The loss is the sum over trained tokens times `1 /
     /// normalizer` (the trained tokens of the whole accumulated batch), so that gradients of
@@ -67,8 +143,53 @@ impl Model {
         normalizer: f64,
         opts: StepOptions,
     ) -> Result<(LossSum, Grads)> {
+        batch.check(self.config.vocab_size)?;
+        if !self.on_cpu_kernels() {
+            return self.tensor_forward_backward(batch, normalizer, opts);
+        }
+        let mut grads = Gradients::zeros(self, opts.mode)?;
+        let host = grads
+            .host_mut()
+            .expect("the CPU kernels keep gradients in memory");
+        let (loss, input_grad) = self.cpu_forward_backward(batch, normalizer, opts, host, true)?;
+        let input_grad = input_grad.expect("asked for");
+        let dims = (batch.rows, batch.seq_len, self.config.hidden_size);
+        let inputs_embeds = Tensor::from_vec(input_grad, dims, self.device())?;
+        Ok((
+            loss,
+            Grads::from_trainable(self, opts.mode, grads.to_tensors()?, inputs_embeds),
+        ))
+    }
+
+    /// One pass as [`Model::forward_backward`], its gradients added to `grads` (those of one
+    /// optimizer step, [`Model::trainable`]'s for `opts.mode`): in place on the CPU.
+    pub fn accumulate_gradients(
+        &self,
+        batch: &Batch,
+        normalizer: f64,
+        opts: StepOptions,
+        grads: &mut Gradients,
+    ) -> Result<LossSum> {
+        batch.check(self.config.vocab_size)?;
+        if let Some(host) = grads.host_mut() {
+            return Ok(self
+                .cpu_forward_backward(batch, normalizer, opts, host, false)?
+                .0);
+        }
+        let (loss, g) = self.tensor_forward_backward(batch, normalizer, opts)?;
+        grads.add(g.into_trainable(opts.mode))?;
+        Ok(loss)
+    }
+
+    /// [`Model::forward_backward`] on tensors, one op at a time (a GPU's path, and a CPU's for
+    /// narrower dtypes).
+    fn tensor_forward_backward(
+        &self,
+        batch: &Batch,
+        normalizer: f64,
+        opts: StepOptions,
+    ) -> Result<(LossSum, Grads)> {
         let c = &self.config;
-        batch.check(c.vocab_size)?;
         let (b, t) = (batch.rows, batch.seq_len);
         let device = self.device().clone();
         let ids = Tensor::from_slice(&batch.input_ids, b * t, &device)?;
@@ -79,8 +200,7 @@ impl Model {
                 .reshape((b, t, c.hidden_size))?;
         let x0 = (&embeds * c.embedding_multiplier)?;
         let (cos, sin) = rope_tables(self.inv_freq(), &batch.position_ids, b, &device)?;
-        let attention =
-            AttentionMask::for_batch(&batch.segment_ids, b, c.sliding_window, &embeds, c.head_dim)?;
+        let attention = AttentionMask::for_batch(&batch.segment_ids, b, c.sliding_window, &device)?;
         let ctx = LayerContext {
             cos,
             sin,
@@ -165,23 +285,24 @@ mod tests {
     use candle_core::{DType, Device};
 
     use super::*;
-    use crate::layer::AttnSaved;
-    use crate::layers::attention::attention_mask;
     use crate::{LoraAdapter, ModelConfig, ModelWeights};
 
     fn bytes(t: &Tensor) -> usize {
         t.elem_count() * t.dtype().size_in_bytes()
     }
 
-    /// The memory account's activations are exactly what a step keeps.
+    /// The memory account's activations are exactly what a step keeps, on tensors (a bf16 base,
+    /// as a GPU runs it) and on the CPU kernels.
     #[test]
     fn memory_account_counts_the_saved_activations() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mistral");
         let config = ModelConfig::load(&dir).unwrap();
-        let weights = ModelWeights::load(&dir, &config, DType::F32, &Device::Cpu).unwrap();
-        let lora =
-            LoraAdapter::load(&dir.join("adapter"), &config, DType::F32, &Device::Cpu).unwrap();
-        let m = Model::new(config, weights, Some(lora));
+        let load = |dtype| {
+            let weights = ModelWeights::load(&dir, &config, dtype, &Device::Cpu).unwrap();
+            let lora =
+                LoraAdapter::load(&dir.join("adapter"), &config, DType::F32, &Device::Cpu).unwrap();
+            Model::new(config.clone(), weights, Some(lora))
+        };
         let (rows, seq_len) = (2, 9);
         let n = rows * seq_len;
         let batch = Batch {
@@ -192,9 +313,11 @@ mod tests {
             segment_ids: vec![1; n],
             labels: vec![1; n],
         };
+
+        let m = load(DType::BF16);
         let (cos, sin) =
             rope_tables(m.inv_freq(), &batch.position_ids, rows, &Device::Cpu).unwrap();
-        let mask = attention_mask(
+        let attention = AttentionMask::for_batch(
             &batch.segment_ids,
             rows,
             m.config.sliding_window,
@@ -204,12 +327,12 @@ mod tests {
         let ctx = LayerContext {
             cos,
             sin,
-            attention: AttentionMask::Dense(mask),
+            attention,
             dropout_seed: None,
         };
         let mut x = Tensor::zeros(
             (rows, seq_len, m.config.hidden_size),
-            DType::F32,
+            DType::BF16,
             &Device::Cpu,
         )
         .unwrap();
@@ -222,11 +345,11 @@ mod tests {
             .into_iter()
             .map(bytes)
             .sum::<usize>();
-            kept += match &s.attn {
-                AttnSaved::Probs(p) => bytes(p),
-                #[cfg(feature = "cuda")]
-                AttnSaved::Flash(_) => unreachable!("this test runs on the CPU"),
-            };
+            let attn = s
+                .attn
+                .as_ref()
+                .expect("a training forward keeps attention's output");
+            kept += bytes(&attn.out) + bytes(&attn.lse);
             x = s.out;
         }
         let account = m.memory_account(TrainMode::Lora, rows, seq_len, false);
@@ -243,5 +366,39 @@ mod tests {
             full.trainable_weight_bytes,
             account.frozen_weight_bytes + account.trainable_weight_bytes
         );
+
+        // The CPU kernels: what the workspace holds after a pass.
+        let m = load(DType::F32);
+        for recompute in [false, true] {
+            let opts = StepOptions {
+                mode: TrainMode::Lora,
+                recompute,
+                loss_chunk: 4,
+                dropout_seed: 0,
+            };
+            let m = Model::new(m.config.clone(), m.weights.clone(), m.lora.clone());
+            m.forward_backward(&batch, 1.0, opts).unwrap();
+            let ws = m.workspace.lock().unwrap();
+            let floats = |v: &[f32]| v.len();
+            let mut held = ws.inputs.iter().map(|x| floats(x)).sum::<usize>()
+                + floats(&ws.final_h)
+                + floats(&ws.final_rstd);
+            for a in &ws.layers {
+                held += [
+                    &a.h1, &a.rstd1, &a.q, &a.k, &a.v, &a.o, &a.lse, &a.x_mid, &a.h2, &a.rstd2,
+                    &a.gate, &a.up,
+                ]
+                .into_iter()
+                .map(|v| floats(v))
+                .sum::<usize>();
+                held += a.xa.iter().map(|v| floats(v)).sum::<usize>();
+            }
+            let account = m.memory_account(TrainMode::Lora, rows, seq_len, recompute);
+            assert_eq!(
+                account.saved_activation_bytes,
+                held * 4,
+                "recompute {recompute}"
+            );
+        }
     }
 }

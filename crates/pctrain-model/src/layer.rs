@@ -8,8 +8,13 @@ use candle_core::{Tensor, D};
 
 use crate::backward::LayerGrads;
 use crate::error::Result;
-use crate::layers::attention::{attention_backward, attention_output, attention_probs};
-use crate::layers::linear::{dropout_mask, linear_backward, linear_forward_train, Lora};
+use crate::layers::attention::{
+    attention_output, attention_probs, flash_attention_backward, flash_attention_forward,
+    AttentionSaved,
+};
+use crate::layers::linear::{
+    dropout_mask, dropout_seed, linear_backward, linear_forward_train, Lora,
+};
 use crate::layers::mlp::{swiglu_backward, swiglu_forward};
 use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
 use crate::layers::rope::{rope_backward, rope_forward};
@@ -24,7 +29,8 @@ pub(crate) struct Saved {
     pub(crate) q: Tensor,
     pub(crate) k: Tensor,
     pub(crate) v: Tensor,
-    pub(crate) attn: AttnSaved,
+    /// `None` when decoding (no backward follows).
+    pub(crate) attn: Option<AttentionSaved>,
     pub(crate) a: Tensor,
     pub(crate) x_mid: Tensor,
     pub(crate) h2: Tensor,
@@ -34,47 +40,27 @@ pub(crate) struct Saved {
     pub(crate) out: Tensor,
 }
 
-/// What attention's backward needs besides q, k and v.
-pub(crate) enum AttnSaved {
-    /// The probabilities `[B, heads, T, S]` (the tensor path).
-    Probs(Tensor),
-    /// The output and log-sum-exps of the fused kernel, which recomputes the probabilities.
-    #[cfg(feature = "cuda")]
-    Flash(crate::cuda::AttentionSaved),
-}
-
 /// How attention is masked in a pass.
 pub(crate) enum AttentionMask {
-    /// An additive mask `[B, 1, T, S]` (the tensor path, and decoding with a cache).
+    /// An additive mask `[1, 1, T, S]` (decoding with a cache; forward only).
     Dense(Tensor),
-    /// Segment ids `[B, T]` (u32, on the GPU) and the sliding window (0: none), for the fused
-    /// kernels.
-    #[cfg(feature = "cuda")]
+    /// Segment ids `[B, T]` (u32) and the sliding window (0: none), for the fused kernels.
     Segments { ids: Tensor, window: usize },
 }
 
 impl AttentionMask {
-    /// The fused kernels' mask on a GPU that runs them, else the dense mask.
+    /// The fused kernels' mask for a batch of `batch` rows.
     pub(crate) fn for_batch(
         segment_ids: &[u32],
         batch: usize,
         window: Option<usize>,
-        like: &Tensor,
-        head_dim: usize,
+        device: &candle_core::Device,
     ) -> Result<Self> {
-        #[cfg(feature = "cuda")]
-        if crate::cuda::runs_on(like) && head_dim <= crate::cuda::MAX_HEAD_DIM {
-            let t = segment_ids.len() / batch;
-            let ids = Tensor::from_slice(segment_ids, (batch, t), like.device())?;
-            return Ok(AttentionMask::Segments {
-                ids,
-                window: window.unwrap_or(0),
-            });
-        }
-        let _ = (like, head_dim);
-        Ok(AttentionMask::Dense(
-            crate::layers::attention::attention_mask(segment_ids, batch, window, like.device())?,
-        ))
+        let t = segment_ids.len() / batch;
+        Ok(AttentionMask::Segments {
+            ids: Tensor::from_slice(segment_ids, (batch, t), device)?,
+            window: window.unwrap_or(0),
+        })
     }
 }
 
@@ -108,11 +94,9 @@ impl Model {
         if p <= 0.0 || adapter.layers[l][target as usize].is_none() {
             return Ok(None);
         }
-        let seed =
-            step_seed ^ ((l as u64) << 8 | target as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Ok(Some(dropout_mask(
             p,
-            seed,
+            dropout_seed(step_seed, l, target),
             x.dims(),
             x.dtype(),
             x.device(),
@@ -162,15 +146,12 @@ impl Model {
         let (attn_saved, o) = match &ctx.attention {
             AttentionMask::Dense(mask) => {
                 let p = attention_probs(&q, &k, mask, c.attention_scale)?;
-                let o = attention_output(&p, &v)?.to_dtype(x.dtype())?;
-                (AttnSaved::Probs(p), o)
+                (None, attention_output(&p, &v)?.to_dtype(x.dtype())?)
             }
-            #[cfg(feature = "cuda")]
             AttentionMask::Segments { ids, window } => {
-                let s =
-                    crate::cuda::attention_forward(&q, &k, &v, ids, *window, c.attention_scale)?;
+                let s = flash_attention_forward(&q, &k, &v, ids, *window, c.attention_scale)?;
                 let o = s.out.clone();
-                (AttnSaved::Flash(s), o)
+                (Some(s), o)
             }
         };
         let a = o
@@ -264,28 +245,22 @@ impl Model {
             .reshape((b, t, c.num_heads, c.head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        let (dq, dk, dv) = match (&s.attn, &ctx.attention) {
-            (AttnSaved::Probs(p), _) => {
-                attention_backward(&da, &s.q, &s.k, &s.v, p, c.attention_scale)?
-            }
-            #[cfg(feature = "cuda")]
-            (AttnSaved::Flash(f), AttentionMask::Segments { ids, window }) => {
-                crate::cuda::attention_backward(
-                    &da,
-                    &s.q,
-                    &s.k,
-                    &s.v,
-                    f,
-                    ids,
-                    *window,
-                    c.attention_scale,
-                )?
-            }
-            #[cfg(feature = "cuda")]
-            (AttnSaved::Flash(_), AttentionMask::Dense(_)) => {
-                unreachable!("the fused forward ran with segment ids")
-            }
+        let (Some(saved), AttentionMask::Segments { ids, window }) = (&s.attn, &ctx.attention)
+        else {
+            return Err(crate::error::ModelError::Input(
+                "a backward needs the forward of a training pass".into(),
+            ));
         };
+        let (dq, dk, dv) = flash_attention_backward(
+            &da,
+            &s.q,
+            &s.k,
+            &s.v,
+            saved,
+            ids,
+            *window,
+            c.attention_scale,
+        )?;
         let dq = rope_backward(&dq, &ctx.cos, &ctx.sin)?;
         let dk = rope_backward(&dk, &ctx.cos, &ctx.sin)?;
         let unheads = |d: Tensor, heads: usize| -> Result<Tensor> {

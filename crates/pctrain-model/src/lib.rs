@@ -3,6 +3,7 @@
 
 pub mod backward;
 pub mod config;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod memory;
 pub mod model;
 pub mod rng;
 pub mod save;
+pub mod trainable;
 pub mod weights;
 
 pub use backward::{Grads, LayerGrads, StepOptions, TrainMode};
@@ -23,4 +25,5 @@ pub use generate::{KvCache, Sampling};
 pub use lora::{LoraAdapter, LoraConfig, Target};
 pub use memory::MemoryAccount;
 pub use model::{Batch, Model};
+pub use trainable::Gradients;
 pub use weights::ModelWeights;

@@ -54,23 +54,43 @@ impl Model {
         }
     }
 
-    /// Each layer's input and the final hidden states always; with recomputation nothing else
-    /// (one layer's activations exist at a time during backward), without it every layer's
-    /// normed inputs, q, k, v, attention probabilities (f32), attention output, MLP activations.
+    /// What a training pass keeps from its forward for its backward. On the CPU kernels: each
+    /// layer's input and the final norm's output and `1 / rms` always, and every layer's
+    /// [`LayerActs`](crate::cpu::workspace::LayerActs) (normed inputs and their `1 / rms`, q, k,
+    /// v, attention output and log-sum-exps, the MLP's projections, each adapter's `x A^T`), or
+    /// one set with recomputation. On tensors: each layer's input and the final hidden states,
+    /// and without recomputation every layer's normed inputs, q, k, v, attention output (by heads
+    /// and by tokens) and log-sum-exps (f32), MLP activations.
     fn saved_activation_bytes(&self, rows: usize, seq_len: usize, recompute: bool) -> usize {
         let c = &self.config;
-        let e = self.weights.embed_tokens.dtype().size_in_bytes();
         let n = rows * seq_len;
         let layers = c.num_layers;
-        let inputs = (layers + 1) * n * c.hidden_size * e;
+        let (h, q, kv, i) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        let f32_bytes = DType::F32.size_in_bytes();
+        if self.on_cpu_kernels() {
+            let ranks: usize = self
+                .lora
+                .as_ref()
+                .map_or(0, |a| a.config.r * a.config.targets.len());
+            let acts = n * (3 * h + 2 + 2 * q + 2 * kv + c.num_heads + 2 * i + ranks);
+            let sets = if recompute { 1 } else { layers };
+            return ((layers + 1) * n * h + n * h + n + sets * acts) * f32_bytes;
+        }
+        let e = self.weights.embed_tokens.dtype().size_in_bytes();
+        let inputs = (layers + 1) * n * h * e;
         if recompute {
             return inputs;
         }
-        let per_layer = n * c.hidden_size * 3 * e // h1, x_mid, h2
-            + n * c.num_heads * c.head_dim * 2 * e // q, attention output
-            + n * c.num_kv_heads * c.head_dim * 2 * e // k, v
-            + rows * c.num_heads * seq_len * seq_len * DType::F32.size_in_bytes() // probabilities
-            + n * c.intermediate_size * 3 * e; // gate, up, silu(gate) * up
+        let per_layer = n * h * 3 * e // h1, x_mid, h2
+            + n * q * 3 * e // q, attention output twice
+            + n * kv * 2 * e // k, v
+            + n * c.num_heads * f32_bytes // log-sum-exps
+            + n * i * 3 * e; // gate, up, silu(gate) * up
         inputs + layers * per_layer
     }
 }

@@ -1,7 +1,11 @@
 //! The decoder: embeddings, layers of (norm, attention, residual, norm, SwiGLU, residual), final
 //! norm, and the output projection. One implementation for Llama, Mistral and Granite.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{Device, Tensor};
+
+use crate::cpu::workspace::Workspace;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -71,13 +75,15 @@ impl Batch {
     }
 }
 
-/// A decoder with its weights and, optionally, LoRA adapters.
+/// A decoder with its weights and, optionally, LoRA adapters. On the CPU it keeps the buffers of
+/// its passes from one to the next (clones share them).
 #[derive(Debug, Clone)]
 pub struct Model {
     pub config: ModelConfig,
     pub weights: ModelWeights,
     pub lora: Option<LoraAdapter>,
     inv_freq: Vec<f32>,
+    pub(crate) workspace: Arc<Mutex<Workspace>>,
 }
 
 impl Model {
@@ -88,6 +94,7 @@ impl Model {
             weights,
             lora,
             inv_freq,
+            workspace: Arc::default(),
         }
     }
 
@@ -115,13 +122,8 @@ impl Model {
             x = (x * c.embedding_multiplier)?;
         }
         let (cos, sin) = rope_tables(&self.inv_freq, &batch.position_ids, batch.rows, &device)?;
-        let attention = AttentionMask::for_batch(
-            &batch.segment_ids,
-            batch.rows,
-            c.sliding_window,
-            &x,
-            c.head_dim,
-        )?;
+        let attention =
+            AttentionMask::for_batch(&batch.segment_ids, batch.rows, c.sliding_window, &device)?;
         let ctx = LayerContext {
             cos,
             sin,
@@ -171,6 +173,10 @@ impl Model {
     /// Summed next-token cross-entropy over trained positions and their count; the caller divides
     /// by the count of its (global) batch.
     pub fn loss_sum(&self, batch: &Batch, chunk: usize) -> Result<LossSum> {
+        batch.check(self.config.vocab_size)?;
+        if self.on_cpu_kernels() {
+            return self.cpu_loss(batch, chunk);
+        }
         let h = self.hidden_states(batch)?;
         let h = h.reshape((batch.rows * batch.seq_len, self.config.hidden_size))?;
         let targets = shift_targets(&batch.labels, &batch.segment_ids, batch.rows);

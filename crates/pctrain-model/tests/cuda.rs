@@ -5,9 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use pctrain_model::layers::attention::{
-    attention_backward, attention_mask, attention_output, attention_probs,
-};
+use pctrain_model::layers::attention::{flash_attention_backward, flash_attention_forward};
 use pctrain_model::layers::linear::dropout_mask;
 use pctrain_model::layers::loss::{cross_entropy_backward, cross_entropy_forward};
 use pctrain_model::layers::mlp::{swiglu_backward, swiglu_forward};
@@ -184,6 +182,7 @@ fn attention_case(dev: &Device, b: usize, heads: usize, kv: usize, t: usize) {
         };
     }
     let seg_g = Tensor::from_slice(&segments, (b, t), &dev).unwrap();
+    let seg_c = Tensor::from_slice(&segments, (b, t), &Device::Cpu).unwrap();
     for d in [40, 64, 128] {
         for window in [None, Some(5), Some(1000)] {
             for dtype in [DType::F32, DType::BF16] {
@@ -192,18 +191,26 @@ fn attention_case(dev: &Device, b: usize, heads: usize, kv: usize, t: usize) {
                 let k = randn(&[b, kv, t, d], 1.0, 9);
                 let v = randn(&[b, kv, t, d], 1.0, 10);
                 let dout = randn(&[b, heads, t, d], 1.0, 11);
-                let mask = attention_mask(&segments, b, window, &Device::Cpu).unwrap();
+                let w = window.unwrap_or(0);
                 let (qc, kc, vc) = (cpu(&q, dtype), cpu(&k, dtype), cpu(&v, dtype));
-                let p = attention_probs(&qc, &kc, &mask, scale).unwrap();
-                let o_c = attention_output(&p, &vc).unwrap();
-                let (dq_c, dk_c, dv_c) =
-                    attention_backward(&cpu(&dout, dtype), &qc, &kc, &vc, &p, scale).unwrap();
+                let saved_c = flash_attention_forward(&qc, &kc, &vc, &seg_c, w, scale).unwrap();
+                let o_c = saved_c.out.clone();
+                let (dq_c, dk_c, dv_c) = flash_attention_backward(
+                    &cpu(&dout, dtype),
+                    &qc,
+                    &kc,
+                    &vc,
+                    &saved_c,
+                    &seg_c,
+                    w,
+                    scale,
+                )
+                .unwrap();
                 let (qg, kg, vg) = (
                     on(&q, &dev, dtype),
                     on(&k, &dev, dtype),
                     on(&v, &dev, dtype),
                 );
-                let w = window.unwrap_or(0);
                 let saved = cuda::attention_forward(&qg, &kg, &vg, &seg_g, w, scale).unwrap();
                 let what = format!(
                     "b {b}, heads {heads}/{kv}, t {t}, d {d}, window {window:?}, {dtype:?}"

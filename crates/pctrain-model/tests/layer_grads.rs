@@ -1,9 +1,11 @@
-//! Each layer's explicit backward against candle's tape autograd (on the same forward, built from
-//! differentiable ops) and against central finite differences.
+//! Each layer's kernels against candle's tape autograd: the forward against a reference built
+//! here from candle's differentiable ops, the explicit backward against the tape's gradients of
+//! that reference, and both against central finite differences.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var, D};
 use pctrain_model::layers::attention::{
-    attention_backward, attention_forward, attention_mask, attention_probs,
+    attention_mask, attention_output, attention_probs, flash_attention_backward,
+    flash_attention_forward,
 };
 use pctrain_model::layers::linear::{
     dropout_mask, linear_backward, linear_forward, linear_forward_train, Lora,
@@ -80,12 +82,25 @@ fn dot(y: &Tensor, r: &Tensor) -> f32 {
     (y * r).unwrap().sum_all().unwrap().to_scalar().unwrap()
 }
 
+/// RMS norm as transformers writes it.
+fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+    let rstd = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + eps)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .recip()
+        .unwrap();
+    x.broadcast_mul(&rstd).unwrap().broadcast_mul(w).unwrap()
+}
+
 #[test]
 fn rms_norm_backward_matches_autograd_and_finite_differences() {
-    let x = Var::from_tensor(&rand(1, &[2, 3, 8])).unwrap();
-    let w = Var::from_tensor(&(rand(2, &[8]) + 1.5).unwrap()).unwrap();
-    let r = rand(3, &[2, 3, 8]);
-    let y = rms_norm_forward(&x, &w, 1e-5).unwrap();
+    // 40 features: more than one 16-lane sum, and a remainder.
+    let x = Var::from_tensor(&rand(1, &[2, 3, 40])).unwrap();
+    let w = Var::from_tensor(&(rand(2, &[40]) + 1.5).unwrap()).unwrap();
+    let r = rand(3, &[2, 3, 40]);
+    let y = rms_norm_reference(&x, &w, 1e-5);
+    assert_close("y", &rms_norm_forward(&x, &w, 1e-5).unwrap(), &y, 1e-6);
     let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let (dx, dw) = rms_norm_backward(&r, &x, &w, 1e-5).unwrap();
     assert_close("dx", &dx, tape.get(&x).unwrap(), 1e-5);
@@ -152,7 +167,8 @@ fn swiglu_backward_matches_autograd_and_finite_differences() {
     let g = Var::from_tensor(&(rand(9, &[4, 10]) * 3.0).unwrap()).unwrap();
     let u = Var::from_tensor(&rand(10, &[4, 10])).unwrap();
     let r = rand(11, &[4, 10]);
-    let z = swiglu_forward(&g, &u).unwrap();
+    let z = (g.silu().unwrap() * u.as_tensor()).unwrap();
+    assert_close("z", &swiglu_forward(&g, &u).unwrap(), &z, 1e-6);
     let tape = (&z * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let (dg, du) = swiglu_backward(&r, &g, &u).unwrap();
     assert_close("dgate", &dg, tape.get(&g).unwrap(), 1e-5);
@@ -169,7 +185,13 @@ fn rope_backward_matches_autograd_and_finite_differences() {
     let (cos, sin) = rope_tables(&inv_freq, &positions, 2, &Device::Cpu).unwrap();
     let x = Var::from_tensor(&rand(12, &[2, 3, 4, 6])).unwrap();
     let r = rand(13, &[2, 3, 4, 6]);
-    let y = rope_forward(&x, &cos, &sin).unwrap();
+    // x cos + rotate_half(x) sin, rotate_half([x1, x2]) = [-x2, x1].
+    let (c4, s4) = (cos.unsqueeze(1).unwrap(), sin.unsqueeze(1).unwrap());
+    let x1 = x.narrow(3, 0, 3).unwrap();
+    let x2 = x.narrow(3, 3, 3).unwrap();
+    let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], 3).unwrap();
+    let y = (x.broadcast_mul(&c4).unwrap() + rotated.broadcast_mul(&s4).unwrap()).unwrap();
+    assert_close("y", &rope_forward(&x, &cos, &sin).unwrap(), &y, 1e-6);
     let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let dx = rope_backward(&r, &cos, &sin).unwrap();
     assert_close("dx", &dx, tape.get(&x).unwrap(), 1e-5);
@@ -178,30 +200,73 @@ fn rope_backward_matches_autograd_and_finite_differences() {
     });
 }
 
+/// The fused kernels' attention and its gradients against the dense softmax of candle's ops, on
+/// `rows` of `segments` (`[rows * t]`), `heads` query heads over `kv` key/value heads of `d`.
+fn attention_case(
+    segments: &[u32],
+    rows: usize,
+    heads: usize,
+    kv: usize,
+    d: usize,
+    window: usize,
+    fd: bool,
+) {
+    let t = segments.len() / rows;
+    let w = (window > 0).then_some(window);
+    let mask = attention_mask(segments, rows, w, &Device::Cpu).unwrap();
+    let ids = Tensor::from_slice(segments, (rows, t), &Device::Cpu).unwrap();
+    let q = Var::from_tensor(&rand(14, &[rows, heads, t, d])).unwrap();
+    let k = Var::from_tensor(&rand(15, &[rows, kv, t, d])).unwrap();
+    let v = Var::from_tensor(&rand(16, &[rows, kv, t, d])).unwrap();
+    let r = rand(17, &[rows, heads, t, d]);
+    let scale = 0.5;
+    let dense = |q: &Tensor, k: &Tensor, v: &Tensor| {
+        attention_output(&attention_probs(q, k, &mask, scale).unwrap(), v).unwrap()
+    };
+    let out = dense(&q, &k, &v);
+    let tape = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let saved = flash_attention_forward(&q, &k, &v, &ids, window, scale).unwrap();
+    assert_close("out", &saved.out, &out, 1e-5);
+    let (dq, dk, dv) =
+        flash_attention_backward(&r, &q, &k, &v, &saved, &ids, window, scale).unwrap();
+    assert_close("dq", &dq, tape.get(&q).unwrap(), 1e-5);
+    assert_close("dk", &dk, tape.get(&k).unwrap(), 1e-5);
+    assert_close("dv", &dv, tape.get(&v).unwrap(), 1e-5);
+    if fd {
+        let f = |q: &Tensor, k: &Tensor, v: &Tensor| {
+            let s = flash_attention_forward(q, k, v, &ids, window, scale).unwrap();
+            dot(&s.out, &r)
+        };
+        check_fd("q", &q, &dq, |q| f(q, &k, &v));
+        check_fd("k", &k, &dk, |k| f(&q, k, &v));
+        check_fd("v", &v, &dv, |v| f(&q, &k, v));
+    }
+}
+
 #[test]
 fn attention_backward_matches_autograd_and_finite_differences() {
     // Two rows: two packed samples, and one sample then padding; grouped-query (4 heads, 2 kv
     // heads); a sliding window of 3.
     let segments = [1, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 0, 0];
-    let mask = attention_mask(&segments, 2, Some(3), &Device::Cpu).unwrap();
-    let q = Var::from_tensor(&rand(14, &[2, 4, 7, 4])).unwrap();
-    let k = Var::from_tensor(&rand(15, &[2, 2, 7, 4])).unwrap();
-    let v = Var::from_tensor(&rand(16, &[2, 2, 7, 4])).unwrap();
-    let r = rand(17, &[2, 4, 7, 4]);
-    let scale = 0.5;
-    let out = attention_forward(&q, &k, &v, &mask, scale).unwrap();
-    let tape = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let p = attention_probs(&q, &k, &mask, scale).unwrap();
-    let (dq, dk, dv) = attention_backward(&r, &q, &k, &v, &p, scale).unwrap();
-    assert_close("dq", &dq, tape.get(&q).unwrap(), 1e-5);
-    assert_close("dk", &dk, tape.get(&k).unwrap(), 1e-5);
-    assert_close("dv", &dv, tape.get(&v).unwrap(), 1e-5);
-    let f = |q: &Tensor, k: &Tensor, v: &Tensor| {
-        dot(&attention_forward(q, k, v, &mask, scale).unwrap(), &r)
-    };
-    check_fd("q", &q, &dq, |q| f(q, &k, &v));
-    check_fd("k", &k, &dk, |k| f(&q, k, &v));
-    check_fd("v", &v, &dv, |v| f(&q, &k, v));
+    attention_case(&segments, 2, 4, 2, 4, 3, true);
+}
+
+#[test]
+fn attention_over_several_tiles_matches_the_dense_softmax() {
+    // 150 positions: several key tiles and query blocks; samples that cross tile edges, padding,
+    // a segment id that comes back after another (keys of the other segment in between are
+    // masked one by one), groups of 3 query heads.
+    let mut row1: Vec<u32> = [(1, 40), (2, 70), (3, 25), (0, 15)]
+        .iter()
+        .flat_map(|&(s, n)| std::iter::repeat_n(s, n))
+        .collect();
+    let row2: Vec<u32> = [(1, 60), (2, 30), (1, 60)]
+        .iter()
+        .flat_map(|&(s, n)| std::iter::repeat_n(s, n))
+        .collect();
+    row1.extend(row2);
+    attention_case(&row1, 2, 6, 2, 20, 0, false);
+    attention_case(&row1, 2, 6, 2, 20, 45, false);
 }
 
 #[test]

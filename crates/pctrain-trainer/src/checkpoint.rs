@@ -12,7 +12,6 @@ use pctrain_model::{Model, TrainMode};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{AdamW, AdamWConfig};
-use crate::step::{set_trainable, trainable};
 
 /// Errors while saving or loading a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +105,7 @@ fn write_into(
     position: Position,
     settings: &str,
 ) -> Result<(), CheckpointError> {
-    let params = trainable(model, mode);
+    let params = model.trainable(mode);
     for (i, (n, t)) in params.iter().enumerate() {
         // A sum carries NaN and infinity through (a max may skip NaN).
         let finite = |t: &Tensor| -> Result<bool, CheckpointError> {
@@ -213,7 +212,7 @@ pub fn load_checkpoint(
     let file = dir.join("trainable.safetensors");
     let mut tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| invalid(e.to_string()))?;
-    let params = trainable(model, mode);
+    let params = model.trainable(mode);
     let device = model.device().clone();
     let (mut values, mut m, mut v, mut master) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (n, t) in &params {
@@ -244,7 +243,7 @@ pub fn load_checkpoint(
             "tensor `{extra}` belongs to no trainable tensor of this model"
         )));
     }
-    set_trainable(model, mode, values.into_iter());
+    model.set_trainable(mode, values);
     let optimizer = AdamW {
         config: state.adamw,
         step: state.step,

@@ -11,8 +11,6 @@ use pctrain_model::save::{write_atomic, write_safetensors};
 use pctrain_model::{Model, ModelError, TrainMode};
 use serde_json::{json, Value};
 
-use crate::step::trainable;
-
 /// transformers' default `max_shard_size` ("5GB"), in bytes.
 pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
@@ -77,7 +75,8 @@ pub fn export_merged(
         model.lora.clone(),
     );
     merged.merge_lora()?;
-    let tensors: Vec<(String, Tensor)> = trainable(&merged, TrainMode::Full)
+    let tensors: Vec<(String, Tensor)> = merged
+        .trainable(TrainMode::Full)
         .into_iter()
         .map(|(n, t)| Ok((n, t.to_dtype(dtype)?)))
         .collect::<Result<_, candle_core::Error>>()?;

@@ -20,5 +20,5 @@ pub use eval::{evaluate, EvalResult};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use preset::tiny_model;
 pub use schedule::{Decay, Schedule};
-pub use step::{optimizer_step, trainable, StepError, StepReport};
-pub use train::{collate, train, Progress, TrainConfig};
+pub use step::{optimizer_step, StepError, StepReport};
+pub use train::{collate, train, Finished, Progress, TrainConfig};

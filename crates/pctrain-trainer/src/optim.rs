@@ -3,6 +3,9 @@
 //! `torch.nn.utils.clip_grad_norm_` does.
 
 use candle_core::{DType, Result, Tensor};
+use pctrain_model::cpu::view::with_mut;
+use pctrain_model::Gradients;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// AdamW hyper-parameters (the learning rate comes from the schedule at each step).
@@ -60,16 +63,10 @@ impl AdamW {
         })
     }
 
-    /// One update at learning rate `lr`; returns the new parameters (in their own dtype).
-    /// `p <- p (1 - lr wd)`, `m <- b1 m + (1 - b1) g`, `v <- b2 v + (1 - b2) g^2`,
+    /// One update at learning rate `lr`, in place on the parameters (and their master copies)
+    /// and moments: `p <- p (1 - lr wd)`, `m <- b1 m + (1 - b1) g`, `v <- b2 v + (1 - b2) g^2`,
     /// `p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
-    pub fn update(
-        &mut self,
-        params: &[&Tensor],
-        grads: &[&Tensor],
-        lr: f64,
-    ) -> Result<Vec<Tensor>> {
-        assert_eq!(params.len(), grads.len(), "one gradient per parameter");
+    pub fn update(&mut self, params: &[&Tensor], grads: &Gradients, lr: f64) -> Result<()> {
         assert_eq!(
             params.len(),
             self.m.len(),
@@ -78,69 +75,110 @@ impl AdamW {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
-        let step_size = lr / (1.0 - c.beta1.powi(t));
-        let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let mut out = Vec::with_capacity(params.len());
-        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            #[cfg(feature = "cuda")]
-            if pctrain_model::cuda::runs_on(p) {
-                // One fused kernel, in place on the parameter (and its master copy).
-                let step = pctrain_model::cuda::AdamWStep {
-                    wd_factor: 1.0 - lr * c.weight_decay,
-                    beta1: c.beta1,
-                    beta2: c.beta2,
-                    step_size,
-                    bc2_sqrt,
-                    eps: c.eps,
-                };
-                let master = self.master[i].as_ref();
-                pctrain_model::cuda::adamw(p, master, g, &self.m[i], &self.v[i], step)?;
-                out.push((*p).clone());
-                continue;
+        let step = Step {
+            wd_factor: (1.0 - lr * c.weight_decay) as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
+            bc2_sqrt: (1.0 - c.beta2.powi(t)).sqrt() as f32,
+            eps: c.eps as f32,
+        };
+        if let Some(host) = grads.host() {
+            assert_eq!(host.len(), params.len(), "one gradient per parameter");
+            for (i, (p, g)) in params.iter().zip(host).enumerate() {
+                if self.master[i].is_some() {
+                    candle_core::bail!("the CPU trains f32 parameters, which need no master copy");
+                }
+                with_mut(p, |p| {
+                    with_mut(&self.m[i], |m| {
+                        with_mut(&self.v[i], |v| step.apply(p, g, m, v))
+                    })
+                })???;
             }
-            let dtype = p.dtype();
-            let p32 = match &self.master[i] {
-                Some(master) => master.clone(),
-                None => p.to_dtype(DType::F32)?,
-            };
-            let g = g.to_dtype(DType::F32)?;
-            let p32 = if c.weight_decay != 0.0 {
-                (p32 * (1.0 - lr * c.weight_decay))?
-            } else {
-                p32
-            };
-            self.m[i] = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((self.v[i].sqrt()? / bc2_sqrt)? + c.eps)?;
-            let p32 = (p32 - ((&self.m[i] / denom)? * step_size)?)?;
-            out.push(p32.to_dtype(dtype)?);
-            if self.master[i].is_some() {
-                self.master[i] = Some(p32);
-            }
+            return Ok(());
         }
-        Ok(out)
+        let device = grads
+            .device()
+            .expect("gradients are on the host or on a device");
+        assert_eq!(device.len(), params.len(), "one gradient per parameter");
+        for (i, (p, g)) in params.iter().zip(device).enumerate() {
+            self.device_update(i, p, g, step)?;
+        }
+        Ok(())
+    }
+
+    /// One parameter's update on a GPU: the fused kernel, in place.
+    #[cfg(feature = "cuda")]
+    fn device_update(&mut self, i: usize, p: &Tensor, g: &Tensor, s: Step) -> Result<()> {
+        let step = pctrain_model::cuda::AdamWStep {
+            wd_factor: f64::from(s.wd_factor),
+            beta1: f64::from(s.beta1),
+            beta2: f64::from(s.beta2),
+            step_size: f64::from(s.step_size),
+            bc2_sqrt: f64::from(s.bc2_sqrt),
+            eps: f64::from(s.eps),
+        };
+        let master = self.master[i].as_ref();
+        pctrain_model::cuda::adamw(p, master, g, &self.m[i], &self.v[i], step)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn device_update(&mut self, _: usize, p: &Tensor, _: &Tensor, _: Step) -> Result<()> {
+        candle_core::bail!(
+            "AdamW: a {:?} parameter on {:?} has no kernel in this build",
+            p.dtype(),
+            p.device().location()
+        )
     }
 }
 
-/// Scales `grads` so that their global L2 norm is at most `max_norm` (no change when it is
-/// already, or when `max_norm` is 0); returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut total = 0f64;
-    for g in grads.iter() {
-        total += f64::from(
-            g.to_dtype(DType::F32)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f32>()?,
-        );
+/// The scalars of one update.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    wd_factor: f32,
+    beta1: f32,
+    beta2: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+}
+
+impl Step {
+    /// The update of f32 parameters `p` with gradients `g` and moments `m`, `v`, in chunks of a
+    /// fixed size in parallel (each element's update depends on that element alone).
+    fn apply(self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| adamw_elems(self, p, g, m, v));
     }
-    let norm = total.sqrt();
+}
+
+pctrain_model::simd_fn! {
+    /// `cuda::adamw`'s CPU twin, element by element.
+    fn adamw_elems(s: Step, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let (omb1, omb2) = (1.0 - s.beta1, 1.0 - s.beta2);
+        for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let mi = *m * s.beta1 + g * omb1;
+            let vi = *v * s.beta2 + g * g * omb2;
+            *m = mi;
+            *v = vi;
+            *p = *p * s.wd_factor - mi / (vi.sqrt() / s.bc2_sqrt + s.eps) * s.step_size;
+        }
+    }
+}
+
+/// Scales the gradients so that their global L2 norm is at most `max_norm` (no change when it
+/// is already, or when `max_norm` is 0), as `torch.nn.utils.clip_grad_norm_` does; returns the
+/// norm before clipping.
+pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+    let norm = grads.norm()?;
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
-            for g in grads.iter_mut() {
-                *g = (&*g * coef)?;
-            }
+            grads.scale(coef)?;
         }
     }
     Ok(norm)
@@ -178,11 +216,12 @@ mod tests {
             ..AdamWConfig::default()
         };
         let grads = [0.5, -0.25, 1.5, 0.01];
-        let mut p = scalar_tensor(&[2.0, -1.0]);
+        let p = scalar_tensor(&[2.0, -1.0]);
         let mut opt = AdamW::new(c, &[&p]).unwrap();
         for g in grads {
-            let grad = scalar_tensor(&[g as f32, -g as f32]);
-            p = opt.update(&[&p], &[&grad], 1e-2).unwrap().remove(0);
+            let grad =
+                Gradients::from_tensors(vec![scalar_tensor(&[g as f32, -g as f32])]).unwrap();
+            opt.update(&[&p], &grad, 1e-2).unwrap();
         }
         let got: Vec<f32> = p.to_vec1().unwrap();
         let neg: Vec<f64> = grads.iter().map(|g| -g).collect();
@@ -197,33 +236,34 @@ mod tests {
     }
 
     #[test]
-    fn moments_stay_f32_for_bf16_parameters() {
+    fn bf16_parameters_get_f32_moments_and_an_f32_master_copy() {
         let p = scalar_tensor(&[1.0, 2.0]).to_dtype(DType::BF16).unwrap();
-        let g = scalar_tensor(&[0.1, 0.2]).to_dtype(DType::BF16).unwrap();
-        let mut opt = AdamW::new(AdamWConfig::default(), &[&p]).unwrap();
-        let out = opt.update(&[&p], &[&g], 1e-3).unwrap();
-        assert_eq!(out[0].dtype(), DType::BF16);
+        let opt = AdamW::new(AdamWConfig::default(), &[&p]).unwrap();
         assert_eq!(opt.m[0].dtype(), DType::F32);
         assert_eq!(opt.v[0].dtype(), DType::F32);
+        let master = opt.master[0].as_ref().unwrap();
+        assert_eq!(master.dtype(), DType::F32);
+        assert_eq!(master.to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+    }
+
+    fn host(g: &Gradients) -> Vec<Vec<f32>> {
+        g.host().unwrap().to_vec()
     }
 
     #[test]
     fn clipping_scales_to_the_global_norm() {
-        let mut grads = vec![scalar_tensor(&[3.0]), scalar_tensor(&[4.0])];
+        let t = |v: &[f32]| Gradients::from_tensors(vec![scalar_tensor(v)]).unwrap();
+        let mut grads =
+            Gradients::from_tensors(vec![scalar_tensor(&[3.0]), scalar_tensor(&[4.0])]).unwrap();
         let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
         assert!((norm - 5.0).abs() < 1e-6);
-        let a: Vec<f32> = grads[0].to_vec1().unwrap();
-        let b: Vec<f32> = grads[1].to_vec1().unwrap();
-        assert!((a[0] - 0.6).abs() < 1e-5 && (b[0] - 0.8).abs() < 1e-5);
-        let mut small = vec![scalar_tensor(&[0.3])];
+        let g = host(&grads);
+        assert!((g[0][0] - 0.6).abs() < 1e-5 && (g[1][0] - 0.8).abs() < 1e-5);
+        let mut small = t(&[0.3]);
         clip_grad_norm(&mut small, 1.0).unwrap();
-        assert_eq!(small[0].to_vec1::<f32>().unwrap(), vec![0.3]);
-        let mut off = vec![scalar_tensor(&[30.0])];
+        assert_eq!(host(&small), vec![vec![0.3]]);
+        let mut off = t(&[30.0]);
         assert!((clip_grad_norm(&mut off, 0.0).unwrap() - 30.0).abs() < 1e-4);
-        assert_eq!(
-            off[0].to_vec1::<f32>().unwrap(),
-            vec![30.0],
-            "0 turns clipping off"
-        );
+        assert_eq!(host(&off), vec![vec![30.0]], "0 turns clipping off");
     }
 }

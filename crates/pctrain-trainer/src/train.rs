@@ -1,11 +1,11 @@
 //! The training loop: rows from the loader, grouped into micro-batches and optimizer steps.
 
 use pctrain_data::{Encoded, Loader, LoaderConfig, PackedRow, Position};
-use pctrain_model::{Batch, Model, ModelError, StepOptions};
+use pctrain_model::{Batch, Gradients, Model, ModelError, StepOptions};
 
 use crate::optim::{AdamW, AdamWConfig};
 use crate::schedule::Schedule;
-use crate::step::{optimizer_step, trainable, StepError, StepReport};
+use crate::step::{optimizer_step, StepError, StepReport};
 
 /// How a run trains.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,7 +15,7 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
-    /// Optimizer steps to run (the schedule spans them).
+    /// Optimizer steps to run (the schedule spans them); the loader's epochs may end first.
     pub max_steps: u64,
     pub schedule: Schedule,
     pub adamw: AdamWConfig,
@@ -32,6 +32,13 @@ pub struct Progress<'a> {
     pub position: Position,
 }
 
+/// Where a run ended: every step's report, and the optimizer and data position to checkpoint.
+pub struct Finished {
+    pub reports: Vec<StepReport>,
+    pub optimizer: AdamW,
+    pub position: Position,
+}
+
 /// Trains `model` on `samples` until the optimizer has taken `cfg.max_steps` steps (or the
 /// loader's epochs run out), from `resume` (an optimizer and data position from a checkpoint) or
 /// from the start, calling `on_step` after each step.
@@ -42,18 +49,20 @@ pub fn train<E: From<StepError>>(
     cfg: &TrainConfig,
     resume: Option<(AdamW, Position)>,
     mut on_step: impl FnMut(&StepReport, Progress) -> Result<(), E>,
-) -> Result<Vec<StepReport>, E> {
+) -> Result<Finished, E> {
+    let model_err = |e: candle_core::Error| StepError::from(ModelError::from(e));
     let (mut optimizer, start) = match resume {
         Some(r) => r,
         None => {
-            let params = trainable(model, cfg.step.mode);
+            let params = model.trainable(cfg.step.mode);
             let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
             (
-                AdamW::new(cfg.adamw, &refs).map_err(|e| StepError::from(ModelError::from(e)))?,
+                AdamW::new(cfg.adamw, &refs).map_err(model_err)?,
                 Position::default(),
             )
         }
     };
+    let mut grads = Gradients::zeros(model, cfg.step.mode).map_err(model_err)?;
     let mut loader = Loader::new(samples, cfg.loader.clone(), pad_id, start)
         .map_err(|e| StepError::from(ModelError::Input(e.to_string())))?;
     let mut reports = Vec::new();
@@ -83,6 +92,7 @@ pub fn train<E: From<StepError>>(
             &micro,
             step,
             &mut optimizer,
+            &mut grads,
             &cfg.schedule,
             cfg.clip_norm,
         )?;
@@ -96,7 +106,11 @@ pub fn train<E: From<StepError>>(
         )?;
         reports.push(report);
     }
-    Ok(reports)
+    Ok(Finished {
+        reports,
+        optimizer,
+        position: loader.position(),
+    })
 }
 
 /// Stacks packed rows into one `[B, T]` batch.

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use pctrain_model::{Batch, LoraAdapter, Model, ModelConfig, ModelWeights, StepOptions, TrainMode};
-use pctrain_trainer::{
-    optimizer_step, trainable, AdamW, AdamWConfig, DType, Decay, Device, Schedule,
+use pctrain_model::{
+    Batch, Gradients, LoraAdapter, Model, ModelConfig, ModelWeights, StepOptions, TrainMode,
 };
+use pctrain_trainer::{optimizer_step, AdamW, AdamWConfig, DType, Decay, Device, Schedule};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pctrain-model/tests/fixtures/llama")
@@ -78,7 +78,7 @@ fn schedule() -> Schedule {
 }
 
 fn new_optimizer(m: &Model) -> AdamW {
-    let params = trainable(m, TrainMode::Lora);
+    let params = m.trainable(TrainMode::Lora);
     let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
     AdamW::new(
         AdamWConfig {
@@ -90,8 +90,12 @@ fn new_optimizer(m: &Model) -> AdamW {
     .unwrap()
 }
 
+fn grads(m: &Model) -> Gradients {
+    Gradients::zeros(m, TrainMode::Lora).unwrap()
+}
+
 fn max_rel_diff(a: &Model, b: &Model) -> f32 {
-    let (ta, tb) = (trainable(a, TrainMode::Lora), trainable(b, TrainMode::Lora));
+    let (ta, tb) = (a.trainable(TrainMode::Lora), b.trainable(TrainMode::Lora));
     let mut diff = 0f32;
     let mut scale = 0f32;
     for ((_, x), (_, y)) in ta.iter().zip(&tb) {
@@ -114,11 +118,13 @@ fn max_rel_diff(a: &Model, b: &Model) -> f32 {
 fn four_micro_batches_of_one_equal_one_batch_of_four() {
     let mut whole = model();
     let mut opt_whole = new_optimizer(&whole);
+    let mut g = grads(&whole);
     let r1 = optimizer_step(
         &mut whole,
         &[rows(0..4)],
         opts(),
         &mut opt_whole,
+        &mut g,
         &schedule(),
         1.0,
     )
@@ -127,7 +133,17 @@ fn four_micro_batches_of_one_equal_one_batch_of_four() {
     let mut parts = model();
     let mut opt_parts = new_optimizer(&parts);
     let micro: Vec<Batch> = (0..4).map(|i| rows(i..i + 1)).collect();
-    let r4 = optimizer_step(&mut parts, &micro, opts(), &mut opt_parts, &schedule(), 1.0).unwrap();
+    let mut g = grads(&parts);
+    let r4 = optimizer_step(
+        &mut parts,
+        &micro,
+        opts(),
+        &mut opt_parts,
+        &mut g,
+        &schedule(),
+        1.0,
+    )
+    .unwrap();
 
     assert_eq!(r1.tokens, r4.tokens);
     assert!(
@@ -148,8 +164,10 @@ fn four_micro_batches_of_one_equal_one_batch_of_four() {
 #[test]
 fn steps_go_downhill_and_leave_the_base_weights_alone() {
     let mut m = model();
-    let before = m.weights.layers[0].q_proj.clone();
+    // A copy of the values: updates happen in place.
+    let before = m.weights.layers[0].q_proj.copy().unwrap();
     let mut opt = new_optimizer(&m);
+    let mut g = grads(&m);
     let batch = rows(0..2);
     let losses: Vec<f64> = (0..5)
         .map(|_| {
@@ -158,6 +176,7 @@ fn steps_go_downhill_and_leave_the_base_weights_alone() {
                 std::slice::from_ref(&batch),
                 opts(),
                 &mut opt,
+                &mut g,
                 &schedule(),
                 1.0,
             )

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use pctrain_data::{LoaderConfig, Mixer, PcJoin, Pipeline, TemplateChoice, TextTokenizer};
 use pctrain_model::{StepOptions, TrainMode};
 use pctrain_trainer::{
-    checkpoints, load_checkpoint, save_checkpoint, tiny_model, train, trainable, AdamWConfig,
-    Decay, Device, Schedule, TrainConfig,
+    checkpoints, load_checkpoint, save_checkpoint, tiny_model, train, AdamWConfig, Decay, Device,
+    Schedule, TrainConfig,
 };
 
 fn samples() -> (Vec<pctrain_data::Encoded>, u32) {
@@ -58,7 +58,7 @@ fn config() -> TrainConfig {
 }
 
 fn bits(m: &pctrain_model::Model) -> Vec<(String, Vec<u32>)> {
-    trainable(m, TrainMode::Full)
+    m.trainable(TrainMode::Full)
         .into_iter()
         .map(|(n, t)| {
             let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
@@ -98,7 +98,8 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
             Ok(())
         },
     )
-    .unwrap();
+    .unwrap()
+    .reports;
     assert_eq!(reports.len(), 6);
     let losses: Vec<f64> = reports.iter().map(|r| r.loss).collect();
     assert!(
@@ -125,7 +126,8 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
         Some((optimizer, position)),
         |_, _| Ok(()),
     )
-    .unwrap();
+    .unwrap()
+    .reports;
     assert_eq!(
         rest,
         reports[5..],

@@ -1,6 +1,7 @@
-//! `pctrain bench` (hidden): the speed of whole training steps (forward, backward, AdamW) on a
-//! model shape with random weights, as one JSON line. `scripts/gpu-check.sh` runs it beside the
-//! same steps in transformers + PEFT.
+//! `pctrain bench` (hidden): the speed of whole training steps (forward, backward, clipping, AdamW)
+//! on a model shape with random weights or on a model folder, as one JSON line.
+//! `scripts/bench_cpu.py` and `scripts/gpu-check.sh` run it beside the same steps in
+//! transformers + PEFT (`scripts/bench_transformers.py`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -9,12 +10,11 @@ use anyhow::{bail, Result};
 use clap::Args;
 use pctrain_model::rng::Rng64;
 use pctrain_model::{
-    Batch, LoraAdapter, LoraConfig, Model, ModelConfig, StepOptions, Target, TrainMode,
+    Batch, Gradients, LoraAdapter, LoraConfig, Model, ModelConfig, ModelWeights, StepOptions,
+    Target, TrainMode,
 };
 use pctrain_trainer::preset::{random_weights, TINY_CONFIG};
-use pctrain_trainer::{
-    optimizer_step, trainable, AdamW, AdamWConfig, DType, Decay, Device, Schedule, Tensor,
-};
+use pctrain_trainer::{optimizer_step, AdamW, AdamWConfig, DType, Decay, Device, Schedule, Tensor};
 use serde_json::json;
 
 /// Llama 3 8B's `config.json` (the real shape).
@@ -22,6 +22,12 @@ const LLAMA3_8B: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size":
     "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
     "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
     "rope_theta": 500000.0, "max_position_embeddings": 8192, "tie_word_embeddings": false}"#;
+
+/// A Llama of about 10M parameters (GQA 6/2, head 64, a small vocabulary).
+const LLAMA_10M: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 700,
+    "hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 6,
+    "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0, "max_position_embeddings": 8192, "tie_word_embeddings": false}"#;
 
 /// Llama 3.2 1B's shape (1.24B parameters, tied embeddings).
 const LLAMA_1B: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 128256,
@@ -31,17 +37,24 @@ const LLAMA_1B: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// llama3-8b, llama-1b or tiny.
-    #[arg(long, default_value = "tiny")]
+    /// llama3-8b, llama-1b, llama-10m or tiny, with random weights.
+    #[arg(long, default_value = "tiny", conflicts_with = "base")]
     shape: String,
+    /// A model folder (config.json and safetensors) to bench instead of a shape.
+    #[arg(long)]
+    base: Option<std::path::PathBuf>,
     /// lora (r=16, alpha 32, all seven targets) or full.
     #[arg(long, default_value = "lora")]
     mode: String,
     #[arg(long, default_value_t = 2048)]
     seq_len: usize,
-    /// Rows of `seq_len` tokens per step (each one sample).
+    /// Rows of `seq_len` tokens per step (each one sample, unless `--packed`).
     #[arg(long, default_value_t = 1)]
     rows: usize,
+    /// Pack four samples into each row (3/8, 1/4, 1/8 and 1/4 of it), as
+    /// `scripts/bench_transformers.py --packed` does.
+    #[arg(long)]
+    packed: bool,
     /// Timed steps (after two warm-up steps); the median is reported.
     #[arg(long, default_value_t = 5)]
     steps: usize,
@@ -60,19 +73,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let device = crate::setup::device(&args.device)?;
     let dtype = crate::setup::parse_dtype(&args.dtype)?;
-    let text = match args.shape.as_str() {
-        "llama3-8b" => LLAMA3_8B,
-        "llama-1b" => LLAMA_1B,
-        "tiny" => TINY_CONFIG,
-        other => bail!("unknown shape {other:?} (llama3-8b, llama-1b, tiny)"),
-    };
     let mode = match args.mode.as_str() {
         "lora" => TrainMode::Lora,
         "full" => TrainMode::Full,
         other => bail!("unknown mode {other:?} (lora or full)"),
     };
-    let config = ModelConfig::from_json(text, Path::new(&args.shape))?;
-    let weights = random_weights(&config, dtype, &device)?;
+    let (config, weights) = match &args.base {
+        Some(dir) => {
+            let config = ModelConfig::load(dir)?;
+            let weights = ModelWeights::load(dir, &config, dtype, &device)?;
+            (config, weights)
+        }
+        None => {
+            let text = match args.shape.as_str() {
+                "llama3-8b" => LLAMA3_8B,
+                "llama-1b" => LLAMA_1B,
+                "llama-10m" => LLAMA_10M,
+                "tiny" => TINY_CONFIG,
+                other => bail!("unknown shape {other:?} (llama3-8b, llama-1b, llama-10m, tiny)"),
+            };
+            let config = ModelConfig::from_json(text, Path::new(&args.shape))?;
+            let weights = random_weights(&config, dtype, &device)?;
+            (config, weights)
+        }
+    };
     let lora = (mode == TrainMode::Lora)
         .then(|| {
             let lora = LoraConfig {
@@ -90,18 +114,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let n = rows * seq_len;
     let mut rng = Rng64::new(7);
     let vocab = config.vocab_size as u64;
+    let lengths = if args.packed {
+        sample_lengths(seq_len)
+    } else {
+        vec![seq_len]
+    };
+    let row_positions: Vec<u32> = lengths.iter().flat_map(|&l| 0..l as u32).collect();
+    let row_segments: Vec<u32> = (1..)
+        .zip(&lengths)
+        .flat_map(|(s, &l)| std::iter::repeat_n(s, l))
+        .collect();
     let batch = Batch {
         rows,
         seq_len,
         input_ids: (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect(),
-        position_ids: (0..n).map(|p| (p % seq_len) as u32).collect(),
-        segment_ids: vec![1; n],
+        position_ids: row_positions.repeat(rows),
+        segment_ids: row_segments.repeat(rows),
         labels: (0..n).map(|_| (rng.next_u64() % vocab) as i64).collect(),
     };
-    let params = trainable(&model, mode);
+    let params = model.trainable(mode);
     let refs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
     let mut optimizer = AdamW::new(AdamWConfig::default(), &refs)?;
     drop(params);
+    let mut grads = Gradients::zeros(&model, mode)?;
     let schedule = Schedule {
         peak_lr: 1e-5,
         warmup_steps: 0,
@@ -123,6 +158,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             std::slice::from_ref(&batch),
             opts,
             &mut optimizer,
+            &mut grads,
             &schedule,
             1.0,
         )?;
@@ -151,7 +187,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let tokens_per_s = n as f64 / step_s;
     let matmul = matmul_tflops(&device, dtype)?;
     let line = json!({
-        "tool": "pctrain", "shape": args.shape, "mode": args.mode, "dtype": args.dtype,
+        "tool": "pctrain",
+        "shape": args.base.as_ref().map_or(args.shape.clone(), |b| b.display().to_string()),
+        "packed": args.packed, "threads": pctrain_model::cpu::threads(), "mode": args.mode, "dtype": args.dtype,
         "device": args.device, "rows": rows, "seq_len": seq_len,
         "parameters": frozen + trained, "trainable_parameters": trained,
         "step_s": step_s, "tokens_per_s": tokens_per_s, "flops_per_token": flops_per_token,
@@ -161,6 +199,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// The samples of one packed row: 3/8, 1/4, 1/8 and 1/4 of it (the last takes the rest).
+fn sample_lengths(seq_len: usize) -> Vec<usize> {
+    let parts = [seq_len * 3 / 8, seq_len / 4, seq_len / 8];
+    let rest = seq_len - parts.iter().sum::<usize>();
+    parts.into_iter().chain([rest]).filter(|&l| l > 0).collect()
 }
 
 /// The device's measured matmul rate in `dtype` (TFLOP/s): ten 8192-square products on a GPU.

@@ -71,19 +71,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .context("reading the eval data")?;
         s
     };
+    // As in transformers, --max-steps overrides the epochs: the data repeats (each epoch
+    // shuffled anew) until the run has taken that many steps.
     let loader = LoaderConfig {
         seq_len: settings.seq_len,
         packing: settings.packing,
         shuffle: settings.shuffle,
         seed: settings.seed,
-        epochs: settings.epochs,
+        epochs: if settings.max_steps.is_some() {
+            u64::MAX
+        } else {
+            settings.epochs
+        },
         ..LoaderConfig::default()
     };
     let rows_per_step = (settings.batch_size * settings.grad_accum) as u64;
     let rows = epoch_rows(&samples, &loader, 0).len() as u64;
     let max_steps = settings
         .max_steps
-        .unwrap_or_else(|| (rows * loader.epochs).div_ceil(rows_per_step));
+        .unwrap_or_else(|| (rows * settings.epochs).div_ceil(rows_per_step));
     let cfg = TrainConfig {
         loader,
         batch_size: settings.batch_size,
@@ -220,7 +226,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     bar.finish();
     match outcome {
-        Ok(_) => {}
+        Ok(done) => {
+            // The data may run out before the last planned step: its checkpoint is saved too, so
+            // that the run can be exported, or continued with a larger --max-steps.
+            if saved_step < done.optimizer.step {
+                save_checkpoint(
+                    &output,
+                    &run.model,
+                    run.mode,
+                    &done.optimizer,
+                    done.position,
+                    &settings_json,
+                    settings.keep_last,
+                )?;
+                metrics.plot()?;
+            }
+        }
         Err(e) => {
             return match e.downcast::<Interrupted>() {
                 Ok(Interrupted(step)) => {

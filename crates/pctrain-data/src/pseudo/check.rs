@@ -16,7 +16,7 @@ pub struct Checked {
 
 /// Checks a teacher's answer; `Err` says what is wrong, for the repair prompt.
 pub fn check_structure(answer: &str) -> Result<Checked, String> {
-    let text = strip_fences(answer);
+    let text = extract_code(answer);
     let mut calls = Vec::new();
     let mut code = String::with_capacity(text.len());
     for line in text.lines() {
@@ -101,16 +101,57 @@ pub fn check_structure(answer: &str) -> Result<Checked, String> {
     })
 }
 
-/// The text inside a Markdown code fence (```python ... ```), or the whole answer, trimmed.
-fn strip_fences(answer: &str) -> &str {
-    let t = answer.trim();
-    let Some(rest) = t.strip_prefix("```") else {
-        return t;
-    };
-    let body = rest.split_once('\n').map_or("", |(_, b)| b);
-    body.rsplit_once("```")
-        .map_or(body, |(inner, _)| inner)
-        .trim()
+/// The code of a teacher's answer: the first fenced block wherever it stands (``` or ~~~, with
+/// any language tag or none; to the end of the answer when the fence is never closed), or else
+/// the whole answer; without blank lines around it.
+fn extract_code(answer: &str) -> &str {
+    let mut offset = 0;
+    // The opening fence's character and length, and where the code starts.
+    let mut open: Option<(char, usize, usize)> = None;
+    for line in answer.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let unindented = line.trim_start_matches(' ');
+        if line.len() - unindented.len() > 3 {
+            continue;
+        }
+        let body = unindented.trim_end();
+        match open {
+            None => open = opening_fence(body).map(|(c, n)| (c, n, offset)),
+            Some((c, n, code)) if is_closing_fence(body, c, n) => {
+                return trim_blank_lines(&answer[code..start]);
+            }
+            Some(_) => {}
+        }
+    }
+    match open {
+        Some((_, _, code)) => trim_blank_lines(&answer[code..]),
+        None => trim_blank_lines(answer),
+    }
+}
+
+/// A line that opens a fence: three or more backticks (whose info string has none) or tildes.
+fn opening_fence(line: &str) -> Option<(char, usize)> {
+    let c = line.chars().next().filter(|c| *c == '`' || *c == '~')?;
+    let n = line.chars().take_while(|&x| x == c).count();
+    let info = &line[n..];
+    (n >= 3 && !(c == '`' && info.contains('`'))).then_some((c, n))
+}
+
+/// A line that closes a fence of `n` characters `c`: at least as many, and nothing else.
+fn is_closing_fence(line: &str, c: char, n: usize) -> bool {
+    line.len() >= n && line.chars().all(|x| x == c)
+}
+
+/// `text` without the blank lines before and after it, and without trailing spaces.
+fn trim_blank_lines(text: &str) -> &str {
+    let text = text.trim_end();
+    let first = text
+        .split_inclusive('\n')
+        .take_while(|l| l.trim().is_empty())
+        .map(str::len)
+        .sum::<usize>();
+    &text[first..]
 }
 
 #[cfg(test)]
@@ -138,6 +179,42 @@ mod tests {
         assert_eq!(c.entry, "answer_briefly");
         let fenced = format!("```python\n{GOOD}\n```\n");
         assert_eq!(check_structure(&fenced).unwrap().text, GOOD);
+    }
+
+    /// Answers as real models write them: the first fenced block is the code, wherever it
+    /// stands and whatever its tag.
+    #[test]
+    fn the_first_fenced_block_is_taken_from_answers_shaped_like_real_models() {
+        let answers = [
+            format!("Here is the pseudo-code for the instruction:\n\n```python\n{GOOD}\n```\n"),
+            format!("```python\n{GOOD}\n```\n\nThis function drafts an answer, then shortens it."),
+            format!(
+                "Sure!\n```python\n{GOOD}\n```\nExample:\n```python\nprint(answer_briefly('x', 3))\n```"
+            ),
+            format!("```py\n{GOOD}\n```"),
+            format!("```python3\n{GOOD}\n```"),
+            format!("```\n{GOOD}\n```"),
+            format!("~~~python\n{GOOD}\n~~~"),
+            format!("  ```python\n{GOOD}\n  ````\nDone."),
+            format!("Sure, here you go:\n```python\n{GOOD}\n"),
+            format!("\n\n{GOOD}\n\n"),
+        ];
+        for answer in answers {
+            match check_structure(&answer) {
+                Ok(c) => assert_eq!(c.text, GOOD, "from:\n{answer}"),
+                Err(e) => panic!("{e}, from:\n{answer}"),
+            }
+        }
+        // Code whose lines are all indented keeps its indentation (and so fails the check as
+        // Python would), and prose outside any fence is not code.
+        let indented = GOOD
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(check_structure(&format!("```python\n{indented}\n```")).is_err());
+        let e = check_structure(&format!("Sure! Here it is:\n{GOOD}")).unwrap_err();
+        assert!(e.contains("not valid Python"), "{e}");
     }
 
     #[test]

@@ -150,13 +150,7 @@ pub fn swiglu_backward(dz: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tenso
     ))
 }
 
-/// What the attention backward needs from the forward besides q, k, v: the output and the
-/// log-sum-exp of every score row, `[B, heads, T]` f32.
-#[derive(Debug, Clone)]
-pub struct AttentionSaved {
-    pub out: Tensor,
-    pub lse: Tensor,
-}
+pub use crate::layers::attention::AttentionSaved;
 
 /// Shapes and mask of one attention call.
 struct AttentionDims {
@@ -207,7 +201,7 @@ fn attention_dims(
     })
 }
 
-/// Attention of [`crate::layers::attention::attention_forward`] with the mask built from
+/// [`crate::layers::attention::flash_attention_forward`]: attention with the mask built from
 /// `segment_ids` (`[B, T]` u32) and `window` (0: none), without storing the scores: `q`
 /// `[B, heads, T, d]`, `k`, `v` `[B, kv_heads, T, d]` -> output `[B, heads, T, d]` and the row
 /// log-sum-exps.
@@ -257,9 +251,9 @@ pub fn attention_forward(
     })
 }
 
-/// Gradients of [`attention_forward`], recomputing the probabilities: (`dq`, `dk`, `dv`), the
-/// key/value gradients summed over the query heads that share them, as
-/// [`crate::layers::attention::attention_backward`] gives them.
+/// [`crate::layers::attention::flash_attention_backward`]: gradients of [`attention_forward`],
+/// recomputing the probabilities: (`dq`, `dk`, `dv`), the key/value gradients summed over the
+/// query heads that share them.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dout: &Tensor,

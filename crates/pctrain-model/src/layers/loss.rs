@@ -2,7 +2,15 @@
 //! whole batch never exist at once. Labels are aligned with the inputs (as in transformers): the
 //! target of position `t` is `labels[t + 1]`; -100 is ignored.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Device, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::gemm::{matmul, Mat, MatMut};
+use crate::cpu::par::grain;
+use crate::cpu::simd::{exp, max, sum, LANES};
+use crate::cpu::view::view;
+use crate::layers::norm::f32_contiguous;
+use crate::simd_fn;
 
 /// The label of a position that is not trained.
 pub const IGNORE_INDEX: i64 = -100;
@@ -48,84 +56,18 @@ pub fn cross_entropy_forward(
             cross_entropy_cuda(hidden, output, logits_scaling, targets, chunk, None, false)?;
         return Ok(grads.loss);
     }
-    let n = hidden.dim(0)?;
-    let mut total = LossSum { sum: 0.0, count: 0 };
-    let out_t = output.t()?;
-    for start in (0..n).step_by(chunk.max(1)) {
-        let len = chunk.min(n - start);
-        let Some(c) = chunk_logits(hidden, &out_t, logits_scaling, targets, start..start + len)?
-        else {
-            continue;
-        };
-        let losses: Vec<f32> = (&c.lse - c.picked()?)?.to_vec1()?;
-        total.sum += losses.iter().map(|&l| f64::from(l)).sum::<f64>();
-        total.count += c.targets.len();
-    }
-    Ok(total)
-}
-
-/// The logits of the rows of one chunk that have a target.
-struct ChunkLogits {
-    /// Row numbers in the batch, `[M]`.
-    index: Tensor,
-    /// Hidden states of those rows, `[M, H]`.
-    hidden: Tensor,
-    targets: Vec<u32>,
-    /// `[M, V]` f32 logits.
-    z: Tensor,
-    /// `[M]` log-sum-exp of each row.
-    lse: Tensor,
-}
-
-impl ChunkLogits {
-    /// One-hot rows of the targets, `[M, V]`.
-    fn onehot(&self) -> Result<Tensor> {
-        let vocab = self.z.dim(1)?;
-        let mut onehot = vec![0f32; self.targets.len() * vocab];
-        for (r, &t) in self.targets.iter().enumerate() {
-            onehot[r * vocab + t as usize] = 1.0;
-        }
-        Tensor::from_vec(onehot, (self.targets.len(), vocab), self.z.device())
-    }
-
-    /// The target's logit in each row, `[M]`.
-    fn picked(&self) -> Result<Tensor> {
-        let t = Tensor::from_vec(
-            self.targets.clone(),
-            (self.targets.len(), 1),
-            self.z.device(),
-        )?;
-        self.z.gather(&t, 1)?.squeeze(1)
-    }
-}
-
-/// Logits of the rows in `rows` whose target is not ignored; `None` when there are none.
-fn chunk_logits(
-    hidden: &Tensor,
-    out_t: &Tensor,
-    logits_scaling: f64,
-    targets: &[i64],
-    rows: std::ops::Range<usize>,
-) -> Result<Option<ChunkLogits>> {
-    let kept: Vec<usize> = rows.filter(|&i| targets[i] != IGNORE_INDEX).collect();
-    if kept.is_empty() {
-        return Ok(None);
-    }
-    let index = Tensor::from_vec(
-        kept.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-        kept.len(),
-        hidden.device(),
-    )?;
-    let h = hidden.index_select(&index, 0)?;
-    let z = (h.matmul(out_t)?.to_dtype(DType::F32)? / logits_scaling)?;
-    let lse = z.log_sum_exp(D::Minus1)?;
-    Ok(Some(ChunkLogits {
-        index,
-        hidden: h,
-        targets: kept.iter().map(|&i| targets[i] as u32).collect(),
-        z,
-        lse,
-    }))
+    let (h32, w32) = (f32_contiguous(hidden)?, f32_contiguous(output)?);
+    let mut scratch = LossScratch::default();
+    let loss = cross_entropy_cpu(
+        &view(&h32)?,
+        &view(&w32)?,
+        logits_scaling as f32,
+        targets,
+        chunk,
+        None,
+        &mut scratch,
+    );
+    Ok(loss)
 }
 
 /// Gradients of the summed loss scaled by `grad_scale` (the caller's `1 / normalizer`).
@@ -164,43 +106,160 @@ pub fn cross_entropy_backward(
     }
     let (n, h_dim) = hidden.dims2()?;
     let vocab = output.dim(0)?;
-    let mut loss = LossSum { sum: 0.0, count: 0 };
-    let mut dhidden = Tensor::zeros((n, h_dim), hidden.dtype(), hidden.device())?;
-    let mut doutput = None::<Tensor>;
-    let out_t = output.t()?;
-    for start in (0..n).step_by(chunk.max(1)) {
-        let len = chunk.min(n - start);
-        let Some(c) = chunk_logits(hidden, &out_t, logits_scaling, targets, start..start + len)?
-        else {
-            continue;
-        };
-        let onehot = c.onehot()?;
-        let losses: Vec<f32> = (&c.lse - (&c.z * &onehot)?.sum(D::Minus1)?)?.to_vec1()?;
-        loss.sum += losses.iter().map(|&l| f64::from(l)).sum::<f64>();
-        loss.count += c.targets.len();
-        let p = c.z.broadcast_sub(&c.lse.unsqueeze(1)?)?.exp()?;
-        let dz = ((p - onehot)? * (grad_scale / logits_scaling))?.to_dtype(hidden.dtype())?;
-        dhidden = dhidden.index_add(&c.index, &dz.matmul(output)?, 0)?;
-        if train_output {
-            let d = dz.t()?.matmul(&c.hidden)?;
-            doutput = Some(match doutput {
-                Some(acc) => (acc + d)?,
-                None => d,
-            });
-        }
-    }
-    if train_output && doutput.is_none() {
-        doutput = Some(Tensor::zeros(
-            (vocab, h_dim),
-            output.dtype(),
-            output.device(),
-        )?);
-    }
+    let (h32, w32) = (f32_contiguous(hidden)?, f32_contiguous(output)?);
+    let mut dhidden = vec![0f32; n * h_dim];
+    let mut doutput = train_output.then(|| vec![0f32; vocab * h_dim]);
+    let mut scratch = LossScratch::default();
+    let loss = cross_entropy_cpu(
+        &view(&h32)?,
+        &view(&w32)?,
+        logits_scaling as f32,
+        targets,
+        chunk,
+        Some(LossGrads {
+            scale: grad_scale as f32,
+            dhidden: &mut dhidden,
+            doutput: doutput.as_deref_mut(),
+        }),
+        &mut scratch,
+    );
+    let dtype = hidden.dtype();
     Ok(CrossEntropyGrads {
         loss,
-        dhidden,
-        doutput,
+        dhidden: Tensor::from_vec(dhidden, (n, h_dim), &Device::Cpu)?.to_dtype(dtype)?,
+        doutput: doutput
+            .map(|d| Tensor::from_vec(d, (vocab, h_dim), &Device::Cpu)?.to_dtype(output.dtype()))
+            .transpose()?,
     })
+}
+
+/// Where [`cross_entropy_cpu`] writes gradients: `dhidden` `[N, H]` (rows without a target
+/// zero) and, when the output projection trains, `doutput` `[V, H]`, added to.
+pub struct LossGrads<'a> {
+    /// The caller's `1 / normalizer`.
+    pub scale: f32,
+    pub dhidden: &'a mut [f32],
+    pub doutput: Option<&'a mut [f32]>,
+}
+
+/// Buffers [`cross_entropy_cpu`] reuses from call to call: the rows of a chunk that have a
+/// target, their hidden states, their logits (then logit gradients) and hidden-state gradients.
+#[derive(Debug, Default)]
+pub struct LossScratch {
+    rows: Vec<usize>,
+    targets: Vec<u32>,
+    hidden: Vec<f32>,
+    logits: Vec<f32>,
+    dhidden: Vec<f32>,
+    losses: Vec<f32>,
+}
+
+/// The chunked cross-entropy on f32 slices, `hidden` `[N, H]` and `output` `[V, H]`: per chunk of
+/// positions, the rows with a target are gathered, their logits `hidden output^T / scaling` come
+/// from one product, each row's loss (and, with `grads`, `dz = (softmax - onehot) * scale /
+/// scaling` in place of the logits), then `dhidden = dz output` and `doutput += dz^T hidden`.
+pub fn cross_entropy_cpu(
+    hidden: &[f32],
+    output: &[f32],
+    logits_scaling: f32,
+    targets: &[i64],
+    chunk: usize,
+    mut grads: Option<LossGrads<'_>>,
+    s: &mut LossScratch,
+) -> LossSum {
+    let n = targets.len();
+    let h = hidden.len() / n.max(1);
+    let vocab = output.len() / h.max(1);
+    let mut total = LossSum { sum: 0.0, count: 0 };
+    if let Some(g) = grads.as_mut() {
+        g.dhidden.fill(0.0);
+    }
+    for start in (0..n).step_by(chunk.max(1)) {
+        s.rows.clear();
+        s.rows
+            .extend((start..(start + chunk.max(1)).min(n)).filter(|&i| targets[i] != IGNORE_INDEX));
+        let m = s.rows.len();
+        if m == 0 {
+            continue;
+        }
+        s.targets.clear();
+        s.targets.extend(s.rows.iter().map(|&i| targets[i] as u32));
+        s.hidden.clear();
+        for &i in &s.rows {
+            s.hidden.extend_from_slice(&hidden[i * h..(i + 1) * h]);
+        }
+        s.logits.resize(m * vocab, 0.0);
+        matmul(
+            MatMut::new(&mut s.logits, m, vocab),
+            Mat::new(&s.hidden, m, h),
+            Mat::new(output, vocab, h).t(),
+            1.0 / logits_scaling,
+            false,
+        );
+        s.losses.resize(m, 0.0);
+        let g = grads.as_ref().map_or(0.0, |g| g.scale / logits_scaling);
+        let want_grad = grads.is_some();
+        let rows_per_task = grain(vocab);
+        s.logits
+            .par_chunks_mut(rows_per_task * vocab)
+            .zip(s.targets.par_chunks(rows_per_task))
+            .zip(s.losses.par_chunks_mut(rows_per_task))
+            .for_each(|((z, t), l)| loss_rows(z, vocab, t, l, want_grad, g));
+        total.sum += s.losses.iter().map(|&l| f64::from(l)).sum::<f64>();
+        total.count += m;
+        let Some(gr) = grads.as_mut() else {
+            continue;
+        };
+        s.dhidden.resize(m * h, 0.0);
+        matmul(
+            MatMut::new(&mut s.dhidden, m, h),
+            Mat::new(&s.logits, m, vocab),
+            Mat::new(output, vocab, h),
+            1.0,
+            false,
+        );
+        for (r, &i) in s.rows.iter().enumerate() {
+            gr.dhidden[i * h..(i + 1) * h].copy_from_slice(&s.dhidden[r * h..(r + 1) * h]);
+        }
+        if let Some(dout) = gr.doutput.as_deref_mut() {
+            matmul(
+                MatMut::new(dout, vocab, h),
+                Mat::new(&s.logits, m, vocab).t(),
+                Mat::new(&s.hidden, m, h),
+                1.0,
+                true,
+            );
+        }
+    }
+    total
+}
+
+simd_fn! {
+    /// Rows of `vocab` logits: each row's loss `lse - z[target]`; with `want_grad`, the logits
+    /// become `(softmax - onehot) * g`.
+    fn loss_rows(z: &mut [f32], vocab: usize, targets: &[u32], losses: &mut [f32], want_grad: bool, g: f32) {
+        for ((z, &t), loss) in z.chunks_exact_mut(vocab).zip(targets).zip(losses) {
+            let mx = max(z);
+            let mut acc = [0f32; LANES];
+            let (chunks, rest) = z.as_chunks::<LANES>();
+            for c in chunks {
+                for l in 0..LANES {
+                    acc[l] += exp(c[l] - mx);
+                }
+            }
+            for (l, v) in rest.iter().enumerate() {
+                acc[l] += exp(v - mx);
+            }
+            let lse = mx + sum(&acc).ln();
+            *loss = lse - z[t as usize];
+            if want_grad {
+                for v in z.iter_mut() {
+                    *v = exp(*v - lse) * g;
+                }
+                z[t as usize] -= g;
+            }
+        }
+    }
 }
 
 /// [`cross_entropy_backward`] (or, without `grad_scale`, the loss alone) on a GPU: each chunk's

@@ -2,6 +2,12 @@
 //! frequency-dependent scaling.
 
 use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::par::grain;
+use crate::cpu::view::view;
+use crate::layers::norm::f32_contiguous;
+use crate::simd_fn;
 
 use crate::config::RopeConfig;
 
@@ -41,53 +47,117 @@ pub fn rope_tables(
     batch: usize,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let half = inv_freq.len();
     let t = position_ids.len() / batch;
-    let mut angles = Vec::with_capacity(position_ids.len() * 2 * half);
+    let d = 2 * inv_freq.len();
+    let (cos, sin) = rope_table_values(inv_freq, position_ids);
+    Ok((
+        Tensor::from_vec(cos, (batch, t, d), device)?,
+        Tensor::from_vec(sin, (batch, t, d), device)?,
+    ))
+}
+
+/// The values of [`rope_tables`]: `[positions, 2 * inv_freq.len()]` cosines and sines of
+/// `p * f` in f32, as transformers computes them.
+pub fn rope_table_values(inv_freq: &[f32], position_ids: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let d = 2 * inv_freq.len();
+    let mut cos = Vec::with_capacity(position_ids.len() * d);
+    let mut sin = Vec::with_capacity(position_ids.len() * d);
     for &p in position_ids {
         for _ in 0..2 {
-            angles.extend(inv_freq.iter().map(|f| f * p as f32));
+            for f in inv_freq {
+                let angle = f * p as f32;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
         }
     }
-    let angles = Tensor::from_vec(angles, (batch, t, 2 * half), device)?;
-    Ok((angles.cos()?, angles.sin()?))
+    (cos, sin)
 }
 
-/// `x`: `[B, heads, T, d]`, `cos`/`sin`: `[B, T, d]` -> `x * cos + rotate_half(x) * sin`.
+/// `x`: `[B, heads, T, d]`, `cos`/`sin`: `[B, T, d]` -> `x * cos + rotate_half(x) * sin`, with
+/// `rotate_half([x1, x2]) = [-x2, x1]`.
 pub fn rope_forward(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if crate::cuda::runs_on(x) {
-        return crate::cuda::rope(x, cos, sin, false);
-    }
-    let dtype = x.dtype();
-    let d = x.dim(3)?;
-    let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
-    let x = x.to_dtype(DType::F32)?;
-    let rotated = rotate_half(&x, d)?;
-    (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?.to_dtype(dtype)
-}
-
-/// `[x1, x2] -> [-x2, x1]` on the last dimension.
-fn rotate_half(x: &Tensor, d: usize) -> Result<Tensor> {
-    let x1 = x.narrow(3, 0, d / 2)?;
-    let x2 = x.narrow(3, d / 2, d / 2)?;
-    Tensor::cat(&[&x2.neg()?, &x1], 3)
+    rope(x, cos, sin, false)
 }
 
 /// Gradient of [`rope_forward`]: `dx = dy * cos + rotate_half^T(dy * sin)`, where
 /// `rotate_half^T([a1, a2]) = [a2, -a1]`.
 pub fn rope_backward(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    rope(dy, cos, sin, true)
+}
+
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, backward: bool) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if crate::cuda::runs_on(dy) {
-        return crate::cuda::rope(dy, cos, sin, true);
+    if crate::cuda::runs_on(x) {
+        return crate::cuda::rope(x, cos, sin, backward);
     }
-    let dtype = dy.dtype();
-    let d = dy.dim(3)?;
-    let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
-    let dy = dy.to_dtype(DType::F32)?;
-    let s = dy.broadcast_mul(&sin)?;
-    let s1 = s.narrow(3, 0, d / 2)?;
-    let s2 = s.narrow(3, d / 2, d / 2)?;
-    let rotated_t = Tensor::cat(&[&s2, &s1.neg()?], 3)?;
-    (dy.broadcast_mul(&cos)? + rotated_t)?.to_dtype(dtype)
+    let (_, heads, t, d) = x.dims4()?;
+    let mut y = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (cos, sin) = (f32_contiguous(cos)?, f32_contiguous(sin)?);
+    let layout = RopeLayout::HeadMajor { heads, t };
+    rope_cpu(&mut y, d, layout, &view(&cos)?, &view(&sin)?, backward);
+    Tensor::from_vec(y, x.shape(), &Device::Cpu)?.to_dtype(x.dtype())
+}
+
+/// How rows of `head_dim` lie in a tensor, which says the table row of each.
+#[derive(Debug, Clone, Copy)]
+pub enum RopeLayout {
+    /// `[B, heads, T, d]` with tables `[B, T, d]`.
+    HeadMajor { heads: usize, t: usize },
+    /// `[B, T, heads, d]` (the projections' output as it is) with tables `[B * T, d]`.
+    TokenMajor { heads: usize },
+}
+
+impl RopeLayout {
+    #[inline(always)]
+    fn table_row(self, row: usize) -> usize {
+        match self {
+            RopeLayout::HeadMajor { heads, t } => row / (heads * t) * t + row % t,
+            RopeLayout::TokenMajor { heads } => row / heads,
+        }
+    }
+}
+
+/// Rotates the rows of `d` of `x` in place (forward, or with `backward` its gradient).
+pub fn rope_cpu(
+    x: &mut [f32],
+    d: usize,
+    layout: RopeLayout,
+    cos: &[f32],
+    sin: &[f32],
+    backward: bool,
+) {
+    let g = grain(d);
+    x.par_chunks_mut(g * d)
+        .enumerate()
+        .for_each(|(task, x)| rope_rows(x, task * g, d, layout, cos, sin, backward));
+}
+
+simd_fn! {
+    fn rope_rows(
+        x: &mut [f32],
+        first_row: usize,
+        d: usize,
+        layout: RopeLayout,
+        cos: &[f32],
+        sin: &[f32],
+        backward: bool,
+    ) {
+        let half = d / 2;
+        for (i, row) in x.chunks_exact_mut(d).enumerate() {
+            let at = layout.table_row(first_row + i) * d;
+            let (c, s) = (&cos[at..at + d], &sin[at..at + d]);
+            let (x1, x2) = row.split_at_mut(half);
+            for j in 0..half {
+                let (a, b) = (x1[j], x2[j]);
+                if backward {
+                    x1[j] = a * c[j] + b * s[j + half];
+                    x2[j] = b * c[j + half] - a * s[j];
+                } else {
+                    x1[j] = a * c[j] - b * s[j];
+                    x2[j] = b * c[j + half] + a * s[j + half];
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,294 @@
+//! What trains, in one fixed order: LoRA `A`, `B` per layer and target (PEFT's names), or every
+//! weight of the model (transformers' names). A step's gradients of those tensors are
+//! [`Gradients`], added to micro-batch after micro-batch in place.
+
+use candle_core::{DType, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::backward::{Grads, TrainMode};
+use crate::lora::Target;
+use crate::model::Model;
+
+impl Model {
+    /// The tensors that train in `mode`, with their names, in the fixed order.
+    pub fn trainable(&self, mode: TrainMode) -> Vec<(String, Tensor)> {
+        match mode {
+            TrainMode::Lora => {
+                let Some(adapter) = &self.lora else {
+                    return Vec::new();
+                };
+                let mut out = Vec::new();
+                for (l, layer) in adapter.layers.iter().enumerate() {
+                    for t in Target::ALL {
+                        if let Some(lora) = &layer[t as usize] {
+                            let prefix = t.peft_prefix(l);
+                            out.push((format!("{prefix}.lora_A.weight"), lora.a.clone()));
+                            out.push((format!("{prefix}.lora_B.weight"), lora.b.clone()));
+                        }
+                    }
+                }
+                out
+            }
+            TrainMode::Full => {
+                let w = &self.weights;
+                let mut out = vec![(
+                    "model.embed_tokens.weight".to_string(),
+                    w.embed_tokens.clone(),
+                )];
+                for (l, layer) in w.layers.iter().enumerate() {
+                    let p = format!("model.layers.{l}");
+                    for (name, t) in layer.named() {
+                        out.push((format!("{p}.{name}.weight"), t.clone()));
+                    }
+                }
+                out.push(("model.norm.weight".into(), w.norm.clone()));
+                if let Some(h) = &w.lm_head {
+                    out.push(("lm_head.weight".into(), h.clone()));
+                }
+                out
+            }
+        }
+    }
+
+    /// Puts new tensors in place of [`Model::trainable`]'s, in its order.
+    pub fn set_trainable(&mut self, mode: TrainMode, values: impl IntoIterator<Item = Tensor>) {
+        let mut values = values.into_iter();
+        let mut next = || values.next().expect("one value per trainable tensor");
+        match mode {
+            TrainMode::Lora => {
+                if let Some(adapter) = &mut self.lora {
+                    for layer in &mut adapter.layers {
+                        for lora in layer.iter_mut().flatten() {
+                            lora.a = next();
+                            lora.b = next();
+                        }
+                    }
+                }
+            }
+            TrainMode::Full => {
+                let w = &mut self.weights;
+                w.embed_tokens = next();
+                for l in &mut w.layers {
+                    for t in l.tensors_mut() {
+                        *t = next();
+                    }
+                }
+                w.norm = next();
+                if let Some(h) = &mut w.lm_head {
+                    *h = next();
+                }
+            }
+        }
+    }
+
+    /// Whether training passes run on the CPU kernels over reused buffers: every weight f32 on
+    /// the CPU. Elsewhere (a GPU, or a narrower dtype) they run on tensors.
+    pub(crate) fn on_cpu_kernels(&self) -> bool {
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        f32_cpu(&self.weights.embed_tokens)
+            && self
+                .weights
+                .layers
+                .iter()
+                .all(|l| l.named().iter().all(|(_, t)| f32_cpu(t)))
+            && self.weights.lm_head.as_ref().is_none_or(f32_cpu)
+            && self.lora.as_ref().is_none_or(|a| {
+                a.layers
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .all(|l| f32_cpu(&l.a) && f32_cpu(&l.b))
+            })
+    }
+}
+
+/// The gradients of a step, one per [`Model::trainable`] tensor in its order, summed over the
+/// step's micro-batches: f32 buffers the CPU kernels write in place, or tensors on a GPU.
+#[derive(Debug)]
+pub struct Gradients {
+    store: Store,
+}
+
+#[derive(Debug)]
+enum Store {
+    Host {
+        data: Vec<Vec<f32>>,
+        shapes: Vec<Vec<usize>>,
+    },
+    Device(Vec<Tensor>),
+}
+
+impl Gradients {
+    /// Zero gradients for `mode`'s tensors of `model`.
+    pub fn zeros(model: &Model, mode: TrainMode) -> Result<Self> {
+        let params = model.trainable(mode);
+        let store = if model.on_cpu_kernels() {
+            Store::Host {
+                data: params
+                    .iter()
+                    .map(|(_, t)| vec![0f32; t.elem_count()])
+                    .collect(),
+                shapes: params.iter().map(|(_, t)| t.dims().to_vec()).collect(),
+            }
+        } else {
+            Store::Device(
+                params
+                    .iter()
+                    .map(|(_, t)| Tensor::zeros(t.shape(), t.dtype(), t.device()))
+                    .collect::<Result<_>>()?,
+            )
+        };
+        Ok(Gradients { store })
+    }
+
+    /// Gradients with these values: kept in memory when every tensor is f32 on the CPU, else as
+    /// tensors.
+    pub fn from_tensors(tensors: Vec<Tensor>) -> Result<Self> {
+        let host = tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+        let store = if host {
+            Store::Host {
+                shapes: tensors.iter().map(|t| t.dims().to_vec()).collect(),
+                data: tensors
+                    .iter()
+                    .map(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .collect::<Result<_>>()?,
+            }
+        } else {
+            Store::Device(tensors)
+        };
+        Ok(Gradients { store })
+    }
+
+    /// Sets every gradient to zero, for the next step.
+    pub fn zero(&mut self) -> Result<()> {
+        match &mut self.store {
+            Store::Host { data, .. } => data.par_iter_mut().for_each(|g| g.fill(0.0)),
+            Store::Device(tensors) => {
+                for t in tensors.iter_mut() {
+                    *t = t.zeros_like()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The CPU kernels' buffers, when the gradients are kept in memory.
+    pub(crate) fn host_mut(&mut self) -> Option<&mut [Vec<f32>]> {
+        match &mut self.store {
+            Store::Host { data, .. } => Some(data),
+            Store::Device(_) => None,
+        }
+    }
+
+    /// The gradients as f32 slices, when they are kept in memory (the CPU).
+    pub fn host(&self) -> Option<&[Vec<f32>]> {
+        match &self.store {
+            Store::Host { data, .. } => Some(data),
+            Store::Device(_) => None,
+        }
+    }
+
+    /// The gradients as tensors, when they are kept on a GPU.
+    pub fn device(&self) -> Option<&[Tensor]> {
+        match &self.store {
+            Store::Device(t) => Some(t),
+            Store::Host { .. } => None,
+        }
+    }
+
+    /// Adds one tensor pass's gradients, in [`Model::trainable`]'s order (the CPU kernels add
+    /// theirs in place instead).
+    pub(crate) fn add(&mut self, grads: Vec<Tensor>) -> Result<()> {
+        let Store::Device(acc) = &mut self.store else {
+            candle_core::bail!("gradients kept in memory take the CPU kernels' passes");
+        };
+        for (a, g) in acc.iter_mut().zip(grads) {
+            *a = (&*a + g)?;
+        }
+        Ok(())
+    }
+
+    /// The global L2 norm: each tensor's sum of squares in a fixed order, added in f64.
+    pub fn norm(&self) -> Result<f64> {
+        let total: f64 = match &self.store {
+            Store::Host { data, .. } => data.iter().map(|g| sum_of_squares(g)).sum(),
+            Store::Device(tensors) => {
+                let mut total = 0f64;
+                for g in tensors {
+                    total += f64::from(
+                        g.to_dtype(DType::F32)?
+                            .sqr()?
+                            .sum_all()?
+                            .to_scalar::<f32>()?,
+                    );
+                }
+                total
+            }
+        };
+        Ok(total.sqrt())
+    }
+
+    /// Multiplies every gradient by `coef`.
+    pub fn scale(&mut self, coef: f64) -> Result<()> {
+        match &mut self.store {
+            Store::Host { data, .. } => {
+                let c = coef as f32;
+                data.par_iter_mut()
+                    .for_each(|g| g.iter_mut().for_each(|v| *v *= c));
+            }
+            Store::Device(tensors) => {
+                for t in tensors.iter_mut() {
+                    *t = (&*t * coef)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradients as tensors on their devices (copies of the CPU buffers).
+    pub fn to_tensors(&self) -> Result<Vec<Tensor>> {
+        match &self.store {
+            Store::Device(t) => Ok(t.clone()),
+            Store::Host { data, shapes } => data
+                .iter()
+                .zip(shapes)
+                .map(|(d, s)| Tensor::from_slice(d, s.as_slice(), &candle_core::Device::Cpu))
+                .collect(),
+        }
+    }
+}
+
+/// `sum(g^2)` in f64, over chunks of a fixed size summed in order.
+fn sum_of_squares(g: &[f32]) -> f64 {
+    const CHUNK: usize = 1 << 14;
+    let parts: Vec<f64> = g
+        .par_chunks(CHUNK)
+        .map(|c| f64::from(crate::cpu::simd::sum_of_squares(c)))
+        .collect();
+    parts.iter().sum()
+}
+
+impl Grads {
+    /// The gradients in [`Model::trainable`]'s order.
+    pub fn into_trainable(self, mode: TrainMode) -> Vec<Tensor> {
+        match mode {
+            TrainMode::Lora => self
+                .layers
+                .into_iter()
+                .flat_map(|l| l.lora.into_iter().flatten().flat_map(|(a, b)| [a, b]))
+                .collect(),
+            TrainMode::Full => {
+                let mut out = vec![self.embed_tokens.expect("full mode")];
+                for l in self.layers {
+                    let w = l.weights.expect("full mode");
+                    out.extend(w.named().into_iter().map(|(_, t)| t.clone()));
+                }
+                out.push(self.norm.expect("full mode"));
+                out.extend(self.lm_head);
+                out
+            }
+        }
+    }
+}
