@@ -117,6 +117,30 @@ fn a_lora_run_exports_an_adapter_and_a_merged_model_in_shards() {
         card.starts_with("---\n") && card.contains("library_name: peft"),
         "{card}"
     );
+    // The card names the base folder and the data file as a user would publish them, never
+    // by their paths here.
+    let root = common::root().canonicalize().unwrap();
+    assert!(
+        card.contains("`llama`") && card.contains("eval-records.jsonl"),
+        "{card}"
+    );
+    for local in [
+        root.to_str().unwrap(),
+        "crates/pctrain-model",
+        "/tmp",
+        "fixtures/",
+    ] {
+        assert!(
+            !card.contains(local),
+            "the card shows the local path {local}: {card}"
+        );
+    }
+    // How it trained, for `generate` to strip pseudo-code by.
+    let trained: Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("pctrain.json")).unwrap())
+            .unwrap();
+    assert_eq!(trained["mix"], "nl");
+    assert_eq!(trained["pc_template"], pctrain_data::PcJoin::DEFAULT);
     // The chat template is the one trained with (tulu), in both places transformers looks.
     let jinja = std::fs::read_to_string(adapter.join("chat_template.jinja")).unwrap();
     assert!(jinja.contains("<|assistant|>"), "{jinja}");

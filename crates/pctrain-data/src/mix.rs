@@ -81,6 +81,12 @@ impl Mix {
             .0
             .as_slice()
     }
+
+    /// Whether some answers it trains on start with pseudo-code (an `nl-pc` entry): a model
+    /// trained on it answers that way too.
+    pub fn answers_with_pseudo_code(&self) -> bool {
+        self.entries.iter().any(|(f, _)| f.contains(&Format::NlPc))
+    }
 }
 
 impl fmt::Display for Mix {

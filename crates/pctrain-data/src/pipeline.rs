@@ -96,15 +96,16 @@ impl Pipeline {
         })
     }
 
-    /// Runs through `files` in order, handing each kept sample to `visit` until it breaks.
-    /// Records are prepared in parallel, a batch at a time, and visited in file order.
+    /// Runs through `files` in order (a hub dataset, `owner/name[@revision][:files]`, as its
+    /// files), handing each kept sample to `visit` until it breaks. Records are prepared in
+    /// parallel, a batch at a time, and visited in file order.
     pub fn run(
         &self,
         files: &[PathBuf],
         mut visit: impl FnMut(Prepared) -> ControlFlow<()>,
     ) -> Result<Stats> {
         let mut stats = Stats::default();
-        for path in files {
+        for path in &crate::hub::data_files(files)? {
             let mut reader = RecordReader::open(path)?;
             loop {
                 // Each record with its line.

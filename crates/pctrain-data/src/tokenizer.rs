@@ -216,6 +216,13 @@ impl TextTokenizer {
             .map_err(|e| DataError::tokenizer(&self.source, e))
     }
 
+    /// Decodes ids to text without the special tokens, as a model's answer is read.
+    pub fn decode_text(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| DataError::tokenizer(&self.source, e))
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.tokenizer.token_to_id(token)
     }

@@ -42,7 +42,7 @@ pub(crate) struct Saved {
 
 /// How attention is masked in a pass.
 pub(crate) enum AttentionMask {
-    /// An additive mask `[1, 1, T, S]` (decoding with a cache; forward only).
+    /// An additive mask `[rows, 1, T, S]` (decoding with a cache; forward only).
     Dense(Tensor),
     /// Segment ids `[B, T]` (u32) and the sliding window (0: none), for the fused kernels.
     Segments { ids: Tensor, window: usize },

@@ -86,3 +86,37 @@ fn sampling_is_seeded_and_stops_at_a_stop_token() {
     assert_eq!(stopped, a[..stopped.len()].to_vec());
     assert_eq!(*stopped.last().unwrap(), a[3]);
 }
+
+#[test]
+fn a_batch_of_uneven_prompts_decodes_as_each_alone() {
+    // Mistral's window (6) is shorter than the longest row, so padding and window meet.
+    for name in ["llama", "mistral"] {
+        let m = model(name, false);
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![5, 17, 200, 3, 99, 42, 7, 7, 130],
+            vec![64, 2],
+            vec![250, 11, 12, 13],
+        ];
+        let alone: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| m.generate(p, 10, Sampling::Greedy, &[]).unwrap())
+            .collect();
+        // A stop token that ends the second row early makes it leave the batch.
+        let stop = [alone[1][2]];
+        let mut seen = vec![Vec::new(); prompts.len()];
+        let batch = m
+            .generate_batch(&prompts, 10, Sampling::Greedy, &stop, |i, t| {
+                seen[i].push(t)
+            })
+            .unwrap();
+        assert_eq!(batch, seen, "{name}: the callback saw every token");
+        for (row, want) in batch.iter().zip(&alone) {
+            let end = want
+                .iter()
+                .position(|t| *t == stop[0])
+                .map_or(want.len(), |i| i + 1);
+            assert_eq!(row, &want[..end].to_vec(), "{name}");
+        }
+        assert!(batch[1].len() < 10, "{name}: the stopped row left early");
+    }
+}

@@ -11,6 +11,8 @@ use pctrain_model::save::{write_atomic, write_safetensors};
 use pctrain_model::{Model, ModelError, TrainMode};
 use serde_json::{json, Value};
 
+use crate::generation::TrainedWith;
+
 /// transformers' default `max_shard_size` ("5GB"), in bytes.
 pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
@@ -44,6 +46,24 @@ pub struct ExportMeta {
     pub base: String,
     /// A line for the model card: how it was trained.
     pub summary: String,
+    /// The mix and pc template it trained with, written as `pctrain.json` (so that `generate`
+    /// strips the pseudo-code its answers start with).
+    pub trained_with: TrainedWith,
+}
+
+/// How a base or a data file is named where it would be published: a hub id as it is; a local
+/// file or folder by its own name, never its path on this machine.
+pub fn published_name(spec: &str) -> String {
+    let path = Path::new(spec);
+    if !path.exists() {
+        return spec.to_string();
+    }
+    path.canonicalize()
+        .ok()
+        .as_deref()
+        .unwrap_or(path)
+        .file_name()
+        .map_or_else(|| spec.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Writes the adapter of `model` (a LoRA run) as a PEFT adapter folder at `out`.
@@ -169,7 +189,8 @@ fn write_common(dir: &Path, meta: &ExportMeta, adapter: bool) -> Result<(), Expo
         write_atomic(&dir.join(name), bytes)?;
     }
     write_atomic(&dir.join("README.md"), model_card(meta, adapter).as_bytes())?;
-    Ok(())
+    let trained = serde_json::to_value(&meta.trained_with).expect("plain fields serialise");
+    write_json(&dir.join(TrainedWith::FILE), &trained)
 }
 
 /// A model card with the hub's metadata header.
@@ -193,11 +214,11 @@ fn model_card(meta: &ExportMeta, adapter: bool) -> String {
     }
     header += "---\n\n";
     let what = if adapter { "A LoRA adapter" } else { "A model" };
+    let base = published_name(&meta.base);
     format!(
-        "{header}# {}\n\n{what} fine-tuned from `{}` with pctrain on instructions re-expressed as \
-         pseudo-code.\n\n{}\n",
-        out_title(&meta.base),
-        meta.base,
+        "{header}# {}\n\n{what} fine-tuned from `{base}` with pctrain on instructions re-expressed \
+         as pseudo-code.\n\n{}\n",
+        out_title(&base),
         meta.summary
     )
 }

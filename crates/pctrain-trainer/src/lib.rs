@@ -5,6 +5,8 @@ pub mod base;
 pub mod checkpoint;
 pub mod eval;
 pub mod export;
+pub mod generation;
+pub mod ifeval;
 pub mod optim;
 pub mod preset;
 pub mod schedule;
@@ -17,6 +19,7 @@ pub use checkpoint::{
     checkpoints, load_checkpoint, remove_unfinished, save_checkpoint, CheckpointError,
 };
 pub use eval::{evaluate, EvalResult};
+pub use generation::{Answer, GenerateError, GenerateOptions, Generator, TrainedWith};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use preset::tiny_model;
 pub use schedule::{Decay, Schedule};

@@ -1,48 +1,71 @@
-//! `pctrain eval`: mean cross-entropy of a base model on the trained tokens of a data set.
+//! `pctrain eval`: the mean cross-entropy of a model on the trained tokens of a data set
+//! (`--task loss`), or its IFEval scores (`--task ifeval`), from a model or from given answers.
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
 use pctrain_data::TextTokenizer;
-use pctrain_model::LoraAdapter;
-use pctrain_trainer::DType;
-use pctrain_trainer::{evaluate, load_base};
+use pctrain_trainer::evaluate;
 
 use crate::data_cmd::DataArgs;
+use crate::generate_cmd::{write_jsonl, Answerer, DecodeArgs, ModelArgs};
+use crate::ifeval_cmd;
+
+/// What `eval` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalTask {
+    /// Mean cross-entropy on the trained tokens of --data.
+    Loss,
+    /// IFEval's instruction-following accuracies.
+    Ifeval,
+}
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A model folder (config.json, safetensors weights, tokenizer.json) or a hub id.
-    #[arg(long)]
-    base: String,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "loss")]
+    task: EvalTask,
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Where to run: cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// The base weights' type: f32, or bf16 on a GPU.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// A PEFT adapter folder to apply to the base.
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Rows scored (loss) or prompts decoded (ifeval) together; default 4 and 16.
     #[arg(long)]
-    adapter: Option<std::path::PathBuf>,
-    /// Packed rows scored together.
-    #[arg(long, default_value_t = 4)]
-    batch_size: usize,
+    batch_size: Option<usize>,
+    /// IFEval: score these answers (`{"prompt", "response"}` lines) instead of a model's.
+    #[arg(long, conflicts_with = "base")]
+    responses: Option<PathBuf>,
+    /// IFEval: the prompts (`key`, `prompt`, `instruction_id_list`, `kwargs` lines); default
+    /// google/IFEval from the hub.
+    #[arg(long)]
+    task_data: Option<PathBuf>,
+    /// IFEval: write each prompt's results here (`key`, `prompt`, `instruction_id_list`, `strict`,
+    /// `loose`); a model's answers go beside it, as `NAME.responses.jsonl`.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// IFEval with a model: answer only the first N prompts.
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let device = crate::setup::device(&args.device)?;
-    let dtype = crate::setup::parse_dtype(&args.dtype)?;
-    let mut base =
-        load_base(&args.base, dtype, &device).with_context(|| format!("loading {}", args.base))?;
-    if let Some(dir) = &args.adapter {
-        base.model.lora = Some(LoraAdapter::load(
-            dir,
-            &base.model.config,
-            DType::F32,
-            &device,
-        )?);
+    match args.task {
+        EvalTask::Loss => loss(args),
+        EvalTask::Ifeval => ifeval(args),
     }
+}
+
+fn loss(args: EvalArgs) -> Result<()> {
+    let answerer = Answerer::load(
+        &args.model,
+        &args.decode,
+        &args.data.template,
+        &args.data.pc_template,
+    )?;
+    let base = answerer.base;
     let tokenizer = match args.data.tokenizer.as_deref() {
         Some(spec) => TextTokenizer::load(spec)?,
         None => base.tokenizer,
@@ -60,8 +83,53 @@ pub fn run(args: EvalArgs) -> Result<()> {
         &samples,
         args.data.seq_len,
         pipeline.tokenizer.pad_id,
-        args.batch_size,
+        args.batch_size.unwrap_or(4),
     )?;
     println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+fn ifeval(args: EvalArgs) -> Result<()> {
+    let task = ifeval_cmd::load_task(args.task_data.as_deref())?;
+    let scored = match &args.responses {
+        Some(file) => ifeval_cmd::score_file(&task, file)?,
+        None => {
+            if args.model.base.is_none() {
+                bail!("--task ifeval needs --responses FILE (answers to score) or --base MODEL");
+            }
+            let opts = args
+                .decode
+                .options(args.batch_size.unwrap_or(16), args.data.seed)?;
+            let answerer = Answerer::load(
+                &args.model,
+                &args.decode,
+                &args.data.template,
+                &args.data.pc_template,
+            )?;
+            let started = std::time::Instant::now();
+            let pairs =
+                ifeval_cmd::answer_task(&answerer.generator(), &task, args.limit, &opts, true)?;
+            eprintln!(
+                "answered {} prompts in {:.1} s",
+                pairs.len(),
+                started.elapsed().as_secs_f64()
+            );
+            let report = args
+                .report
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("ifeval-report.jsonl"));
+            let responses = ifeval_cmd::responses_beside(&report);
+            let lines: Vec<serde_json::Value> = pairs
+                .iter()
+                .map(|(p, r)| serde_json::json!({"prompt": p, "response": r}))
+                .collect();
+            write_jsonl(&responses, &lines)?;
+            eprintln!("answers in {}", responses.display());
+            let scored = ifeval_cmd::score_pairs(&task, &pairs);
+            ifeval_cmd::report(&scored, Some(&report))?;
+            return Ok(());
+        }
+    };
+    ifeval_cmd::report(&scored, args.report.as_ref())?;
     Ok(())
 }

@@ -4,6 +4,8 @@ mod bench_cmd;
 mod data_cmd;
 mod eval_cmd;
 mod export_cmd;
+mod generate_cmd;
+mod ifeval_cmd;
 mod metrics;
 mod plot;
 mod presets;
@@ -12,6 +14,7 @@ mod settings;
 mod setup;
 mod train_args;
 mod train_cmd;
+mod train_eval;
 
 use std::process::ExitCode;
 
@@ -40,9 +43,13 @@ enum Command {
     /// (`data pseudo-code`).
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
-    /// Mean cross-entropy of a model on the trained tokens of a data set; the last line is JSON
-    /// {"loss", "tokens"}.
+    /// A model's mean cross-entropy on the trained tokens of a data set (last line JSON {"loss",
+    /// "tokens"}), or with --task ifeval its IFEval accuracies (last line JSON {"prompts",
+    /// "prompt_strict", "inst_strict", "prompt_loose", "inst_loose"}).
     Eval(eval_cmd::EvalArgs),
+    /// A model's answers: to --prompt, streamed to stdout, or to each record of --data, as JSON
+    /// lines in --output.
+    Generate(generate_cmd::GenerateArgs),
     /// Write a run's PEFT adapter, or with --merged the whole model, in the Hugging Face layout;
     /// optionally upload it to the hub.
     Export(export_cmd::ExportArgs),
@@ -69,6 +76,7 @@ fn main() -> ExitCode {
         Some(Command::Data(cmd)) => data_cmd::run(cmd),
         Some(Command::Eval(args)) => eval_cmd::run(args),
         Some(Command::Export(args)) => export_cmd::run(args),
+        Some(Command::Generate(args)) => generate_cmd::run(args),
         Some(Command::Bench(args)) => bench_cmd::run(args),
         Some(Command::Presets { name }) => presets::run(name.as_deref()),
         None => train_cmd::run(cli.train),

@@ -59,11 +59,12 @@ impl MetricsLog {
             .with_context(|| format!("writing {}", self.path.display()))
     }
 
-    /// Redraws `loss.svg` from the file: training loss and, where measured, eval loss by step.
+    /// Redraws `loss.svg` from the file: training loss and, where measured, eval loss and
+    /// IFEval's prompt-level strict accuracy (a fraction) by step.
     pub fn plot(&self) -> Result<()> {
         let text = std::fs::read_to_string(&self.path)
             .with_context(|| format!("reading {}", self.path.display()))?;
-        let (mut train, mut eval) = (Vec::new(), Vec::new());
+        let (mut train, mut eval, mut ifeval) = (Vec::new(), Vec::new(), Vec::new());
         for v in text
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -77,8 +78,15 @@ impl MetricsLog {
             if let Some(loss) = v["eval_loss"].as_f64() {
                 eval.push((step, loss));
             }
+            if let Some(acc) = v["ifeval_prompt_strict"].as_f64() {
+                ifeval.push((step, acc));
+            }
         }
-        let svg = plot::loss_svg(&[("train", &train), ("eval", &eval)]);
+        let svg = plot::loss_svg(&[
+            ("train", &train),
+            ("eval", &eval),
+            ("ifeval prompt strict", &ifeval),
+        ]);
         write_atomic(&self.svg, svg.as_bytes())?;
         Ok(())
     }

@@ -9,7 +9,7 @@ const LEFT: f64 = 56.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 28.0;
 const BOTTOM: f64 = 36.0;
-const COLORS: [&str; 2] = ["#1f77b4", "#d62728"];
+const COLORS: [&str; 3] = ["#1f77b4", "#d62728", "#2ca02c"];
 
 /// Draws `series` (name, points of (step, loss)); empty series are left out.
 pub fn loss_svg(series: &[(&str, &[(f64, f64)])]) -> String {

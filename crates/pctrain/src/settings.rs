@@ -27,6 +27,14 @@ pub struct Settings {
     pub eval_data: Vec<PathBuf>,
     /// Optimizer steps between evaluations; 0 evaluates only at the end.
     pub eval_every: u64,
+    /// A benchmark the model answers at each evaluation: `ifeval` (none: no benchmark).
+    pub eval_task: Option<EvalTaskName>,
+    /// The benchmark's prompts answered at each evaluation, from its first (0: all).
+    pub eval_limit: usize,
+    /// The benchmark's prompts from this file instead of the hub (IFEval's JSONL shape).
+    pub eval_task_data: Option<PathBuf>,
+    /// Most tokens of each benchmark answer.
+    pub eval_max_new_tokens: usize,
     pub mix: String,
     pub template: String,
     pub pc_template: String,
@@ -71,6 +79,13 @@ pub struct Settings {
 }
 
 /// What trains.
+/// A benchmark a run can answer while it trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalTaskName {
+    Ifeval,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
@@ -111,6 +126,10 @@ impl Default for Settings {
             data: vec![PathBuf::from("examples/tulu-pc.jsonl")],
             eval_data: Vec::new(),
             eval_every: 0,
+            eval_task: None,
+            eval_limit: 0,
+            eval_task_data: None,
+            eval_max_new_tokens: 256,
             mix: "nl-pc".into(),
             template: "auto".into(),
             pc_template: PcJoin::DEFAULT.into(),
@@ -314,6 +333,9 @@ impl Settings {
         }
         if self.save_every == 0 {
             bail!("save_every must be at least 1");
+        }
+        if self.eval_task.is_some() && self.eval_max_new_tokens == 0 {
+            bail!("eval_max_new_tokens must be at least 1");
         }
         if self.data.is_empty() {
             bail!("data: no training file given");

@@ -7,9 +7,9 @@ use anyhow::{bail, Context, Result};
 use pctrain_data::{Pipeline, TextTokenizer};
 use pctrain_model::lora::read_adapter_config;
 use pctrain_model::{LoraAdapter, LoraConfig, Model, TrainMode};
-use pctrain_trainer::export::ExportMeta;
+use pctrain_trainer::export::{published_name, ExportMeta};
 use pctrain_trainer::preset::TINY_CONFIG;
-use pctrain_trainer::{load_base, tiny_model, DType, Device};
+use pctrain_trainer::{load_base, tiny_model, DType, Device, TrainedWith};
 
 use crate::data_cmd::DataArgs;
 use crate::settings::{Method, Settings};
@@ -190,7 +190,7 @@ pub fn export_meta(settings: &Settings, setup: &Setup) -> Result<ExportMeta> {
         "Trained with `pctrain` ({}): mix `{}`, template `{}`, {} on {}.",
         env!("CARGO_PKG_VERSION"),
         settings.mix,
-        setup.pipeline.template.name(),
+        published_name(setup.pipeline.template.name()),
         match setup.mode {
             TrainMode::Lora => format!(
                 "LoRA r={} alpha={} on {}",
@@ -208,7 +208,7 @@ pub fn export_meta(settings: &Settings, setup: &Setup) -> Result<ExportMeta> {
         settings
             .data
             .iter()
-            .map(|p| p.display().to_string())
+            .map(|p| published_name(&p.to_string_lossy()))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -218,5 +218,9 @@ pub fn export_meta(settings: &Settings, setup: &Setup) -> Result<ExportMeta> {
         tokenizer_files,
         base: settings.base.clone(),
         summary,
+        trained_with: TrainedWith {
+            mix: settings.mix.clone(),
+            pc_template: settings.pc_template.clone(),
+        },
     })
 }

@@ -109,6 +109,18 @@ pub struct TrainArgs {
     /// Steps between evaluations (0: only at the end).
     #[arg(long)]
     eval_every: Option<u64>,
+    /// Answer a benchmark at each evaluation (ifeval), its scores into metrics.jsonl.
+    #[arg(long, value_enum)]
+    eval_task: Option<crate::settings::EvalTaskName>,
+    /// Prompts of --eval-task answered at each evaluation, from its first (0: all).
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// --eval-task's prompts from this file (IFEval's JSONL shape) instead of the hub.
+    #[arg(long)]
+    eval_task_data: Option<PathBuf>,
+    /// Most tokens of each --eval-task answer.
+    #[arg(long)]
+    eval_max_new_tokens: Option<usize>,
     /// Save a checkpoint every N optimizer steps (and at the end).
     #[arg(long)]
     save_every: Option<u64>,
@@ -158,6 +170,10 @@ impl TrainArgs {
         put(&mut t, "seed", &self.seed)?;
         put(&mut t, "eval_data", &self.eval_data)?;
         put(&mut t, "eval_every", &self.eval_every)?;
+        put(&mut t, "eval_task", &self.eval_task)?;
+        put(&mut t, "eval_limit", &self.eval_limit)?;
+        put(&mut t, "eval_task_data", &self.eval_task_data)?;
+        put(&mut t, "eval_max_new_tokens", &self.eval_max_new_tokens)?;
         put(&mut t, "save_every", &self.save_every)?;
         put(&mut t, "keep_last", &self.keep_last)?;
         put(&mut t, "output", &self.output)?;

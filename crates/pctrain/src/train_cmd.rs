@@ -9,20 +9,21 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use pctrain_data::loader::epoch_rows;
-use pctrain_data::LoaderConfig;
+use pctrain_data::{Encoded, LoaderConfig, Position};
 use pctrain_model::save::write_atomic;
-use pctrain_model::StepOptions;
+use pctrain_model::{Model, StepOptions};
 use pctrain_trainer::{
-    checkpoints, evaluate, load_checkpoint, remove_unfinished, save_checkpoint, train, AdamWConfig,
-    Schedule, TrainConfig,
+    checkpoints, load_checkpoint, remove_unfinished, save_checkpoint, train, AdamW, AdamWConfig,
+    Device, Schedule, TrainConfig,
 };
 use serde_json::json;
 
 use crate::export_cmd::export_model;
 use crate::metrics::{memory, MetricsLog};
 use crate::settings::Settings;
-use crate::setup;
+use crate::setup::{self, Setup};
 use crate::train_args::TrainArgs;
+use crate::train_eval::Evaluations;
 
 /// Ctrl-C stopped the run after this optimizer step (its checkpoint is saved).
 #[derive(Debug)]
@@ -36,43 +37,253 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// A training run, as the steps it goes through: set up, prepare the run folder, train
+/// (logging, evaluating and checkpointing as it goes), export.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let mut settings = Settings::resolve(args.config.as_deref(), args.overrides()?)?;
-    let output = settings.output();
-    let resume_from = match args.resume.as_deref() {
-        None => None,
-        Some("") => Some(
-            checkpoints(&output)?
-                .pop()
-                .with_context(|| format!("--resume: no checkpoint in {}", output.display()))?,
-        ),
-        Some(dir) => Some(PathBuf::from(dir)),
-    };
-    match &resume_from {
-        Some(dir) => adopt_checkpoint_settings(dir, &mut settings)?,
-        None => setup::adopt_init_adapter(&mut settings)?,
+    let mut recipe = Recipe::set_up(&args)?;
+    let resume = recipe.prepare_output(&args)?;
+    let evaluations = Evaluations::set_up(&recipe.settings, &recipe.run)?;
+    match recipe.train(resume, &evaluations)? {
+        Ended::Finished => recipe.export(),
+        Ended::Interrupted(step) => {
+            eprintln!(
+                "interrupted: the checkpoint of step {step} is saved in {}; continue with --resume",
+                recipe.output.display()
+            );
+            Ok(())
+        }
     }
-    let device = setup::device(&settings.device)?;
-    let dtype = setup::dtype(&settings.dtype, &device)?;
-    std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
-    remove_unfinished(&output)?;
+}
 
-    let mut run = setup::build(&settings, &device, dtype)?;
-    let (samples, stats) = run.pipeline.encode_all(&settings.data)?;
-    if samples.is_empty() {
-        anyhow::bail!("no sample with a trained token in the data: nothing to train on");
+/// How the training loop ended.
+enum Ended {
+    Finished,
+    Interrupted(u64),
+}
+
+/// Everything a run needs once it is set up.
+struct Recipe {
+    settings: Settings,
+    /// The settings with what was derived filled in, as `settings.json` holds them.
+    resolved: Settings,
+    output: PathBuf,
+    device: Device,
+    run: Setup,
+    samples: Vec<Encoded>,
+    trained_tokens: u64,
+    cfg: TrainConfig,
+    resume_from: Option<PathBuf>,
+}
+
+impl Recipe {
+    /// Resolves the settings (a resumed run adopts its checkpoint's), opens the device, builds
+    /// the model and the data pipeline, reads the data and plans the steps.
+    fn set_up(args: &TrainArgs) -> Result<Recipe> {
+        let mut settings = Settings::resolve(args.config.as_deref(), args.overrides()?)?;
+        let output = settings.output();
+        let resume_from = match args.resume.as_deref() {
+            None => None,
+            Some("") => Some(
+                checkpoints(&output)?
+                    .pop()
+                    .with_context(|| format!("--resume: no checkpoint in {}", output.display()))?,
+            ),
+            Some(dir) => Some(PathBuf::from(dir)),
+        };
+        match &resume_from {
+            Some(dir) => adopt_checkpoint_settings(dir, &mut settings)?,
+            None => setup::adopt_init_adapter(&mut settings)?,
+        }
+        let device = setup::device(&settings.device)?;
+        let dtype = setup::dtype(&settings.dtype, &device)?;
+        let run = setup::build(&settings, &device, dtype)?;
+        let (samples, stats) = run.pipeline.encode_all(&settings.data)?;
+        if samples.is_empty() {
+            anyhow::bail!("no sample with a trained token in the data: nothing to train on");
+        }
+        let cfg = plan(&settings, &samples, &run);
+        let mut resolved = settings.clone();
+        resolved.lr = Some(settings.lr());
+        resolved.method = Some(settings.method());
+        resolved.max_steps = Some(cfg.max_steps);
+        resolved.output = Some(output.clone());
+        Ok(Recipe {
+            settings,
+            resolved,
+            output,
+            device,
+            run,
+            samples,
+            trained_tokens: stats.trained_tokens,
+            cfg,
+            resume_from,
+        })
     }
-    let eval_samples = if settings.eval_data.is_empty() {
-        Vec::new()
-    } else {
-        let (s, _) = run
-            .pipeline
-            .encode_all(&settings.eval_data)
-            .context("reading the eval data")?;
-        s
-    };
-    // As in transformers, --max-steps overrides the epochs: the data repeats (each epoch
-    // shuffled anew) until the run has taken that many steps.
+
+    /// Makes the run folder ready: unfinished checkpoints removed, an earlier run's refused
+    /// (or removed with --overwrite), the checkpoint to resume loaded, `settings.json` written.
+    fn prepare_output(&mut self, args: &TrainArgs) -> Result<Option<(AdamW, Position)>> {
+        let output = &self.output;
+        std::fs::create_dir_all(output)
+            .with_context(|| format!("creating {}", output.display()))?;
+        remove_unfinished(output)?;
+        let earlier = checkpoints(output)?;
+        if args.resume.is_none() && !earlier.is_empty() {
+            if !args.overwrite {
+                anyhow::bail!(
+                    "{} has checkpoints of an earlier run: continue it with --resume, start afresh \
+                     with --overwrite (which removes them), or choose another --output",
+                    output.display()
+                );
+            }
+            for dir in &earlier {
+                std::fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+        let resume = match &self.resume_from {
+            None => None,
+            Some(dir) => {
+                let (optimizer, position) =
+                    load_checkpoint(dir, &mut self.run.model, self.run.mode)?;
+                eprintln!("resuming from {} (step {})", dir.display(), optimizer.step);
+                // Later checkpoints of this folder belong to the abandoned continuation.
+                for later in checkpoints(output)? {
+                    if later.file_name() > dir.file_name() && later.parent() == dir.parent() {
+                        std::fs::remove_dir_all(&later)
+                            .with_context(|| format!("removing {}", later.display()))?;
+                        eprintln!("removed {}, which came after it", later.display());
+                    }
+                }
+                Some((optimizer, position))
+            }
+        };
+        write_atomic(
+            &output.join("settings.json"),
+            self.settings_json()?.as_bytes(),
+        )?;
+        Ok(resume)
+    }
+
+    fn settings_json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(&self.resolved)? + "\n")
+    }
+
+    /// The training loop: after each optimizer step a metrics line, the evaluations when due,
+    /// and a checkpoint every `save_every` steps, at the last step, and on Ctrl-C.
+    fn train(
+        &mut self,
+        resume: Option<(AdamW, Position)>,
+        evaluations: &Evaluations,
+    ) -> Result<Ended> {
+        let (settings, output, max_steps) = (&self.settings, &self.output, self.cfg.max_steps);
+        let settings_json = self.settings_json()?;
+        let start_step = resume.as_ref().map_or(0, |(o, _)| o.step);
+        let mut metrics = MetricsLog::open(output, start_step)?;
+        eprintln!(
+            "training {} ({:?}) on {} samples ({} trained tokens), {max_steps} steps, into {}",
+            settings.base,
+            self.run.mode,
+            self.samples.len(),
+            self.trained_tokens,
+            output.display()
+        );
+        let bar = ProgressBar::new(max_steps).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]")
+                .expect("valid template"),
+        );
+        bar.set_position(start_step);
+        // Ctrl-C finishes the step in progress, saves a checkpoint and stops.
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+        let (mode, pipeline, device) = (self.run.mode, &self.run.pipeline, &self.device);
+        let checkpoint = |model: &Model, optimizer: &AdamW, position: Position| {
+            save_checkpoint(
+                output,
+                model,
+                mode,
+                optimizer,
+                position,
+                &settings_json,
+                settings.keep_last,
+            )
+        };
+        let mut last = std::time::Instant::now();
+        let mut saved_step = start_step;
+        let outcome = train::<anyhow::Error>(
+            &mut self.run.model,
+            &self.samples,
+            pipeline.tokenizer.pad_id,
+            &self.cfg,
+            resume,
+            |report, progress| {
+                let step = progress.optimizer.step;
+                let seconds = last.elapsed().as_secs_f64().max(1e-9);
+                let tokens_per_s = report.tokens as f64 / seconds;
+                let mut line = json!({"step": step, "loss": report.loss, "lr": report.lr,
+                    "grad_norm": report.grad_norm, "tokens": report.tokens,
+                    "tokens_per_s": tokens_per_s, "epoch": progress.position.epoch});
+                let last_step = step == max_steps;
+                if evaluations.due(step, last_step) {
+                    let said = evaluations.measure(progress.model, pipeline, &mut line)?;
+                    bar.println(format!("step {step}: {said}"));
+                }
+                line["memory"] = memory(device);
+                metrics.append(&line)?;
+                bar.set_position(step);
+                bar.set_message(format!(
+                    "loss {:.4} lr {:.2e} {tokens_per_s:.0} tok/s",
+                    report.loss, report.lr
+                ));
+                let stop = interrupted.load(Ordering::SeqCst);
+                if stop || step % settings.save_every == 0 || last_step {
+                    checkpoint(progress.model, progress.optimizer, progress.position)?;
+                    saved_step = step;
+                    metrics.plot()?;
+                }
+                if stop {
+                    return Err(Interrupted(step).into());
+                }
+                last = std::time::Instant::now();
+                Ok(())
+            },
+        );
+        bar.finish();
+        match outcome {
+            Ok(done) => {
+                // The data may run out before the last planned step: its checkpoint is saved
+                // too, so that the run can be exported, or continued with a larger --max-steps.
+                if saved_step < done.optimizer.step {
+                    checkpoint(&self.run.model, &done.optimizer, done.position)?;
+                    metrics.plot()?;
+                }
+                Ok(Ended::Finished)
+            }
+            Err(e) => match e.downcast::<Interrupted>() {
+                Ok(Interrupted(step)) => Ok(Ended::Interrupted(step)),
+                Err(e) => Err(e.context(format!(
+                    "training stopped; the last checkpoint (step {saved_step}) is in {}",
+                    output.display()
+                ))),
+            },
+        }
+    }
+
+    /// Writes the finished run's export into the run folder.
+    fn export(&self) -> Result<()> {
+        let exported = self.output.join(export_name(&self.resolved));
+        export_model(&self.resolved, &self.run, &exported, false, None)?;
+        eprintln!("exported {}", exported.display());
+        Ok(())
+    }
+}
+
+/// The optimisation plan: rows and steps (as in transformers, --max-steps overrides the epochs:
+/// the data repeats, each epoch shuffled anew, until the run has taken that many steps), the
+/// schedule over them, the optimizer and step options.
+fn plan(settings: &Settings, samples: &[Encoded], run: &Setup) -> TrainConfig {
     let loader = LoaderConfig {
         seq_len: settings.seq_len,
         packing: settings.packing,
@@ -86,11 +297,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ..LoaderConfig::default()
     };
     let rows_per_step = (settings.batch_size * settings.grad_accum) as u64;
-    let rows = epoch_rows(&samples, &loader, 0).len() as u64;
+    let rows = epoch_rows(samples, &loader, 0).len() as u64;
     let max_steps = settings
         .max_steps
         .unwrap_or_else(|| (rows * settings.epochs).div_ceil(rows_per_step));
-    let cfg = TrainConfig {
+    TrainConfig {
         loader,
         batch_size: settings.batch_size,
         grad_accum: settings.grad_accum,
@@ -112,156 +323,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             loss_chunk: 1024,
             dropout_seed: settings.seed,
         },
-    };
-    let mut resolved = settings.clone();
-    resolved.lr = Some(settings.lr());
-    resolved.method = Some(settings.method());
-    resolved.max_steps = Some(max_steps);
-    resolved.output = Some(output.clone());
-    let settings_json = serde_json::to_string_pretty(&resolved)? + "\n";
-
-    let earlier = checkpoints(&output)?;
-    if args.resume.is_none() && !earlier.is_empty() {
-        if !args.overwrite {
-            anyhow::bail!(
-                "{} has checkpoints of an earlier run: continue it with --resume, start afresh with \
-                 --overwrite (which removes them), or choose another --output",
-                output.display()
-            );
-        }
-        for dir in &earlier {
-            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
     }
-    let resume = match &resume_from {
-        None => None,
-        Some(dir) => {
-            let (optimizer, position) = load_checkpoint(dir, &mut run.model, run.mode)?;
-            eprintln!("resuming from {} (step {})", dir.display(), optimizer.step);
-            // Later checkpoints of this folder belong to the abandoned continuation.
-            for later in checkpoints(&output)? {
-                if later.file_name() > dir.file_name() && later.parent() == dir.parent() {
-                    std::fs::remove_dir_all(&later)
-                        .with_context(|| format!("removing {}", later.display()))?;
-                    eprintln!("removed {}, which came after it", later.display());
-                }
-            }
-            Some((optimizer, position))
-        }
-    };
-    write_atomic(&output.join("settings.json"), settings_json.as_bytes())?;
-    let start_step = resume.as_ref().map_or(0, |(o, _)| o.step);
-    let mut metrics = MetricsLog::open(&output, start_step)?;
-    eprintln!(
-        "training {} ({:?}) on {} samples ({} trained tokens), {max_steps} steps, into {}",
-        settings.base,
-        run.mode,
-        samples.len(),
-        stats.trained_tokens,
-        output.display()
-    );
-
-    let bar = ProgressBar::new(max_steps).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]")
-            .expect("valid template"),
-    );
-    bar.set_position(start_step);
-    let mut last = std::time::Instant::now();
-    let pad_id = run.pipeline.tokenizer.pad_id;
-    // Ctrl-C finishes the step in progress, saves a checkpoint and stops.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("installing the Ctrl-C handler")?;
-    let mut saved_step = start_step;
-    let outcome = train::<anyhow::Error>(
-        &mut run.model,
-        &samples,
-        pad_id,
-        &cfg,
-        resume,
-        |report, progress| {
-            let step = progress.optimizer.step;
-            let now = std::time::Instant::now();
-            let tokens_per_s =
-                report.tokens as f64 / now.duration_since(last).as_secs_f64().max(1e-9);
-            let mut line = json!({"step": step, "loss": report.loss, "lr": report.lr,
-                "grad_norm": report.grad_norm, "tokens": report.tokens, "tokens_per_s": tokens_per_s,
-                "epoch": progress.position.epoch});
-            let last_step = step == max_steps;
-            let eval_now = settings.eval_every > 0 && step % settings.eval_every == 0;
-            if !eval_samples.is_empty() && (eval_now || last_step) {
-                let e = evaluate(progress.model, &eval_samples, settings.seq_len, pad_id, 4)?;
-                line["eval_loss"] = e.loss.into();
-                line["eval_tokens"] = e.tokens.into();
-                bar.println(format!("step {step}: eval loss {:.4}", e.loss));
-            }
-            line["memory"] = memory(&device);
-            metrics.append(&line)?;
-            bar.set_position(step);
-            bar.set_message(format!(
-                "loss {:.4} lr {:.2e} {:.0} tok/s",
-                report.loss, report.lr, tokens_per_s
-            ));
-            let stop = interrupted.load(Ordering::SeqCst);
-            if stop || step % settings.save_every == 0 || last_step {
-                save_checkpoint(
-                    &output,
-                    progress.model,
-                    run.mode,
-                    progress.optimizer,
-                    progress.position,
-                    &settings_json,
-                    settings.keep_last,
-                )?;
-                saved_step = step;
-                metrics.plot()?;
-            }
-            if stop {
-                return Err(Interrupted(step).into());
-            }
-            last = std::time::Instant::now();
-            Ok(())
-        },
-    );
-    bar.finish();
-    match outcome {
-        Ok(done) => {
-            // The data may run out before the last planned step: its checkpoint is saved too, so
-            // that the run can be exported, or continued with a larger --max-steps.
-            if saved_step < done.optimizer.step {
-                save_checkpoint(
-                    &output,
-                    &run.model,
-                    run.mode,
-                    &done.optimizer,
-                    done.position,
-                    &settings_json,
-                    settings.keep_last,
-                )?;
-                metrics.plot()?;
-            }
-        }
-        Err(e) => {
-            return match e.downcast::<Interrupted>() {
-                Ok(Interrupted(step)) => {
-                    eprintln!(
-                        "interrupted: the checkpoint of step {step} is saved in {}; continue with --resume",
-                        output.display()
-                    );
-                    Ok(())
-                }
-                Err(e) => Err(e.context(format!(
-                    "training stopped; the last checkpoint (step {saved_step}) is in {}",
-                    output.display()
-                ))),
-            };
-        }
-    }
-    let exported = output.join(export_name(&resolved));
-    export_model(&resolved, &run, &exported, false, None)?;
-    eprintln!("exported {}", exported.display());
-    Ok(())
 }
 
 /// The export folder a finished run writes: `adapter` (LoRA) or `model` (full).

@@ -1,6 +1,7 @@
 //! A loopback stand-in for the Hugging Face hub, for tests. Downloads: `HEAD`/`GET
 //! /{owner}/{name}/resolve/main/{file}` as the hub answers them (ETag, X-Repo-Commit,
-//! Content-Length), 404 for missing files, 401 for gated repositories. Uploads, as hf-hub sends
+//! Content-Length), 404 for missing files, 401 for gated repositories; dataset repositories
+//! (keyed `datasets/{owner}/{name}`) with their revision and file tree as well. Uploads, as hf-hub sends
 //! them: repository creation, preupload (safetensors marked for LFS), the LFS batch (answered
 //! without xet, so files come inline) and the NDJSON commit, whose files are kept for the test to
 //! read. Every request is recorded. Point `HF_ENDPOINT` at [`LoopbackHub::endpoint`].
@@ -129,41 +130,96 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         return stream.write_all(response.as_bytes());
     }
     let (repos, gated) = (&shared.repos, &shared.gated);
-    // /{owner}/{name}/resolve/{revision}/{file}
-    let segments: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
-    let (repo, file) = match segments.as_slice() {
-        [owner, name, "resolve", _, file] => (format!("{owner}/{name}"), *file),
-        _ => (String::new(), ""),
+    let path = path.split('?').next().unwrap_or_default();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (repo, route) = match segments.as_slice() {
+        ["api", "datasets", owner, name, "revision", ..] => {
+            (format!("datasets/{owner}/{name}"), Route::Info)
+        }
+        ["api", "datasets", owner, name, "tree", ..] => {
+            (format!("datasets/{owner}/{name}"), Route::Tree)
+        }
+        ["datasets", owner, name, "resolve", _, file @ ..] => (
+            format!("datasets/{owner}/{name}"),
+            Route::File(file.join("/")),
+        ),
+        [owner, name, "resolve", _, file @ ..] => {
+            (format!("{owner}/{name}"), Route::File(file.join("/")))
+        }
+        _ => (String::new(), Route::File(String::new())),
     };
-    let mut response = if gated.contains(&repo) {
+    let files = repos.get(&repo);
+    let json = |status: &str, body: String| {
         format!(
-            "HTTP/1.1 401 Unauthorized\r\nX-Error-Code: GatedRepo\r\nX-Error-Message: Access to model {repo} is restricted.\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Repo-Commit: {COMMIT}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let response = if gated.contains(&repo) {
+        format!(
+            "HTTP/1.1 401 Unauthorized\r\nX-Error-Code: GatedRepo\r\nX-Error-Message: Access to {repo} is restricted.\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .into_bytes()
     } else {
-        match repos.get(&repo).and_then(|files| files.get(file)) {
-            Some(body) => {
-                let etag = format!("{:016x}", crate::hash::stable_hash(0, body));
-                format!(
-                    "HTTP/1.1 200 OK\r\nETag: \"{etag}\"\r\nX-Repo-Commit: {COMMIT}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                )
-                .into_bytes()
+        match (route, files) {
+            (Route::Info | Route::Tree, None) =>
+                "HTTP/1.1 404 Not Found\r\nX-Error-Code: RepoNotFound\r\nX-Error-Message: Repository not found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .as_bytes()
+                .to_vec(),
+            (Route::Info, Some(_)) => json(
+                "200 OK",
+                serde_json::json!({"id": repo.trim_start_matches("datasets/"), "sha": COMMIT})
+                    .to_string(),
+            ),
+            (Route::Tree, Some(files)) => {
+                let mut names: Vec<&String> = files.keys().collect();
+                names.sort();
+                let entries: Vec<serde_json::Value> = names
+                    .into_iter()
+                    .map(|n| {
+                        serde_json::json!({"type": "file", "oid": etag(&files[n]),
+                                           "size": files[n].len(), "path": n})
+                    })
+                    .collect();
+                json("200 OK", serde_json::Value::from(entries).to_string())
             }
-            None => format!(
-                "HTTP/1.1 404 Not Found\r\nX-Repo-Commit: {COMMIT}\r\nX-Error-Code: EntryNotFound\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            .into_bytes(),
+            (Route::File(file), files) => match files.and_then(|f| f.get(&file)) {
+                Some(body) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nETag: \"{}\"\r\nX-Repo-Commit: {COMMIT}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        etag(body),
+                        body.len()
+                    )
+                    .into_bytes();
+                    if method == "GET" {
+                        r.extend_from_slice(body);
+                    }
+                    r
+                }
+                None => format!(
+                    "HTTP/1.1 404 Not Found\r\nX-Repo-Commit: {COMMIT}\r\nX-Error-Code: EntryNotFound\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .into_bytes(),
+            },
         }
     };
-    if method == "GET" {
-        if let Some(body) = repos.get(&repo).and_then(|files| files.get(file)) {
-            if !gated.contains(&repo) {
-                response.extend_from_slice(body);
-            }
-        }
-    }
     stream.write_all(&response)
+}
+
+/// What a download request asks for.
+enum Route {
+    /// A dataset's revision (`/api/datasets/{id}/revision/{rev}`).
+    Info,
+    /// A dataset's file list (`/api/datasets/{id}/tree/{rev}`).
+    Tree,
+    /// A file's contents (`[datasets/]{id}/resolve/{rev}/{path}`).
+    File(String),
+}
+
+/// The ETag of a file's contents.
+fn etag(body: &[u8]) -> String {
+    format!("{:016x}", crate::hash::stable_hash(0, body))
 }
 
 /// Answers the upload endpoints: status line and JSON body.

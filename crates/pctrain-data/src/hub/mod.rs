@@ -83,6 +83,128 @@ pub fn fetch(repo: &HubRepo, filename: &str, required: bool) -> Result<Option<Pa
     }
 }
 
+/// A dataset repository of the hub and the files wanted from it:
+/// `owner/name[@revision][:path-or-glob]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubDataset {
+    pub repo: HubRepo,
+    /// A file's path in the repository or a glob (`data/*.parquet`); `None`: every JSONL and
+    /// Parquet file.
+    pub files: Option<String>,
+}
+
+impl HubDataset {
+    /// Parses `owner/name[@revision][:path-or-glob]`; `None` for anything else.
+    pub fn parse(spec: &str) -> Option<HubDataset> {
+        let (repo, files) = match spec.split_once(':') {
+            Some((repo, files)) if !files.is_empty() => (repo, Some(files.to_string())),
+            Some(_) => return None,
+            None => (spec, None),
+        };
+        Some(HubDataset {
+            repo: HubRepo::parse(repo)?,
+            files,
+        })
+    }
+
+    /// The globs its files match.
+    fn patterns(&self) -> Vec<String> {
+        match &self.files {
+            Some(f) => vec![f.clone()],
+            None => ["*.jsonl", "*.parquet", "**/*.jsonl", "**/*.parquet"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl std::fmt::Display for HubDataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.files {
+            Some(files) => write!(f, "{}:{files}", self.repo),
+            None => write!(f, "{}", self.repo),
+        }
+    }
+}
+
+/// The data files of `dataset` (JSONL or Parquet, sorted by path), downloaded into the cache
+/// (or, offline, found there as `huggingface-cli download --repo-type dataset` leaves them).
+pub fn dataset_files(dataset: &HubDataset) -> Result<Vec<PathBuf>> {
+    let repo = &dataset.repo;
+    let client = HFClientSync::new().map_err(|e| hub_error(repo, e))?;
+    let (owner, name) = repo.id.split_once('/').expect("a parsed id has an owner");
+    let patterns = dataset.patterns();
+    let snapshot = client
+        .dataset(owner, name)
+        .snapshot_download()
+        .maybe_revision(repo.revision.clone())
+        .allow_patterns(patterns.clone())
+        .local_files_only(offline())
+        .progress(DownloadBar::new(&repo.id))
+        .send()
+        .map_err(|e| hub_error(repo, e))?;
+    let matchers: Vec<globset::GlobMatcher> = patterns
+        .iter()
+        .map(|p| globset::Glob::new(p).map(|g| g.compile_matcher()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| DataError::Hub {
+            repo: dataset.to_string(),
+            message: format!("not a valid glob: {e}"),
+        })?;
+    let mut files = Vec::new();
+    let mut dirs = vec![snapshot.clone()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| DataError::io(&dir, e))?.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(&snapshot).unwrap_or(&path);
+            let rel = rel.to_string_lossy().replace('\\', "/");
+            let data = [".jsonl", ".json", ".parquet"]
+                .iter()
+                .any(|e| rel.ends_with(e));
+            if data && matchers.iter().any(|m| m.is_match(&rel)) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(DataError::Hub {
+            repo: dataset.to_string(),
+            message: "the dataset has no JSONL or Parquet file matching this (give the files \
+                      after a colon: owner/name:data/*.parquet)"
+                .into(),
+        });
+    }
+    Ok(files)
+}
+
+/// The files data arguments name: a file as it is; a hub dataset
+/// (`owner/name[@revision][:path-or-glob]`) as its downloaded files.
+pub fn data_files(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for spec in specs {
+        if spec.exists() {
+            files.push(spec.clone());
+            continue;
+        }
+        let text = spec.to_string_lossy();
+        match HubDataset::parse(&text) {
+            Some(dataset) => files.extend(dataset_files(&dataset)?),
+            None => {
+                return Err(DataError::Config(format!(
+                    "{text}: no such file, and not a hub dataset (owner/name[@revision][:files])"
+                )))
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// A download's progress bar on stderr (drawn only on a terminal).
 struct DownloadBar(ProgressBar);
 
@@ -173,6 +295,9 @@ fn hub_error(repo: &HubRepo, e: HFError) -> DataError {
         HFError::LocalEntryNotFound { .. } => {
             format!("{e}. HF_HUB_OFFLINE is set and the file is not in the local cache")
         }
+        HFError::RepoNotFound { .. } | HFError::RevisionNotFound { .. } => format!(
+            "{e}. No such repository or revision on the hub (or it is private: log in to see it)"
+        ),
         _ => e.to_string(),
     };
     DataError::Hub {

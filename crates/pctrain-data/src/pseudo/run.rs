@@ -151,6 +151,7 @@ pub fn run(
     cfg: &RunConfig,
     mut progress: impl FnMut(&Summary),
 ) -> Result<Summary> {
+    let inputs = crate::hub::data_files(inputs)?;
     let rejects = rejects_path(output);
     let mut done = HashSet::new();
     done_ids(output, &mut done)?;

@@ -227,6 +227,22 @@ impl ChatTemplate {
         spans::render_with_spans(self, id, messages, special)
     }
 
+    /// The token that closes an assistant turn in this template, found by rendering one: the
+    /// longest of EOS, the template's markers and the special tokens that the text after the
+    /// answer starts with (white space skipped). `None` when the turn ends in plain text.
+    pub fn turn_end(&self, special: &SpecialTokens) -> Option<String> {
+        const ANSWER: &str = "\u{1}pctrain-answer\u{1}";
+        let messages = [
+            Message::new(crate::Role::User, "Hi"),
+            Message::new(crate::Role::Assistant, ANSWER),
+        ];
+        let text = self.render(&messages, false, special).ok()?;
+        let after = text[text.find(ANSWER)? + ANSWER.len()..].trim_start();
+        self.closing_tokens(special)
+            .into_iter()
+            .find(|t| after.starts_with(t.as_str()))
+    }
+
     /// The strings that may close an assistant turn: EOS, this template's markers, and every special
     /// token of the tokenizer; longest first.
     fn closing_tokens(&self, special: &SpecialTokens) -> Vec<String> {

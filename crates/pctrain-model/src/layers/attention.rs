@@ -65,27 +65,6 @@ pub fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Res
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-/// Additive mask `[1, 1, n, start + n]` for `n` new tokens at positions `start..start + n`
-/// attending to every cached position and to each other, causally, within the window.
-pub fn decode_mask(
-    start: usize,
-    n: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> Result<Tensor> {
-    let total = start + n;
-    let mut mask = vec![f32::NEG_INFINITY; n * total];
-    for i in 0..n {
-        let q = start + i;
-        for k in 0..=q {
-            if window.is_none_or(|w| q - k < w) {
-                mask[i * total + k] = 0.0;
-            }
-        }
-    }
-    Tensor::from_vec(mask, (1, 1, n, total), device)
-}
-
 /// `[B, heads, T, X]` -> `[B, kv_heads, group*T, X]`: each group of query heads shares one
 /// key/value head (head `h` uses key/value head `h / group`, as transformers' `repeat_kv`).
 fn grouped(x: &Tensor, kv_heads: usize) -> Result<Tensor> {

@@ -1,0 +1,335 @@
+//! A model's answers to conversations: each prompt rendered by the chat template with its
+//! generation prompt, decoded in batches of similar lengths, cut at the model's end tokens, and
+//! with the pseudo-code part stripped for models trained to answer with it first.
+
+use std::path::{Path, PathBuf};
+
+use pctrain_data::{ChatTemplate, Message, PcJoin, Record, Role, TextTokenizer};
+use pctrain_model::{Model, Sampling};
+use serde::{Deserialize, Serialize};
+
+/// Errors while generating.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Data(#[from] pctrain_data::DataError),
+    #[error(transparent)]
+    Model(#[from] pctrain_model::ModelError),
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("record {id}: {message}")]
+    Record { id: String, message: String },
+}
+
+/// How answers are decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateOptions {
+    /// Most tokens an answer may have.
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Prompts decoded together.
+    pub batch_size: usize,
+}
+
+/// One answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// The answer, its pseudo-code stripped when the model answers with it.
+    pub response: String,
+    /// The answer as decoded.
+    pub response_raw: String,
+    /// Tokens generated, the end token included.
+    pub new_tokens: usize,
+}
+
+/// What a model folder or adapter trained by pctrain says of its training (`pctrain.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainedWith {
+    /// The mix (`nl-pc`, `nl:0.5,nl-pc:0.5`, ...).
+    pub mix: String,
+    /// The template joining pseudo-code and response.
+    pub pc_template: String,
+}
+
+impl TrainedWith {
+    pub const FILE: &'static str = "pctrain.json";
+
+    /// `pctrain.json` of `dir`, if it has one.
+    pub fn read(dir: &Path) -> Result<Option<TrainedWith>, GenerateError> {
+        let path = dir.join(Self::FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let err = |message: String| GenerateError::File {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| err(format!("malformed: {e}")))
+    }
+
+    /// The join to strip from answers: the pc template when the mix trains answers that start
+    /// with pseudo-code.
+    pub fn strip(&self) -> Result<Option<PcJoin>, GenerateError> {
+        let mix: pctrain_data::Mix = self.mix.parse()?;
+        Ok(if mix.answers_with_pseudo_code() {
+            Some(PcJoin::parse(&self.pc_template)?)
+        } else {
+            None
+        })
+    }
+}
+
+/// A model with what turns its tokens into answers.
+pub struct Generator<'a> {
+    pub model: &'a Model,
+    pub tokenizer: &'a TextTokenizer,
+    pub template: &'a ChatTemplate,
+    /// Token ids that end an answer.
+    pub stop: Vec<u32>,
+    /// Stripped from the start of answers.
+    pub strip: Option<PcJoin>,
+}
+
+/// The ids that end an answer: every `eos_token_id` of `generation_config.json` in `model_dir`,
+/// the tokenizer's EOS, and the token that closes the template's assistant turn.
+pub fn stop_tokens(
+    model_dir: Option<&Path>,
+    tokenizer: &TextTokenizer,
+    template: &ChatTemplate,
+) -> Result<Vec<u32>, GenerateError> {
+    let mut stop = Vec::new();
+    if let Some(path) = model_dir
+        .map(|d| d.join("generation_config.json"))
+        .filter(|p| p.is_file())
+    {
+        let err = |message: String| GenerateError::File {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(format!("malformed JSON: {e}")))?;
+        let ids = match &v["eos_token_id"] {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::Array(a) => a.clone(),
+            one => vec![one.clone()],
+        };
+        for id in ids {
+            let id = id
+                .as_u64()
+                .ok_or_else(|| err(format!("`eos_token_id`: {id} is not a token id")))?;
+            stop.push(id as u32);
+        }
+    }
+    let named = [
+        tokenizer.special.eos.clone(),
+        template.turn_end(&tokenizer.special),
+    ];
+    stop.extend(
+        named
+            .iter()
+            .flatten()
+            .filter_map(|t| tokenizer.token_to_id(t)),
+    );
+    stop.sort_unstable();
+    stop.dedup();
+    Ok(stop)
+}
+
+/// The prompt of a record: its conversation up to the last user turn (a final answer dropped),
+/// after `system` when it has no system message of its own.
+pub fn prompt_of(record: &Record, system: Option<&str>) -> Result<Vec<Message>, GenerateError> {
+    let last_user = record
+        .messages
+        .iter()
+        .rposition(|m| m.role == Role::User)
+        .ok_or_else(|| GenerateError::Record {
+            id: record.id.clone(),
+            message: "has no user turn to answer".into(),
+        })?;
+    let mut messages = Vec::with_capacity(last_user + 2);
+    if let Some(s) = system.filter(|_| record.messages[0].role != Role::System) {
+        messages.push(Message::new(Role::System, s));
+    }
+    messages.extend_from_slice(&record.messages[..=last_user]);
+    Ok(messages)
+}
+
+impl Generator<'_> {
+    /// The prompt's tokens, as `apply_chat_template(add_generation_prompt=True)` gives them.
+    pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>, GenerateError> {
+        let text = self
+            .template
+            .render(messages, true, &self.tokenizer.special)?;
+        Ok(self.tokenizer.encode(&text)?.ids)
+    }
+
+    /// The answer of generated `tokens`.
+    fn answer(&self, tokens: &[u32]) -> Result<Answer, GenerateError> {
+        let body = match tokens.last() {
+            Some(t) if self.stop.contains(t) => &tokens[..tokens.len() - 1],
+            _ => tokens,
+        };
+        let raw = self.tokenizer.decode_text(body)?;
+        let response = match &self.strip {
+            Some(join) => join.strip(&raw).to_string(),
+            None => raw.clone(),
+        };
+        Ok(Answer {
+            response,
+            response_raw: raw,
+            new_tokens: tokens.len(),
+        })
+    }
+
+    /// Answers every prompt, in their order; longest prompts are decoded first, in batches of
+    /// `opts.batch_size`. `done(n)` is told after each batch how many answers are finished.
+    pub fn answer_all(
+        &self,
+        prompts: &[Vec<Message>],
+        opts: &GenerateOptions,
+        mut done: impl FnMut(usize),
+    ) -> Result<Vec<Answer>, GenerateError> {
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.prompt_ids(p))
+            .collect::<Result<_, _>>()?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let mut answers: Vec<Option<Answer>> = vec![None; ids.len()];
+        let mut finished = 0;
+        for (b, chunk) in order.chunks(opts.batch_size.max(1)).enumerate() {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            let sampling = match opts.sampling {
+                Sampling::Sample {
+                    temperature,
+                    top_p,
+                    seed,
+                } => Sampling::Sample {
+                    temperature,
+                    top_p,
+                    seed: seed.wrapping_add((b * opts.batch_size) as u64),
+                },
+                greedy => greedy,
+            };
+            let tokens = self.model.generate_batch(
+                &batch,
+                opts.max_new_tokens,
+                sampling,
+                &self.stop,
+                |_, _| {},
+            )?;
+            for (&i, t) in chunk.iter().zip(&tokens) {
+                answers[i] = Some(self.answer(t)?);
+            }
+            finished += chunk.len();
+            done(finished);
+        }
+        Ok(answers.into_iter().flatten().collect())
+    }
+
+    /// Answers one prompt, handing `text` each piece of the raw answer as it is decoded.
+    pub fn stream(
+        &self,
+        messages: &[Message],
+        opts: &GenerateOptions,
+        mut text: impl FnMut(&str),
+    ) -> Result<Answer, GenerateError> {
+        let ids = self.prompt_ids(messages)?;
+        let mut tokens = Vec::new();
+        let mut shown = 0;
+        let mut failed = None;
+        let all = self.model.generate_batch(
+            &[ids],
+            opts.max_new_tokens,
+            opts.sampling,
+            &self.stop,
+            |_, t| {
+                if failed.is_some() || self.stop.contains(&t) {
+                    return;
+                }
+                tokens.push(t);
+                match self.tokenizer.decode_text(&tokens) {
+                    // A character split across tokens waits for its last byte.
+                    Ok(s) if !s.ends_with('\u{fffd}') && s.len() > shown => {
+                        if s.is_char_boundary(shown) {
+                            text(&s[shown..]);
+                        }
+                        shown = s.len();
+                    }
+                    Ok(_) => {}
+                    Err(e) => failed = Some(e),
+                }
+            },
+        )?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        self.answer(&all[0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_lose_their_end_token_and_their_pseudo_code() {
+        let tokenizer = TextTokenizer::tiny().unwrap();
+        let template =
+            ChatTemplate::from_builtin(pctrain_data::template::builtin("tulu").unwrap()).unwrap();
+        let model = crate::tiny_model(0, &candle_core::Device::Cpu).unwrap();
+        let stop = stop_tokens(None, &tokenizer, &template).unwrap();
+        let eos = tokenizer.token_to_id("<|end_of_text|>").unwrap();
+        assert_eq!(stop, [eos]);
+        let join = PcJoin::default();
+        let text = join.join("def answer():\n    return greeting()", "Hello there.");
+        let mut tokens = tokenizer.encode(&text).unwrap().ids;
+        tokens.push(eos);
+        let g = Generator {
+            model: &model,
+            tokenizer: &tokenizer,
+            template: &template,
+            stop,
+            strip: Some(join),
+        };
+        let a = g.answer(&tokens).unwrap();
+        assert_eq!(a.response, "Hello there.");
+        assert_eq!(a.response_raw, text);
+        assert_eq!(a.new_tokens, tokens.len());
+    }
+
+    #[test]
+    fn only_mixes_with_nl_pc_answers_strip() {
+        let with = |mix: &str| TrainedWith {
+            mix: mix.into(),
+            pc_template: PcJoin::DEFAULT.into(),
+        };
+        assert!(with("nl").strip().unwrap().is_none());
+        assert!(with("pc").strip().unwrap().is_none());
+        assert!(with("nl:0.7,nl-pc:0.3").strip().unwrap().is_some());
+        assert!(with("nl+nl-pc").strip().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_prompt_is_the_conversation_up_to_its_last_user_turn() {
+        let record = Record {
+            id: "r".into(),
+            dataset: None,
+            messages: vec![
+                Message::new(Role::User, "first"),
+                Message::new(Role::Assistant, "reply"),
+                Message::new(Role::User, "second"),
+                Message::new(Role::Assistant, "the answer to drop"),
+            ],
+            pseudo_code: vec![None, None],
+        };
+        let p = prompt_of(&record, Some("Be brief.")).unwrap();
+        assert_eq!(p.len(), 4);
+        assert_eq!(p[0], Message::new(Role::System, "Be brief."));
+        assert_eq!(p[3], Message::new(Role::User, "second"));
+    }
+}

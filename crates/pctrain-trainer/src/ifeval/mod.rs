@@ -1,0 +1,284 @@
+//! IFEval (Zhou et al., 2023): prompts with verifiable instructions, and the score of responses
+//! to them, written here after the reference evaluation's behaviour. A response is checked
+//! strictly (as it is) and loosely (it passes if any of eight variants does: as it is, without
+//! `*`, without its first and/or last line); accuracy is the share of prompts whose every
+//! instruction passes, and the share of instructions that pass.
+
+mod instructions;
+mod text;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use instructions::{Instruction, IDS};
+pub use text::{count_sentences, detect_language};
+
+/// Bad task data or responses, by file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum IfEvalError {
+    #[error("{}:{line}: {message}", path.display())]
+    Input {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One IFEval prompt and its instructions.
+#[derive(Debug, Clone)]
+pub struct TaskPrompt {
+    pub key: Value,
+    pub prompt: String,
+    pub instruction_ids: Vec<String>,
+    pub instructions: Vec<Instruction>,
+}
+
+/// The prompts of the task, in the order of their file.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub prompts: Vec<TaskPrompt>,
+}
+
+/// Each JSON object of a JSONL file, with its line number; blank lines skipped.
+fn json_lines(path: &Path) -> Result<Vec<(usize, Value)>, IfEvalError> {
+    let io = |source| IfEvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line).map_err(|e| IfEvalError::Input {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: format!("not JSON: {e}"),
+        })?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}
+
+impl Task {
+    /// Reads task data in IFEval's shape: one `{"key", "prompt", "instruction_id_list",
+    /// "kwargs"}` a line.
+    pub fn read(path: &Path) -> Result<Task, IfEvalError> {
+        let mut prompts = Vec::new();
+        for (line, v) in json_lines(path)? {
+            let err = |message: String| IfEvalError::Input {
+                path: path.to_path_buf(),
+                line,
+                message,
+            };
+            let prompt = match v.get("prompt") {
+                Some(Value::String(p)) if !p.trim().is_empty() => p.clone(),
+                Some(Value::String(_)) => return Err(err("field `prompt` is empty".into())),
+                _ => return Err(err("field `prompt`: expected a string".into())),
+            };
+            let ids: Vec<String> = match v.get("instruction_id_list") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_string))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| err("field `instruction_id_list`: expected strings".into()))?,
+                _ => return Err(err("field `instruction_id_list`: expected a list".into())),
+            };
+            let kwargs = match v.get("kwargs") {
+                Some(Value::Array(k)) if k.len() == ids.len() => k.clone(),
+                Some(Value::Array(k)) => {
+                    return Err(err(format!(
+                        "field `kwargs` has {} entries for {} instructions",
+                        k.len(),
+                        ids.len()
+                    )))
+                }
+                None if ids.is_empty() => Vec::new(),
+                _ => return Err(err("field `kwargs`: expected a list".into())),
+            };
+            let instructions = ids
+                .iter()
+                .zip(&kwargs)
+                .map(|(id, kw)| Instruction::parse(id, kw))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            prompts.push(TaskPrompt {
+                key: v.get("key").cloned().unwrap_or(Value::Null),
+                prompt,
+                instruction_ids: ids,
+                instructions,
+            });
+        }
+        Ok(Task { prompts })
+    }
+}
+
+/// Reads `{"prompt", "response"}` lines and pairs each with its task prompt: the prompts in
+/// task order (each scored once; a later response to the same prompt wins, as in the
+/// reference), with their responses.
+pub fn read_responses<'t>(
+    path: &Path,
+    task: &'t Task,
+) -> Result<Vec<(&'t TaskPrompt, String)>, IfEvalError> {
+    let by_prompt: HashMap<&str, usize> = task
+        .prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.prompt.as_str(), i))
+        .collect();
+    let mut responses: BTreeMap<usize, String> = BTreeMap::new();
+    for (line, v) in json_lines(path)? {
+        let err = |message: String| IfEvalError::Input {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let Some(prompt) = v.get("prompt").and_then(Value::as_str) else {
+            return Err(err("field `prompt`: expected a string".into()));
+        };
+        if prompt.trim().is_empty() {
+            return Err(err("field `prompt` is empty".into()));
+        }
+        let Some(response) = v.get("response").and_then(Value::as_str) else {
+            return Err(err("field `response`: expected a string".into()));
+        };
+        let Some(&i) = by_prompt.get(prompt) else {
+            let start: String = prompt.chars().take(60).collect();
+            return Err(err(format!(
+                "the prompt {start:?}... is not one of the task's prompts"
+            )));
+        };
+        responses.insert(i, response.to_string());
+    }
+    Ok(responses
+        .into_iter()
+        .map(|(i, r)| (&task.prompts[i], r))
+        .collect())
+}
+
+/// The checks of one response: an entry per instruction, strict and loose.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scored {
+    pub key: Value,
+    pub prompt: String,
+    pub instruction_id_list: Vec<String>,
+    pub strict: Vec<bool>,
+    pub loose: Vec<bool>,
+}
+
+/// The eight variants of a response the loose score tries.
+fn loose_variants(response: &str) -> [String; 8] {
+    let lines: Vec<&str> = response.split('\n').collect();
+    let join = |l: &[&str]| l.join("\n").trim().to_string();
+    let n = lines.len();
+    let first = join(&lines[1.min(n)..]);
+    let last = join(&lines[..n.saturating_sub(1)]);
+    let both = if n >= 2 {
+        join(&lines[1..n - 1])
+    } else {
+        String::new()
+    };
+    let unstar = |s: &str| s.replace('*', "");
+    [
+        response.to_string(),
+        unstar(response),
+        first.clone(),
+        last.clone(),
+        both.clone(),
+        unstar(&first),
+        unstar(&last),
+        unstar(&both),
+    ]
+}
+
+/// Checks `response` against every instruction of `p`.
+pub fn score(p: &TaskPrompt, response: &str) -> Scored {
+    let passes = |r: &str, i: &Instruction| !r.trim().is_empty() && i.check(r);
+    let variants = loose_variants(response);
+    Scored {
+        key: p.key.clone(),
+        prompt: p.prompt.clone(),
+        instruction_id_list: p.instruction_ids.clone(),
+        strict: p.instructions.iter().map(|i| passes(response, i)).collect(),
+        loose: p
+            .instructions
+            .iter()
+            .map(|i| variants.iter().any(|r| passes(r, i)))
+            .collect(),
+    }
+}
+
+/// The four accuracies (fractions) and the count of prompts scored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Summary {
+    pub prompts: usize,
+    pub prompt_strict: f64,
+    pub inst_strict: f64,
+    pub prompt_loose: f64,
+    pub inst_loose: f64,
+}
+
+/// Strict and loose accuracy of one instruction type: `(passed strictly, passed loosely, of)`.
+pub type TypeScore = (usize, usize, usize);
+
+/// The accuracies of `scored`, and per instruction id the counts behind them.
+pub fn summarize(scored: &[Scored]) -> (Summary, BTreeMap<String, TypeScore>) {
+    let mut by_type: BTreeMap<String, TypeScore> = BTreeMap::new();
+    let (mut ps, mut pl, mut is, mut il, mut total) = (0, 0, 0, 0, 0);
+    for s in scored {
+        ps += usize::from(s.strict.iter().all(|&b| b));
+        pl += usize::from(s.loose.iter().all(|&b| b));
+        for ((id, &st), &lo) in s.instruction_id_list.iter().zip(&s.strict).zip(&s.loose) {
+            let e = by_type.entry(id.clone()).or_default();
+            e.0 += usize::from(st);
+            e.1 += usize::from(lo);
+            e.2 += 1;
+            is += usize::from(st);
+            il += usize::from(lo);
+            total += 1;
+        }
+    }
+    let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let n = scored.len();
+    (
+        Summary {
+            prompts: n,
+            prompt_strict: frac(ps, n),
+            inst_strict: frac(is, total),
+            prompt_loose: frac(pl, n),
+            inst_loose: frac(il, total),
+        },
+        by_type,
+    )
+}
+
+/// The table of [`summarize`]'s counts: an instruction type a line, strict and loose accuracy.
+pub fn table(by_type: &BTreeMap<String, TypeScore>) -> String {
+    let mut out = format!(
+        "{:46} {:>6} {:>7} {:>7}\n",
+        "instruction", "count", "strict", "loose"
+    );
+    for (id, (s, l, n)) in by_type {
+        let pct = |x: usize| 100.0 * x as f64 / *n as f64;
+        out.push_str(&format!(
+            "{id:46} {n:>6} {:>6.1}% {:>6.1}%\n",
+            pct(*s),
+            pct(*l)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,280 @@
+//! `pctrain generate`: a model's answers to a prompt (streamed to stdout) or to every record of
+//! data files (one JSON line each, in input order).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use pctrain_data::{ChatTemplate, Message, PcJoin, RecordReader, Role, TemplateChoice};
+use pctrain_model::{LoraAdapter, Sampling};
+use pctrain_trainer::generation::{prompt_of, stop_tokens};
+use pctrain_trainer::{load_base, BaseModel, DType, GenerateOptions, Generator, TrainedWith};
+
+/// The model to answer with.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A model folder (config.json, safetensors weights, tokenizer.json) or a hub id.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// A PEFT adapter folder to apply to the base.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Where to run: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// The base weights' type: f32, or bf16 on a GPU.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+/// How answers are decoded and read.
+#[derive(Args, Debug, Clone)]
+pub struct DecodeArgs {
+    /// A system message put before prompts that have none.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most tokens an answer may have.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Sample at this temperature (default: greedy, the most likely token).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// With --temperature: sample from the smallest set of tokens whose probability reaches this.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Strip the pseudo-code part of answers (default: when the model's pctrain.json says it
+    /// was trained to answer with pseudo-code first).
+    #[arg(long, conflicts_with = "no_strip_pc")]
+    pub strip_pc: bool,
+    /// Keep answers whole.
+    #[arg(long)]
+    pub no_strip_pc: bool,
+}
+
+impl DecodeArgs {
+    pub fn options(&self, batch_size: usize, seed: u64) -> Result<GenerateOptions> {
+        let sampling = match self.temperature {
+            None => Sampling::Greedy,
+            Some(t) if t > 0.0 && self.top_p > 0.0 && self.top_p <= 1.0 => Sampling::Sample {
+                temperature: t,
+                top_p: self.top_p,
+                seed,
+            },
+            Some(t) => bail!(
+                "--temperature {t} --top-p {}: the temperature must be above 0 and top-p in (0, 1]",
+                self.top_p
+            ),
+        };
+        if batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        Ok(GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampling,
+            batch_size,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// One prompt: its answer is printed to stdout as it is decoded.
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    prompt: Option<String>,
+    /// Data files (JSONL or Parquet, Tulu or Alpaca shape, or a hub dataset owner/name): the
+    /// conversation up to each record's last user turn is its prompt.
+    #[arg(long, num_args = 1.., requires = "output")]
+    data: Vec<PathBuf>,
+    /// Where --data's answers go: one JSON line per record, {"id", "prompt", "response",
+    /// "response_raw", "new_tokens"}.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// auto (the model's chat template, else tulu), hf, tulu, llama3, mistral, granite, chatml, or
+    /// a .jinja file.
+    #[arg(long, default_value = "auto")]
+    template: String,
+    /// With --strip-pc on a model without pctrain.json: the join template to strip.
+    #[arg(long, default_value = PcJoin::DEFAULT)]
+    pc_template: String,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Seed of sampling.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// A loaded model with its template, end tokens and pseudo-code stripping.
+pub struct Answerer {
+    pub base: BaseModel,
+    pub template: ChatTemplate,
+    pub stop: Vec<u32>,
+    pub strip: Option<PcJoin>,
+}
+
+impl Answerer {
+    /// Loads `model`'s base and adapter, with the chat template `template` names; `pc_template`
+    /// is stripped on --strip-pc when the model does not say how it was trained.
+    pub fn load(
+        model: &ModelArgs,
+        decode: &DecodeArgs,
+        template: &str,
+        pc_template: &str,
+    ) -> Result<Answerer> {
+        let Some(spec) = &model.base else {
+            bail!("--base is needed: the model to answer with");
+        };
+        let device = crate::setup::device(&model.device)?;
+        let dtype = crate::setup::parse_dtype(&model.dtype)?;
+        let mut base =
+            load_base(spec, dtype, &device).with_context(|| format!("loading {spec}"))?;
+        if let Some(dir) = &model.adapter {
+            base.model.lora = Some(
+                LoraAdapter::load(dir, &base.model.config, DType::F32, &device)
+                    .with_context(|| format!("loading the adapter {}", dir.display()))?,
+            );
+        }
+        let template =
+            TemplateChoice::parse(template)?.load(base.tokenizer.chat_template.as_deref())?;
+        let stop = stop_tokens(Some(&base.dir), &base.tokenizer, &template)?;
+        let trained = match &model.adapter {
+            Some(dir) => TrainedWith::read(dir)?,
+            None => TrainedWith::read(&base.dir)?,
+        };
+        let strip = if decode.no_strip_pc {
+            None
+        } else if decode.strip_pc {
+            Some(match &trained {
+                Some(t) => PcJoin::parse(&t.pc_template)?,
+                None => PcJoin::parse(pc_template)?,
+            })
+        } else {
+            match &trained {
+                Some(t) => t.strip()?,
+                None => None,
+            }
+        };
+        Ok(Answerer {
+            base,
+            template,
+            stop,
+            strip,
+        })
+    }
+
+    pub fn generator(&self) -> Generator<'_> {
+        Generator {
+            model: &self.base.model,
+            tokenizer: &self.base.tokenizer,
+            template: &self.template,
+            stop: self.stop.clone(),
+            strip: self.strip.clone(),
+        }
+    }
+}
+
+/// A progress bar over `n` answers on stderr.
+pub fn answers_bar(n: usize) -> ProgressBar {
+    ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} answers {elapsed} eta {eta}")
+            .expect("valid template"),
+    )
+}
+
+/// Writes `lines` (one JSON value each) to `path` atomically.
+pub fn write_jsonl(path: &Path, lines: &[serde_json::Value]) -> Result<()> {
+    let mut text = String::new();
+    for l in lines {
+        text += &serde_json::to_string(l)?;
+        text.push('\n');
+    }
+    pctrain_model::save::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let opts = args.decode.options(args.batch_size, args.seed)?;
+    let answerer = Answerer::load(&args.model, &args.decode, &args.template, &args.pc_template)?;
+    let generator = answerer.generator();
+    if let Some(prompt) = &args.prompt {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.decode.system {
+            messages.push(Message::new(Role::System, s.as_str()));
+        }
+        messages.push(Message::new(Role::User, prompt.as_str()));
+        let mut out = std::io::stdout().lock();
+        let mut failed = None;
+        let answer = generator.stream(&messages, &opts, |piece| {
+            if failed.is_none() {
+                failed = out
+                    .write_all(piece.as_bytes())
+                    .and_then(|_| out.flush())
+                    .err();
+            }
+        })?;
+        if answer.response != answer.response_raw {
+            eprintln!(
+                "\n[stripped pseudo-code; the response is:]\n{}",
+                answer.response
+            );
+        }
+        match failed {
+            Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Some(e) => return Err(e.into()),
+            None => writeln!(out)?,
+        }
+        return Ok(());
+    }
+    let output = args
+        .output
+        .as_ref()
+        .expect("clap requires --output with --data");
+    let mut ids = Vec::new();
+    let mut prompts = Vec::new();
+    for path in pctrain_data::hub::data_files(&args.data)? {
+        for record in RecordReader::open(&path)? {
+            let record = record?;
+            prompts.push(prompt_of(&record, args.decode.system.as_deref())?);
+            ids.push(record.id);
+        }
+    }
+    if prompts.is_empty() {
+        bail!("the data holds no record to answer");
+    }
+    let bar = answers_bar(prompts.len());
+    bar.set_message("generating");
+    let started = std::time::Instant::now();
+    let answers = generator.answer_all(&prompts, &opts, |n| bar.set_position(n as u64))?;
+    bar.finish_and_clear();
+    let tokens: usize = answers.iter().map(|a| a.new_tokens).sum();
+    let lines: Vec<serde_json::Value> = ids
+        .iter()
+        .zip(&prompts)
+        .zip(&answers)
+        .map(|((id, p), a)| {
+            let last = p.last().map_or("", |m| m.content.as_str());
+            serde_json::json!({
+                "id": id,
+                "prompt": last,
+                "response": a.response,
+                "response_raw": a.response_raw,
+                "new_tokens": a.new_tokens,
+            })
+        })
+        .collect();
+    write_jsonl(output, &lines)?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "wrote {} answers to {} ({tokens} tokens in {secs:.1} s, {:.1} tokens/s)",
+        answers.len(),
+        output.display(),
+        tokens as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

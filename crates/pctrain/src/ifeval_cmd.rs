@@ -1,0 +1,109 @@
+//! `pctrain eval --task ifeval`: IFEval's prompts answered by a model (or answers given in a
+//! file), scored strictly and loosely.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use pctrain_data::hub::{dataset_files, HubDataset};
+use pctrain_data::{Message, Role};
+use pctrain_trainer::ifeval::{read_responses, score, summarize, table, Scored, Summary, Task};
+use pctrain_trainer::{GenerateOptions, Generator};
+
+use crate::generate_cmd::{answers_bar, write_jsonl};
+
+/// The hub dataset IFEval's prompts come from, and its file.
+pub const IFEVAL_DATASET: &str = "google/IFEval:ifeval_input_data.jsonl";
+
+/// The task data: `--task-data`, else google/IFEval from the hub (or its cache).
+pub fn load_task(task_data: Option<&Path>) -> Result<Task> {
+    let path = match task_data {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let dataset = HubDataset::parse(IFEVAL_DATASET).expect("a valid dataset spec");
+            dataset_files(&dataset)
+                .context("fetching IFEval's prompts (or give them with --task-data FILE)")?
+                .remove(0)
+        }
+    };
+    Ok(Task::read(&path)?)
+}
+
+/// Answers the first `limit` prompts of `task` with `generator` (greedy as `opts` says), one
+/// user turn each: `(prompt, response)` pairs in task order.
+pub fn answer_task(
+    generator: &Generator,
+    task: &Task,
+    limit: Option<usize>,
+    opts: &GenerateOptions,
+    progress: bool,
+) -> Result<Vec<(String, String)>> {
+    let n = limit.unwrap_or(task.prompts.len()).min(task.prompts.len());
+    let prompts: Vec<Vec<Message>> = task.prompts[..n]
+        .iter()
+        .map(|p| vec![Message::new(Role::User, p.prompt.as_str())])
+        .collect();
+    let bar = if progress {
+        answers_bar(n)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_message("ifeval");
+    let answers = generator.answer_all(&prompts, opts, |k| bar.set_position(k as u64))?;
+    bar.finish_and_clear();
+    Ok(task.prompts[..n]
+        .iter()
+        .zip(answers)
+        .map(|(p, a)| (p.prompt.clone(), a.response))
+        .collect())
+}
+
+/// Scores `(prompt, response)` pairs against `task` (each prompt must be one of the task's).
+pub fn score_pairs(task: &Task, pairs: &[(String, String)]) -> Vec<Scored> {
+    let by_prompt: std::collections::HashMap<&str, usize> = task
+        .prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.prompt.as_str(), i))
+        .collect();
+    pairs
+        .iter()
+        .filter_map(|(p, r)| {
+            by_prompt
+                .get(p.as_str())
+                .map(|&i| score(&task.prompts[i], r))
+        })
+        .collect()
+}
+
+/// Scores the responses of `responses` (`{"prompt", "response"}` lines).
+pub fn score_file(task: &Task, responses: &Path) -> Result<Vec<Scored>> {
+    Ok(read_responses(responses, task)?
+        .into_iter()
+        .map(|(p, r)| score(p, &r))
+        .collect())
+}
+
+/// Prints the table by instruction type (stderr) and the summary as the last stdout line;
+/// writes the per-prompt report when asked.
+pub fn report(scored: &[Scored], report: Option<&PathBuf>) -> Result<Summary> {
+    let (summary, by_type) = summarize(scored);
+    eprint!("{}", table(&by_type));
+    if let Some(path) = report {
+        let lines: Vec<serde_json::Value> = scored
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        write_jsonl(path, &lines)?;
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(summary)
+}
+
+/// `OUT.jsonl` -> `OUT.responses.jsonl`: where the answers scored in `OUT` are kept.
+pub fn responses_beside(report: &Path) -> PathBuf {
+    let stem = report
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ifeval".into());
+    report.with_file_name(format!("{stem}.responses.jsonl"))
+}

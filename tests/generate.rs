@@ -1,0 +1,320 @@
+//! `pctrain generate` and `pctrain eval --task ifeval` end to end, on the tiny Llama fixture.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fails, llama_fixture, pctrain, stderr, stdout};
+use serde_json::{json, Value};
+
+const RECORDS: &str = "crates/pctrain-model/tests/fixtures/eval-records.jsonl";
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `generate --data RECORDS` with extra arguments; the lines written.
+fn generate_file(out: &Path, extra: &[&str]) -> Vec<Value> {
+    let llama = llama_fixture();
+    let mut args = vec![
+        "generate",
+        "--base",
+        llama.to_str().unwrap(),
+        "--data",
+        RECORDS,
+        "--output",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "12",
+    ];
+    args.extend_from_slice(extra);
+    let o = pctrain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    read_lines(out)
+}
+
+#[test]
+fn generate_answers_every_record_in_order_whatever_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = generate_file(&dir.path().join("one.jsonl"), &["--batch-size", "1"]);
+    let four = generate_file(&dir.path().join("four.jsonl"), &["--batch-size", "4"]);
+    assert_eq!(one, four, "batching changed the greedy answers");
+    let records: Vec<Value> = read_lines(&llama_fixture().join("../eval-records.jsonl"));
+    assert_eq!(one.len(), records.len());
+    for (line, record) in one.iter().zip(&records) {
+        assert_eq!(line["id"], record["id"]);
+        // The prompt is the last user turn; the record's own answer is not part of it.
+        let user = record["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rfind(|m| m["role"] == "user")
+            .unwrap();
+        assert_eq!(line["prompt"], user["content"]);
+        let n = line["new_tokens"].as_u64().unwrap();
+        assert!((1..=12).contains(&n), "{line}");
+        assert_eq!(line["response"], line["response_raw"], "nothing to strip");
+    }
+}
+
+#[test]
+fn a_prompt_is_streamed_to_stdout_and_matches_the_file_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = read_lines(&llama_fixture().join("../eval-records.jsonl"));
+    let prompt = records[1]["messages"][0]["content"].as_str().unwrap();
+    let llama = llama_fixture();
+    let o = pctrain(&[
+        "generate",
+        "--base",
+        llama.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "12",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = generate_file(&dir.path().join("all.jsonl"), &[]);
+    assert_eq!(
+        stdout(&o),
+        format!("{}\n", file[1]["response_raw"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn generate_refuses_bad_requests_clearly() {
+    let llama = llama_fixture();
+    let base = llama.to_str().unwrap();
+    let err = fails(&[
+        "generate",
+        "--base",
+        base,
+        "--prompt",
+        "hi",
+        "--temperature",
+        "0",
+    ]);
+    assert!(err.contains("temperature must be above 0"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}]}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let err = fails(&[
+        "generate",
+        "--base",
+        base,
+        "--data",
+        bad.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("bad.jsonl:1") && err.contains("no user turn"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a failed run wrote its output");
+}
+
+/// A two-prompt IFEval task file.
+fn task_file(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("task.jsonl");
+    let lines = [
+        json!({"key": 1, "prompt": "Write a short note. Do not use any commas.",
+               "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}),
+        json!({"key": 2, "prompt": "Wrap your whole answer in double quotes. End it with the phrase Is there anything else?",
+               "instruction_id_list": ["startend:quotation", "startend:end_checker"],
+               "kwargs": [{}, {"end_phrase": "Is there anything else?"}]}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn ifeval_scores_given_responses_and_reports_each_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(dir.path());
+    let responses = dir.path().join("responses.jsonl");
+    std::fs::write(
+        &responses,
+        format!(
+            "{}\n{}\n",
+            json!({"prompt": "Write a short note. Do not use any commas.", "response": "A note, with a comma."}),
+            json!({"prompt": "Wrap your whole answer in double quotes. End it with the phrase Is there anything else?",
+                   "response": "\"Done. Is there anything else?\""}),
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("report.jsonl");
+    let o = pctrain(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--responses",
+        responses.to_str().unwrap(),
+        "--task-data",
+        task.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let last: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last,
+        json!({"prompts": 2, "prompt_strict": 0.5, "inst_strict": 2.0 / 3.0,
+               "prompt_loose": 0.5, "inst_loose": 2.0 / 3.0})
+    );
+    assert!(
+        stderr(&o).contains("punctuation:no_comma"),
+        "the table by type"
+    );
+    let lines = read_lines(&report);
+    assert_eq!(lines[0]["key"], 1);
+    assert_eq!(lines[0]["strict"], json!([false]));
+    assert_eq!(
+        lines[1]["instruction_id_list"],
+        json!(["startend:quotation", "startend:end_checker"])
+    );
+    assert_eq!(lines[1]["loose"], json!([true, true]));
+}
+
+#[test]
+fn ifeval_with_a_model_writes_its_answers_beside_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(dir.path());
+    let report = dir.path().join("scores.jsonl");
+    let llama = llama_fixture();
+    let o = pctrain(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--base",
+        llama.to_str().unwrap(),
+        "--task-data",
+        task.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let last: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(last["prompts"], 1);
+    let answers = read_lines(&dir.path().join("scores.responses.jsonl"));
+    assert_eq!(answers.len(), 1);
+    assert_eq!(
+        answers[0]["prompt"],
+        "Write a short note. Do not use any commas."
+    );
+    // The saved answers score as the model's did.
+    let again = pctrain(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--responses",
+        dir.path().join("scores.responses.jsonl").to_str().unwrap(),
+        "--task-data",
+        task.to_str().unwrap(),
+    ]);
+    assert_eq!(stdout(&again).lines().last(), stdout(&o).lines().last());
+}
+
+#[test]
+fn ifeval_names_the_file_and_line_of_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(dir.path());
+    let responses = dir.path().join("responses.jsonl");
+    std::fs::write(
+        &responses,
+        format!(
+            "{}\n",
+            json!({"prompt": "Not in the task.", "response": "x"})
+        ),
+    )
+    .unwrap();
+    let err = fails(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--responses",
+        responses.to_str().unwrap(),
+        "--task-data",
+        task.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("responses.jsonl:1") && err.contains("not one of the task's prompts"),
+        "{err}"
+    );
+    let bad_task = dir.path().join("bad-task.jsonl");
+    std::fs::write(
+        &bad_task,
+        format!("{}\n", json!({"key": 1, "prompt": "p", "instruction_id_list": ["keywords:frequency"], "kwargs": [{"keyword": "a"}]})),
+    )
+    .unwrap();
+    let err = fails(&[
+        "eval",
+        "--task",
+        "ifeval",
+        "--responses",
+        responses.to_str().unwrap(),
+        "--task-data",
+        bad_task.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("bad-task.jsonl:1") && err.contains("needs the argument `frequency`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn training_answers_ifeval_at_each_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(dir.path());
+    let run = dir.path().join("run");
+    let mut args = common::tiny_run(&run, "2");
+    args.extend(
+        [
+            "--eval-task",
+            "ifeval",
+            "--eval-task-data",
+            task.to_str().unwrap(),
+            "--eval-limit",
+            "1",
+            "--eval-max-new-tokens",
+            "6",
+            "--eval-every",
+            "1",
+        ]
+        .map(String::from),
+    );
+    let o = pctrain(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = read_lines(&run.join("metrics.jsonl"));
+    assert_eq!(metrics.len(), 2);
+    for m in &metrics {
+        assert_eq!(m["ifeval_prompts"], 1, "{m}");
+        for key in [
+            "ifeval_prompt_strict",
+            "ifeval_inst_strict",
+            "ifeval_prompt_loose",
+            "ifeval_inst_loose",
+        ] {
+            let v = m[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key} {v}");
+        }
+    }
+    let svg = std::fs::read_to_string(run.join("loss.svg")).unwrap();
+    assert!(
+        svg.contains("ifeval prompt strict"),
+        "the accuracy is drawn"
+    );
+}
