@@ -51,6 +51,18 @@ pub struct EvalArgs {
     limit: Option<usize>,
 }
 
+impl EvalArgs {
+    /// The model these arguments name, with the data arguments' template.
+    fn answerer(&self) -> Result<Answerer> {
+        Answerer::load(
+            &self.model,
+            &self.decode,
+            &self.data.template,
+            &self.data.pc_template,
+        )
+    }
+}
+
 pub fn run(args: EvalArgs) -> Result<()> {
     match args.task {
         EvalTask::Loss => loss(args),
@@ -59,12 +71,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 fn loss(args: EvalArgs) -> Result<()> {
-    let answerer = Answerer::load(
-        &args.model,
-        &args.decode,
-        &args.data.template,
-        &args.data.pc_template,
-    )?;
+    let answerer = args.answerer()?;
     let base = answerer.base;
     let tokenizer = match args.data.tokenizer.as_deref() {
         Some(spec) => TextTokenizer::load(spec)?,
@@ -100,12 +107,7 @@ fn ifeval(args: EvalArgs) -> Result<()> {
             let opts = args
                 .decode
                 .options(args.batch_size.unwrap_or(16), args.data.seed)?;
-            let answerer = Answerer::load(
-                &args.model,
-                &args.decode,
-                &args.data.template,
-                &args.data.pc_template,
-            )?;
+            let answerer = args.answerer()?;
             let started = std::time::Instant::now();
             let pairs =
                 ifeval_cmd::answer_task(&answerer.generator(), &task, args.limit, &opts, true)?;
