@@ -235,7 +235,8 @@ impl Model {
             full,
         )?;
         let dfinal = ce.dhidden.reshape((b, t, c.hidden_size))?;
-        let (mut dx, dnorm) = rms_norm_backward(&dfinal, &x, &self.weights.norm, c.rms_norm_eps)?;
+        let (mut dx, dnorm) =
+            rms_norm_backward(&dfinal, &x, &self.weights.norm, c.rms_norm_eps, full)?;
 
         // Layers in reverse.
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -270,7 +271,7 @@ impl Model {
             Grads {
                 layers,
                 embed_tokens,
-                norm: full.then_some(dnorm),
+                norm: dnorm,
                 lm_head,
                 inputs_embeds,
             },

@@ -10,7 +10,7 @@ use crate::backward::LayerGrads;
 use crate::error::Result;
 use crate::layers::attention::{
     attention_output, attention_probs, flash_attention_backward, flash_attention_forward,
-    AttentionSaved,
+    AttentionSaved, SegmentMask,
 };
 use crate::layers::linear::{
     dropout_mask, dropout_seed, linear_backward, linear_forward_train, Lora,
@@ -44,8 +44,8 @@ pub(crate) struct Saved {
 pub(crate) enum AttentionMask {
     /// An additive mask `[rows, 1, T, S]` (decoding with a cache; forward only).
     Dense(Tensor),
-    /// Segment ids `[B, T]` (u32) and the sliding window (0: none), for the fused kernels.
-    Segments { ids: Tensor, window: usize },
+    /// Packed segments and the sliding window, for the fused kernels.
+    Segments(SegmentMask),
 }
 
 impl AttentionMask {
@@ -56,11 +56,12 @@ impl AttentionMask {
         window: Option<usize>,
         device: &candle_core::Device,
     ) -> Result<Self> {
-        let t = segment_ids.len() / batch;
-        Ok(AttentionMask::Segments {
-            ids: Tensor::from_slice(segment_ids, (batch, t), device)?,
-            window: window.unwrap_or(0),
-        })
+        Ok(AttentionMask::Segments(SegmentMask::new(
+            segment_ids,
+            batch,
+            window.unwrap_or(0),
+            device,
+        )?))
     }
 }
 
@@ -71,6 +72,17 @@ pub(crate) struct LayerContext {
     pub(crate) attention: AttentionMask,
     /// Seed of the LoRA dropout masks; `None` at inference (no dropout).
     pub(crate) dropout_seed: Option<u64>,
+}
+
+/// `x` cast once to the adapters' dtype when any of `targets` (which all read `x`) has an
+/// adapter: the casts of their shared input, made once.
+fn adapter_input(
+    lora: Option<&LayerLora>,
+    targets: &[Target],
+    x: &Tensor,
+) -> Result<Option<Tensor>> {
+    let first = lora.and_then(|a| targets.iter().find_map(|&t| a[t as usize].as_ref()));
+    Ok(first.map(|l| x.to_dtype(l.a.dtype())).transpose()?)
 }
 
 impl Model {
@@ -91,14 +103,18 @@ impl Model {
             return Ok(None);
         };
         let p = adapter.config.dropout;
-        if p <= 0.0 || adapter.layers[l][target as usize].is_none() {
+        let Some(lora) = adapter.layers[l][target as usize].as_ref() else {
+            return Ok(None);
+        };
+        if p <= 0.0 {
             return Ok(None);
         }
+        // In the adapter's dtype: the mask multiplies the adapter's (cast) input.
         Ok(Some(dropout_mask(
             p,
             dropout_seed(step_seed, l, target),
             x.dims(),
-            x.dtype(),
+            lora.a.dtype(),
             x.device(),
         )?))
     }
@@ -122,14 +138,22 @@ impl Model {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let lin = |t: Target, x: &Tensor, w: &Tensor| -> Result<Tensor> {
+        let lin = |t: Target, x: &Tensor, x_lora: Option<&Tensor>, w: &Tensor| -> Result<Tensor> {
             let mask = self.dropout(ctx, l, t, x)?;
-            Ok(linear_forward_train(x, w, adapter(t), mask.as_ref())?)
+            Ok(linear_forward_train(
+                x,
+                w,
+                adapter(t),
+                x_lora,
+                mask.as_ref(),
+            )?)
         };
         let h1 = rms_norm_forward(x, &w.input_norm, c.rms_norm_eps)?;
-        let q = heads(lin(Target::Q, &h1, &w.q_proj)?, c.num_heads)?;
-        let k = heads(lin(Target::K, &h1, &w.k_proj)?, c.num_kv_heads)?;
-        let v = heads(lin(Target::V, &h1, &w.v_proj)?, c.num_kv_heads)?;
+        let h1_lora = adapter_input(lora, &[Target::Q, Target::K, Target::V], &h1)?;
+        let h1_lora = h1_lora.as_ref();
+        let q = heads(lin(Target::Q, &h1, h1_lora, &w.q_proj)?, c.num_heads)?;
+        let k = heads(lin(Target::K, &h1, h1_lora, &w.k_proj)?, c.num_kv_heads)?;
+        let v = heads(lin(Target::V, &h1, h1_lora, &w.v_proj)?, c.num_kv_heads)?;
         let q = rope_forward(&q, &ctx.cos, &ctx.sin)?;
         let k = rope_forward(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = match cache {
@@ -148,8 +172,8 @@ impl Model {
                 let p = attention_probs(&q, &k, mask, c.attention_scale)?;
                 (None, attention_output(&p, &v)?.to_dtype(x.dtype())?)
             }
-            AttentionMask::Segments { ids, window } => {
-                let s = flash_attention_forward(&q, &k, &v, ids, *window, c.attention_scale)?;
+            AttentionMask::Segments(mask) => {
+                let s = flash_attention_forward(&q, &k, &v, mask, c.attention_scale)?;
                 let o = s.out.clone();
                 (Some(s), o)
             }
@@ -157,13 +181,14 @@ impl Model {
         let a = o
             .transpose(1, 2)?
             .reshape((b, t, c.num_heads * c.head_dim))?;
-        let attn = lin(Target::O, &a, &w.o_proj)?;
+        let attn = lin(Target::O, &a, None, &w.o_proj)?;
         let x_mid = (x + (attn * c.residual_multiplier)?)?;
         let h2 = rms_norm_forward(&x_mid, &w.post_attention_norm, c.rms_norm_eps)?;
-        let gate = lin(Target::Gate, &h2, &w.gate_proj)?;
-        let up = lin(Target::Up, &h2, &w.up_proj)?;
+        let h2_lora = adapter_input(lora, &[Target::Gate, Target::Up], &h2)?;
+        let gate = lin(Target::Gate, &h2, h2_lora.as_ref(), &w.gate_proj)?;
+        let up = lin(Target::Up, &h2, h2_lora.as_ref(), &w.up_proj)?;
         let z = swiglu_forward(&gate, &up)?;
-        let m = lin(Target::Down, &z, &w.down_proj)?;
+        let m = lin(Target::Down, &z, None, &w.down_proj)?;
         let out = (&x_mid + (m * c.residual_multiplier)?)?;
         Ok(Saved {
             x: x.clone(),
@@ -208,17 +233,20 @@ impl Model {
                           slot: usize,
                           dy: &Tensor,
                           x: &Tensor,
+                          x_lora: Option<&Tensor>,
                           weight: &Tensor|
          -> Result<Tensor> {
             let mask = self
                 .dropout(ctx, l, target, x)?
                 .map(|m| flat(&m))
                 .transpose()?;
+            let x_lora = x_lora.map(flat).transpose()?;
             let g = linear_backward(
                 &flat(dy)?,
                 &flat(x)?,
                 weight,
                 adapter(target),
+                x_lora.as_ref(),
                 mask.as_ref(),
                 full,
             )?;
@@ -229,38 +257,36 @@ impl Model {
 
         // MLP block: out = x_mid + r * down(swiglu(gate(h2), up(h2))).
         let dm = (dout * c.residual_multiplier)?;
-        let dz = linear(Target::Down, 6, &dm, &s.z, &w.down_proj)?.reshape(s.z.shape())?;
+        let dz = linear(Target::Down, 6, &dm, &s.z, None, &w.down_proj)?.reshape(s.z.shape())?;
         let (dgate, dup) = swiglu_backward(&dz, &s.gate, &s.up)?;
-        let dh2 = (linear(Target::Gate, 4, &dgate, &s.h2, &w.gate_proj)?
-            + linear(Target::Up, 5, &dup, &s.h2, &w.up_proj)?)?
+        let h2_lora = adapter_input(lora, &[Target::Gate, Target::Up], &s.h2)?;
+        let dh2 = (linear(
+            Target::Gate,
+            4,
+            &dgate,
+            &s.h2,
+            h2_lora.as_ref(),
+            &w.gate_proj,
+        )? + linear(Target::Up, 5, &dup, &s.h2, h2_lora.as_ref(), &w.up_proj)?)?
         .reshape((b, t, h))?;
         let (dx_norm2, dpost) =
-            rms_norm_backward(&dh2, &s.x_mid, &w.post_attention_norm, c.rms_norm_eps)?;
+            rms_norm_backward(&dh2, &s.x_mid, &w.post_attention_norm, c.rms_norm_eps, full)?;
         let dx_mid = (dout + dx_norm2)?;
 
         // Attention block: x_mid = x + r * o_proj(attention(rope(q), rope(k), v)).
         let dattn = (&dx_mid * c.residual_multiplier)?;
-        let da = linear(Target::O, 3, &dattn, &s.a, &w.o_proj)?;
+        let da = linear(Target::O, 3, &dattn, &s.a, None, &w.o_proj)?;
         let da = da
             .reshape((b, t, c.num_heads, c.head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        let (Some(saved), AttentionMask::Segments { ids, window }) = (&s.attn, &ctx.attention)
-        else {
+        let (Some(saved), AttentionMask::Segments(mask)) = (&s.attn, &ctx.attention) else {
             return Err(crate::error::ModelError::Input(
                 "a backward needs the forward of a training pass".into(),
             ));
         };
-        let (dq, dk, dv) = flash_attention_backward(
-            &da,
-            &s.q,
-            &s.k,
-            &s.v,
-            saved,
-            ids,
-            *window,
-            c.attention_scale,
-        )?;
+        let (dq, dk, dv) =
+            flash_attention_backward(&da, &s.q, &s.k, &s.v, saved, mask, c.attention_scale)?;
         let dq = rope_backward(&dq, &ctx.cos, &ctx.sin)?;
         let dk = rope_backward(&dk, &ctx.cos, &ctx.sin)?;
         let unheads = |d: Tensor, heads: usize| -> Result<Tensor> {
@@ -268,36 +294,53 @@ impl Model {
                 .contiguous()?
                 .reshape((b, t, heads * c.head_dim))?)
         };
-        let dh1 = (linear(Target::Q, 0, &unheads(dq, c.num_heads)?, &s.h1, &w.q_proj)?
-            + linear(
-                Target::K,
-                1,
-                &unheads(dk, c.num_kv_heads)?,
-                &s.h1,
-                &w.k_proj,
-            )?
-            + linear(
-                Target::V,
-                2,
-                &unheads(dv, c.num_kv_heads)?,
-                &s.h1,
-                &w.v_proj,
-            )?)?
-        .reshape((b, t, h))?;
-        let (dx_norm1, dinput_norm) = rms_norm_backward(&dh1, &s.x, &w.input_norm, c.rms_norm_eps)?;
+        let h1_lora = adapter_input(lora, &[Target::Q, Target::K, Target::V], &s.h1)?;
+        let h1_lora = h1_lora.as_ref();
+        let dq = linear(
+            Target::Q,
+            0,
+            &unheads(dq, c.num_heads)?,
+            &s.h1,
+            h1_lora,
+            &w.q_proj,
+        )?;
+        let dk = linear(
+            Target::K,
+            1,
+            &unheads(dk, c.num_kv_heads)?,
+            &s.h1,
+            h1_lora,
+            &w.k_proj,
+        )?;
+        let dv = linear(
+            Target::V,
+            2,
+            &unheads(dv, c.num_kv_heads)?,
+            &s.h1,
+            h1_lora,
+            &w.v_proj,
+        )?;
+        let dh1 = (dq + dk + dv)?.reshape((b, t, h))?;
+        let (dx_norm1, dinput_norm) =
+            rms_norm_backward(&dh1, &s.x, &w.input_norm, c.rms_norm_eps, full)?;
         let dx = (dx_mid + dx_norm1)?;
 
         let weights = if full {
             let mut g = weight_grads
                 .into_iter()
                 .map(|g| g.expect("full mode trains every weight"));
+            let norm = |g: Option<Tensor>| {
+                g.ok_or_else(|| {
+                    crate::error::ModelError::Input("full mode trains the norms".into())
+                })
+            };
             Some(LayerWeights {
-                input_norm: dinput_norm,
+                input_norm: norm(dinput_norm)?,
                 q_proj: g.next().expect("q"),
                 k_proj: g.next().expect("k"),
                 v_proj: g.next().expect("v"),
                 o_proj: g.next().expect("o"),
-                post_attention_norm: dpost,
+                post_attention_norm: norm(dpost)?,
                 gate_proj: g.next().expect("gate"),
                 up_proj: g.next().expect("up"),
                 down_proj: g.next().expect("down"),

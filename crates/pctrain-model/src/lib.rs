@@ -13,6 +13,7 @@ pub mod layers;
 pub mod lora;
 pub mod memory;
 pub mod model;
+pub mod profile;
 pub mod rng;
 pub mod save;
 pub mod trainable;

@@ -112,7 +112,7 @@ fn pass_bits(m: &Model, b: &Batch, mode: TrainMode) -> (u64, Vec<Vec<u32>>) {
         .map(bits)
         .collect();
     all.push(bits(&grads.inputs_embeds));
-    (loss.sum.to_bits(), all)
+    (loss.sum().unwrap().to_bits(), all)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use pctrain_model::layers::attention::{
     attention_mask, attention_output, attention_probs, flash_attention_backward,
-    flash_attention_forward,
+    flash_attention_forward, SegmentMask,
 };
 use pctrain_model::layers::linear::{
     dropout_mask, linear_backward, linear_forward, linear_forward_train, Lora,
@@ -102,7 +102,11 @@ fn rms_norm_backward_matches_autograd_and_finite_differences() {
     let y = rms_norm_reference(&x, &w, 1e-5);
     assert_close("y", &rms_norm_forward(&x, &w, 1e-5).unwrap(), &y, 1e-6);
     let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let (dx, dw) = rms_norm_backward(&r, &x, &w, 1e-5).unwrap();
+    let (dx, dw) = rms_norm_backward(&r, &x, &w, 1e-5, true).unwrap();
+    let dw = dw.unwrap();
+    let (dx_frozen, no_dw) = rms_norm_backward(&r, &x, &w, 1e-5, false).unwrap();
+    assert!(no_dw.is_none(), "a frozen weight gets no gradient");
+    assert_close("dx, frozen weight", &dx_frozen, &dx, 1e-7);
     assert_close("dx", &dx, tape.get(&x).unwrap(), 1e-5);
     assert_close("dw", &dw, tape.get(&w).unwrap(), 1e-5);
     check_fd("x", &x, &dx, |x| {
@@ -127,7 +131,7 @@ fn linear_with_lora_backward_matches_autograd_and_finite_differences() {
     };
     let y = linear_forward(&x, &w, Some(&lora(&a, &b))).unwrap();
     let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, true).unwrap();
+    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, None, true).unwrap();
     let (da, db) = g.dlora.clone().unwrap();
     assert_close("dx", &g.dx, tape.get(&x).unwrap(), 1e-5);
     assert_close("dw", g.dw.as_ref().unwrap(), tape.get(&w).unwrap(), 1e-5);
@@ -143,7 +147,7 @@ fn linear_with_lora_backward_matches_autograd_and_finite_differences() {
         dot(&linear_forward(x, &w, Some(&lora(&a, &b))).unwrap(), &r)
     });
     // A frozen weight gets no gradient.
-    let frozen = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, false).unwrap();
+    let frozen = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, None, false).unwrap();
     assert!(frozen.dw.is_none());
 
     // With LoRA dropout: the mask applies to the adapter's input only.
@@ -153,9 +157,9 @@ fn linear_with_lora_backward_matches_autograd_and_finite_differences() {
     assert!(values(&mask)
         .iter()
         .all(|&m| m == 0.0 || (m - 1.0 / 0.6).abs() < 1e-6));
-    let y = linear_forward_train(&x, &w, Some(&lora(&a, &b)), Some(&mask)).unwrap();
+    let y = linear_forward_train(&x, &w, Some(&lora(&a, &b)), None, Some(&mask)).unwrap();
     let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), Some(&mask), false).unwrap();
+    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, Some(&mask), false).unwrap();
     let (da, db) = g.dlora.clone().unwrap();
     assert_close("dx, dropout", &g.dx, tape.get(&x).unwrap(), 1e-5);
     assert_close("dA, dropout", &da, tape.get(&a).unwrap(), 1e-5);
@@ -214,7 +218,7 @@ fn attention_case(
     let t = segments.len() / rows;
     let w = (window > 0).then_some(window);
     let mask = attention_mask(segments, rows, w, &Device::Cpu).unwrap();
-    let ids = Tensor::from_slice(segments, (rows, t), &Device::Cpu).unwrap();
+    let segs = SegmentMask::new(segments, rows, window, &Device::Cpu).unwrap();
     let q = Var::from_tensor(&rand(14, &[rows, heads, t, d])).unwrap();
     let k = Var::from_tensor(&rand(15, &[rows, kv, t, d])).unwrap();
     let v = Var::from_tensor(&rand(16, &[rows, kv, t, d])).unwrap();
@@ -225,16 +229,15 @@ fn attention_case(
     };
     let out = dense(&q, &k, &v);
     let tape = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let saved = flash_attention_forward(&q, &k, &v, &ids, window, scale).unwrap();
+    let saved = flash_attention_forward(&q, &k, &v, &segs, scale).unwrap();
     assert_close("out", &saved.out, &out, 1e-5);
-    let (dq, dk, dv) =
-        flash_attention_backward(&r, &q, &k, &v, &saved, &ids, window, scale).unwrap();
+    let (dq, dk, dv) = flash_attention_backward(&r, &q, &k, &v, &saved, &segs, scale).unwrap();
     assert_close("dq", &dq, tape.get(&q).unwrap(), 1e-5);
     assert_close("dk", &dk, tape.get(&k).unwrap(), 1e-5);
     assert_close("dv", &dv, tape.get(&v).unwrap(), 1e-5);
     if fd {
         let f = |q: &Tensor, k: &Tensor, v: &Tensor| {
-            let s = flash_attention_forward(q, k, v, &ids, window, scale).unwrap();
+            let s = flash_attention_forward(q, k, v, &segs, scale).unwrap();
             dot(&s.out, &r)
         };
         check_fd("q", &q, &dq, |q| f(q, &k, &v));
@@ -303,9 +306,11 @@ fn cross_entropy_backward_matches_autograd_and_finite_differences() {
         let g = cross_entropy_backward(&h, &w, scaling, &targets, chunk, grad_scale, true).unwrap();
         assert_eq!(g.loss.count, 7);
         let fwd = cross_entropy_forward(&h, &w, scaling, &targets, chunk).unwrap();
-        assert!((g.loss.sum - fwd.sum).abs() < 1e-5);
+        assert!((g.loss.sum().unwrap() - fwd.sum().unwrap()).abs() < 1e-5);
         assert!(
-            (g.loss.sum * grad_scale - f64::from(loss.to_scalar::<f32>().unwrap())).abs() < 1e-5
+            (g.loss.sum().unwrap() * grad_scale - f64::from(loss.to_scalar::<f32>().unwrap()))
+                .abs()
+                < 1e-5
         );
         assert_close("dhidden", &g.dhidden, tape.get(&h).unwrap(), 1e-5);
         assert_close(
@@ -323,7 +328,8 @@ fn cross_entropy_backward_matches_autograd_and_finite_differences() {
     let f = |h: &Tensor| {
         (cross_entropy_forward(h, &w, scaling, &targets, 3)
             .unwrap()
-            .sum
+            .sum()
+            .unwrap()
             * grad_scale) as f32
     };
     check_fd("h", &h, &g.dhidden, f);

@@ -38,7 +38,7 @@ pub fn evaluate(
     for chunk in rows.chunks(rows_per_batch.max(1)) {
         let batch = collate(chunk, seq_len);
         let part = model.loss_sum(&batch, 1024)?;
-        sum += part.sum;
+        sum += part.sum()?;
         tokens += part.count;
     }
     Ok(EvalResult {

@@ -20,7 +20,7 @@ pub use checkpoint::{
 };
 pub use eval::{evaluate, EvalResult};
 pub use generation::{Answer, GenerateError, GenerateOptions, Generator, TrainedWith};
-pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
+pub use optim::{clip_grad_norm, AdamW, AdamWConfig, Clip};
 pub use preset::tiny_model;
 pub use schedule::{Decay, Schedule};
 pub use step::{optimizer_step, StepError, StepReport};

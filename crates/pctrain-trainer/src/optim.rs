@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Result, Tensor};
 use pctrain_model::cpu::view::with_mut;
+use pctrain_model::layers::loss::LossSum;
 use pctrain_model::Gradients;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -65,13 +66,24 @@ impl AdamW {
 
     /// One update at learning rate `lr`, in place on the parameters (and their master copies)
     /// and moments: `p <- p (1 - lr wd)`, `m <- b1 m + (1 - b1) g`, `v <- b2 v + (1 - b2) g^2`,
-    /// `p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
-    pub fn update(&mut self, params: &[&Tensor], grads: &Gradients, lr: f64) -> Result<()> {
+    /// `p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`. A [`Clip::Device`]
+    /// scales the gradients inside the kernels, which change nothing when it says the step is
+    /// not to be applied (the caller then takes the step back with [`AdamW::undo_step`]).
+    pub fn update(
+        &mut self,
+        params: &[&Tensor],
+        grads: &Gradients,
+        lr: f64,
+        clip: &Clip,
+    ) -> Result<()> {
         assert_eq!(
             params.len(),
             self.m.len(),
             "the optimizer was built for these parameters"
         );
+        if clip.refused() {
+            candle_core::bail!("AdamW: a step whose loss or gradient is not finite is not applied");
+        }
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -101,15 +113,31 @@ impl AdamW {
             .device()
             .expect("gradients are on the host or on a device");
         assert_eq!(device.len(), params.len(), "one gradient per parameter");
+        let clip = match clip {
+            Clip::Device(t) => Some(t),
+            Clip::Host { .. } => None,
+        };
         for (i, (p, g)) in params.iter().zip(device).enumerate() {
-            self.device_update(i, p, g, step)?;
+            self.device_update(i, p, g, step, clip)?;
         }
         Ok(())
     }
 
+    /// Takes back the step count of an update whose kernels were told not to apply it.
+    pub fn undo_step(&mut self) {
+        self.step = self.step.saturating_sub(1);
+    }
+
     /// One parameter's update on a GPU: the fused kernel, in place.
     #[cfg(feature = "cuda")]
-    fn device_update(&mut self, i: usize, p: &Tensor, g: &Tensor, s: Step) -> Result<()> {
+    fn device_update(
+        &mut self,
+        i: usize,
+        p: &Tensor,
+        g: &Tensor,
+        s: Step,
+        clip: Option<&Tensor>,
+    ) -> Result<()> {
         let step = pctrain_model::cuda::AdamWStep {
             wd_factor: f64::from(s.wd_factor),
             beta1: f64::from(s.beta1),
@@ -119,11 +147,18 @@ impl AdamW {
             eps: f64::from(s.eps),
         };
         let master = self.master[i].as_ref();
-        pctrain_model::cuda::adamw(p, master, g, &self.m[i], &self.v[i], step)
+        pctrain_model::cuda::adamw(p, master, g, &self.m[i], &self.v[i], step, clip)
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn device_update(&mut self, _: usize, p: &Tensor, _: &Tensor, _: Step) -> Result<()> {
+    fn device_update(
+        &mut self,
+        _: usize,
+        p: &Tensor,
+        _: &Tensor,
+        _: Step,
+        _: Option<&Tensor>,
+    ) -> Result<()> {
         candle_core::bail!(
             "AdamW: a {:?} parameter on {:?} has no kernel in this build",
             p.dtype(),
@@ -170,18 +205,61 @@ pctrain_model::simd_fn! {
     }
 }
 
-/// Scales the gradients so that their global L2 norm is at most `max_norm` (no change when it
-/// is already, or when `max_norm` is 0), as `torch.nn.utils.clip_grad_norm_` does; returns the
-/// norm before clipping.
-pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+/// What clipping found before the update.
+#[derive(Debug, Clone)]
+pub enum Clip {
+    /// On the host: the global norm before clipping, and whether the step may be applied (the
+    /// loss and the norm are finite); the gradients are scaled already.
+    Host { norm: f64, ok: bool },
+    /// On a GPU: `[norm, coef, ok]` f32 on the device, which the AdamW kernels apply (scaling by
+    /// `coef`, changing nothing when `ok` is 0) and [`Clip::read`] reads back with the loss. The
+    /// gradients themselves stay unscaled.
+    Device(Tensor),
+}
+
+impl Clip {
+    /// Whether the step is known, already, not to be applied.
+    pub fn refused(&self) -> bool {
+        matches!(self, Clip::Host { ok: false, .. })
+    }
+
+    /// The norm before clipping, whether the step was applied, and the loss sum: on a GPU the
+    /// one read back of a step.
+    pub fn read(&self, loss: &LossSum) -> Result<(f64, bool, f64)> {
+        match self {
+            Clip::Host { norm, ok } => Ok((*norm, *ok, loss.sum()?)),
+            Clip::Device(t) => {
+                let sum = loss.on(t.device())?.reshape(1)?;
+                let v = Tensor::cat(&[t, &sum], 0)?.to_vec1::<f32>()?;
+                Ok((f64::from(v[0]), v[2] != 0.0, f64::from(v[3])))
+            }
+        }
+    }
+}
+
+/// Clips the gradients to a global L2 norm of `max_norm` (no change when they are within it, or
+/// when `max_norm` is 0), as `torch.nn.utils.clip_grad_norm_` does, and checks that the step may
+/// be applied (`loss`, the step's summed loss, and the norm finite). On a GPU this is one device
+/// reduction whose scale the AdamW kernels apply, so nothing is read back before the update.
+pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64, loss: &LossSum) -> Result<Clip> {
+    #[cfg(feature = "cuda")]
+    if let Some(tensors) = grads.device() {
+        if tensors.first().is_some_and(pctrain_model::cuda::runs_on) {
+            let loss = loss.on(tensors[0].device())?;
+            return Ok(Clip::Device(pctrain_model::cuda::grad_norm_clip(
+                tensors, max_norm, &loss,
+            )?));
+        }
+    }
     let norm = grads.norm()?;
-    if max_norm > 0.0 {
+    let ok = norm.is_finite() && loss.sum()?.is_finite();
+    if ok && max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
             grads.scale(coef)?;
         }
     }
-    Ok(norm)
+    Ok(Clip::Host { norm, ok })
 }
 
 #[cfg(test)]
@@ -221,7 +299,16 @@ mod tests {
         for g in grads {
             let grad =
                 Gradients::from_tensors(vec![scalar_tensor(&[g as f32, -g as f32])]).unwrap();
-            opt.update(&[&p], &grad, 1e-2).unwrap();
+            opt.update(
+                &[&p],
+                &grad,
+                1e-2,
+                &Clip::Host {
+                    norm: 0.0,
+                    ok: true,
+                },
+            )
+            .unwrap();
         }
         let got: Vec<f32> = p.to_vec1().unwrap();
         let neg: Vec<f64> = grads.iter().map(|g| -g).collect();
@@ -252,18 +339,40 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_the_global_norm() {
+        let loss = LossSum::host(2.0, 1);
+        let norm_of = |c: Clip| match c {
+            Clip::Host { norm, ok } => {
+                assert!(ok);
+                norm
+            }
+            Clip::Device(_) => panic!("host gradients clip on the host"),
+        };
         let t = |v: &[f32]| Gradients::from_tensors(vec![scalar_tensor(v)]).unwrap();
         let mut grads =
             Gradients::from_tensors(vec![scalar_tensor(&[3.0]), scalar_tensor(&[4.0])]).unwrap();
-        let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
+        let norm = norm_of(clip_grad_norm(&mut grads, 1.0, &loss).unwrap());
         assert!((norm - 5.0).abs() < 1e-6);
         let g = host(&grads);
         assert!((g[0][0] - 0.6).abs() < 1e-5 && (g[1][0] - 0.8).abs() < 1e-5);
         let mut small = t(&[0.3]);
-        clip_grad_norm(&mut small, 1.0).unwrap();
+        clip_grad_norm(&mut small, 1.0, &loss).unwrap();
         assert_eq!(host(&small), vec![vec![0.3]]);
         let mut off = t(&[30.0]);
-        assert!((clip_grad_norm(&mut off, 0.0).unwrap() - 30.0).abs() < 1e-4);
+        assert!((norm_of(clip_grad_norm(&mut off, 0.0, &loss).unwrap()) - 30.0).abs() < 1e-4);
         assert_eq!(host(&off), vec![vec![30.0]], "0 turns clipping off");
+    }
+
+    /// A non-finite loss or norm refuses the step and leaves the gradients as they were.
+    #[test]
+    fn a_non_finite_loss_or_norm_refuses_the_step() {
+        let mut grads = Gradients::from_tensors(vec![scalar_tensor(&[3.0, 4.0])]).unwrap();
+        let clip = clip_grad_norm(&mut grads, 1.0, &LossSum::host(f64::NAN, 1)).unwrap();
+        assert!(clip.refused());
+        assert_eq!(host(&grads), vec![vec![3.0, 4.0]]);
+        let mut inf = Gradients::from_tensors(vec![scalar_tensor(&[f32::INFINITY])]).unwrap();
+        let clip = clip_grad_norm(&mut inf, 1.0, &LossSum::host(1.0, 1)).unwrap();
+        assert!(clip.refused());
+        let (norm, ok, loss) = clip.read(&LossSum::host(1.0, 1)).unwrap();
+        assert!(!ok && norm.is_infinite() && loss == 1.0);
     }
 }

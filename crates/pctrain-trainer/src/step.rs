@@ -2,6 +2,7 @@
 //! accumulated batch, clipped by global norm, then an AdamW update at the schedule's rate.
 
 use candle_core::Tensor;
+use pctrain_model::layers::loss::LossSum;
 use pctrain_model::{Batch, Gradients, Model, StepOptions};
 
 use crate::optim::{clip_grad_norm, AdamW};
@@ -61,7 +62,7 @@ pub fn optimizer_step(
     }
     let normalizer: usize = micro_batches.iter().map(Batch::target_count).sum();
     grads.zero()?;
-    let mut sum = 0.0;
+    let mut total: Option<LossSum> = None;
     for (i, batch) in micro_batches.iter().enumerate() {
         // Each micro-batch draws its own dropout masks.
         let opts = StepOptions {
@@ -70,24 +71,39 @@ pub fn optimizer_step(
                 .wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             ..opts
         };
-        sum += model
-            .accumulate_gradients(batch, normalizer.max(1) as f64, opts, grads)?
-            .sum;
+        let part = model.accumulate_gradients(batch, normalizer.max(1) as f64, opts, grads)?;
+        total = Some(match total {
+            Some(t) => t.add(&part)?,
+            None => part,
+        });
     }
-    let grad_norm = clip_grad_norm(grads, clip_norm)?;
+    let total = total.expect("at least one micro-batch");
+    let device = model.device().clone();
+    let clip = {
+        let _span = pctrain_model::profile::span("clip_grad_norm", &device);
+        clip_grad_norm(grads, clip_norm, &total)?
+    };
+    let lr = schedule.lr(optimizer.step);
+    if !clip.refused() {
+        let _span = pctrain_model::profile::span("adamw", &device);
+        let params = model.trainable(opts.mode);
+        let refs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
+        optimizer.update(&refs, grads, lr, &clip)?;
+    }
+    // The step's one read back (on a GPU the update is queued behind it already).
+    let (grad_norm, applied, sum) = clip.read(&total)?;
     let loss = sum / normalizer.max(1) as f64;
-    if !(loss.is_finite() && grad_norm.is_finite()) {
-        // Stop before the update, so the weights stay those of the last good step.
+    if !applied {
+        if !clip.refused() {
+            // The kernels left the weights and moments alone; the count goes back too.
+            optimizer.undo_step();
+        }
         return Err(StepError::NonFinite {
             step: optimizer.step + 1,
             loss,
             grad_norm,
         });
     }
-    let lr = schedule.lr(optimizer.step);
-    let params = model.trainable(opts.mode);
-    let refs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
-    optimizer.update(&refs, grads, lr)?;
     Ok(StepReport {
         loss,
         tokens: normalizer,

@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Recompute each layer's activations in backward.
     #[arg(long)]
     recompute: bool,
+    /// After the timed steps, one more step with CUDA events around each layer function: its
+    /// device time by function (a GPU only).
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -149,8 +153,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         loss_chunk: 1024,
         dropout_seed: 0,
     };
-    let mut times = Vec::new();
-    for step in 0..args.steps + 2 {
+    let mut step = || -> Result<f64> {
         device.synchronize()?;
         let start = Instant::now();
         let report = optimizer_step(
@@ -163,11 +166,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
             1.0,
         )?;
         device.synchronize()?;
-        if step >= 2 {
-            times.push(start.elapsed().as_secs_f64());
-        }
         std::hint::black_box(report);
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let mut times = Vec::new();
+    for i in 0..args.steps + 2 {
+        let s = step()?;
+        if i >= 2 {
+            times.push(s);
+        }
     }
+    let profile = if args.profile {
+        pctrain_model::profile::enable(true);
+        let step_s = step();
+        pctrain_model::profile::enable(false);
+        Some(profile_json(step_s?)?)
+    } else {
+        None
+    };
     times.sort_by(f64::total_cmp);
     let step_s = times[times.len() / 2];
     let account = model.memory_account(mode, rows, seq_len, args.recompute);
@@ -196,9 +212,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "matmul_tflops": matmul,
         "mfu": matmul.map(|m| tokens_per_s * flops_per_token / (m * 1e12)),
         "process_memory": crate::metrics::process_memory(),
+        "profile": profile,
     });
     println!("{line}");
     Ok(())
+}
+
+/// One profiled step: its wall time, each layer function's device time and calls, and the time
+/// no span covered (residual adds, layout copies, casts, the embedding, launches).
+fn profile_json(step_s: f64) -> Result<serde_json::Value> {
+    let entries = pctrain_model::profile::report()?;
+    let covered: f64 = entries.iter().map(|e| e.ms).sum();
+    let step_ms = step_s * 1e3;
+    let functions: Vec<_> = entries
+        .iter()
+        .map(|e| json!({"name": e.name, "calls": e.calls, "ms": e.ms, "share": e.ms / step_ms}))
+        .collect();
+    Ok(json!({"step_ms": step_ms, "functions": functions, "other_ms": step_ms - covered}))
 }
 
 /// The samples of one packed row: 3/8, 1/4, 1/8 and 1/4 of it (the last takes the rest).

@@ -31,7 +31,12 @@ fn cuda_device(spec: &str) -> Result<Device> {
             .parse()
             .with_context(|| format!("device {spec:?}: expected cuda:N with N a GPU number"))?,
     };
-    Device::new_cuda(ordinal).with_context(|| format!("opening GPU {ordinal}"))
+    let device = Device::new_cuda(ordinal).with_context(|| format!("opening GPU {ordinal}"))?;
+    if let Device::Cuda(d) = &device {
+        pctrain_model::cuda::keep_freed_memory(d)
+            .with_context(|| format!("setting up GPU {ordinal}'s memory pool"))?;
+    }
+    Ok(device)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -1,5 +1,5 @@
-//! Compiling `kernels.cu` with NVRTC (once per compute capability) and launching its kernels on
-//! candle's CUDA device and stream.
+//! Compiling the kernels (`common.cuh` and one `.cu` per layer, as one NVRTC source, once per
+//! compute capability) and launching them on candle's CUDA device and stream.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,13 +16,22 @@ use half::bf16;
 /// candle's CUDA device.
 pub type Dev = candle_core::CudaDevice;
 
-/// The kernels' source.
-const SOURCE: &str = include_str!("kernels.cu");
+/// The kernels' source: what they share, then one file per layer.
+const SOURCE: &str = concat!(
+    include_str!("common.cuh"),
+    include_str!("norm.cu"),
+    include_str!("rope.cu"),
+    include_str!("mlp.cu"),
+    include_str!("attention.cu"),
+    include_str!("loss.cu"),
+    include_str!("linear.cu"),
+    include_str!("optim.cu"),
+);
 
 /// The name candle caches the compiled module under.
 const MODULE: &str = "pctrain_kernels";
 
-/// PTX of `kernels.cu` by compute capability.
+/// PTX of the kernels by compute capability.
 static PTX: Mutex<Option<HashMap<(i32, i32), String>>> = Mutex::new(None);
 
 /// Loaded kernels by device and name, so that a launch looks its kernel up once.
@@ -49,7 +58,7 @@ pub fn arg_dtype(dtype: DType) -> Option<&'static str> {
     }
 }
 
-/// `kernels.cu` compiled for `dev`'s compute capability.
+/// The kernels compiled for `dev`'s compute capability.
 fn ptx(dev: &Dev) -> Result<String> {
     let stream = dev.cuda_stream();
     let cc = stream
@@ -68,16 +77,16 @@ fn ptx(dev: &Dev) -> Result<String> {
     Ok(ptx)
 }
 
-/// `kernels.cu` compiled by NVRTC to PTX for `arch` (`compute_90`, ...); needs no GPU.
+/// The kernels compiled by NVRTC to PTX for `arch` (`compute_90`, ...); needs no GPU.
 pub fn compile(arch: &'static str) -> Result<String> {
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),
         use_fast_math: Some(false),
-        name: Some("kernels.cu".into()),
+        name: Some("pctrain_kernels.cu".into()),
         ..Default::default()
     };
     Ok(cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
-        .map_err(|e| err("compiling kernels.cu with NVRTC", e))?
+        .map_err(|e| err("compiling the kernels with NVRTC", e))?
         .to_src())
 }
 
@@ -140,7 +149,7 @@ impl Args {
         self.0.push(Arg::F64(v));
     }
     /// A device address.
-    fn ptr(&mut self, p: u64) {
+    pub fn ptr(&mut self, p: u64) {
         self.0.push(Arg::U64(p));
     }
 }
@@ -164,6 +173,9 @@ pub fn launch_3d(
     smem: u32,
     fill: impl FnOnce(&mut Args),
 ) -> Result<()> {
+    if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+        return Ok(()); // nothing to do: an empty tensor
+    }
     let mut args = Args::default();
     fill(&mut args);
     let stream = dev.cuda_stream();
@@ -182,7 +194,7 @@ pub fn launch_3d(
         block_dim: (block, 1, 1),
         shared_mem_bytes: smem,
     };
-    // SAFETY: every kernel of kernels.cu takes exactly the arguments its wrapper in mod.rs
+    // SAFETY: every kernel takes exactly the arguments its wrapper (mod.rs, attention.rs)
     // pushes, in order, and indexes only within the sizes it is given.
     unsafe { b.launch(cfg) }.map_err(|e| err("launching a kernel", e))?;
     Ok(())
@@ -229,6 +241,11 @@ impl Slice {
     pub fn push(&self, b: &mut Args) {
         b.ptr(self.ptr);
     }
+
+    /// The device address of the first element.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
 }
 
 /// A kernel's fresh output buffer.
@@ -258,10 +275,23 @@ pub fn alloc(dev: &Dev, dtype: DType, n: usize) -> Result<Out> {
     })
 }
 
+/// A buffer of `n` f32 zeros.
+pub fn alloc_zeros(dev: &Dev, n: usize) -> Result<Out> {
+    let stream = dev.cuda_stream();
+    let s = dev.alloc_zeros::<f32>(n.max(1))?;
+    let p = s.device_ptr(&stream).0;
+    Ok(Out::F32(s, p))
+}
+
 impl Out {
     pub fn push(&self, b: &mut Args) {
+        b.ptr(self.ptr());
+    }
+
+    /// The device address of the first element.
+    pub fn ptr(&self) -> u64 {
         match self {
-            Out::F32(_, p) | Out::Bf16(_, p) => b.ptr(*p),
+            Out::F32(_, p) | Out::Bf16(_, p) => *p,
         }
     }
 

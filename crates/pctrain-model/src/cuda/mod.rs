@@ -1,23 +1,22 @@
-//! pctrain's CUDA kernels (`kernels.cu`), compiled with NVRTC at first use for the compute
-//! capability of the GPU present, so one binary runs on any NVIDIA GPU its driver supports; candle
-//! provides the device, the allocations and cuBLAS. Each function here has a CPU twin in
+//! pctrain's CUDA kernels (one `.cu` per layer beside this file), compiled with NVRTC at first use
+//! for the compute capability of the GPU present, so one binary runs on any NVIDIA GPU its driver
+//! supports; candle provides the device, the allocations and cuBLAS. Each function here has a CPU twin in
 //! `crate::layers` (named in its doc) that `tests/cuda.rs` compares it with on a GPU.
 
+mod attention;
+mod gemm;
 mod launch;
+
+pub use attention::{attention_backward, attention_forward};
 
 use candle_core::{DType, Result, Tensor};
 
-use launch::{alloc, arg_dtype, device_of, kernel, launch, Dev, Out, Slice};
+use launch::{alloc, arg_dtype, device_of, kernel, launch, Dev, Slice};
 
 /// Threads per block of the row-wise kernels.
 const BLOCK: u32 = 256;
-
-/// Warps (query or key rows) per attention block; must match `ROWS` in `kernels.cu`.
-const ATTN_ROWS: usize = 8;
-/// Rows of a staged attention tile; must match `TILE` in `kernels.cu`.
-const ATTN_TILE: usize = 32;
-/// The largest head dimension the attention kernels hold in registers.
-pub const MAX_HEAD_DIM: usize = 128;
+/// Rows per partial column sum of the RMS-norm weight gradient.
+const NORM_CHUNK: usize = 64;
 
 fn blocks(n: usize, per: u32) -> u32 {
     n.div_ceil(per as usize) as u32
@@ -41,13 +40,16 @@ pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     y.into_tensor(&dev, x.shape())
 }
 
-/// [`crate::layers::norm::rms_norm_backward`]: (`dx` `[.., H]`, `dw` `[H]`).
+/// [`crate::layers::norm::rms_norm_backward`]: (`dx` `[.., H]`, `dw` `[H]` with `train_w`). `dw`
+/// is reduced in two stages: column sums over chunks of [`NORM_CHUNK`] rows, then over the chunks,
+/// each in a fixed order.
 pub fn rms_norm_backward(
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
     eps: f64,
-) -> Result<(Tensor, Tensor)> {
+    train_w: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let dev = device_of(x)?;
     let dtype = x.dtype();
     let h = x.dim(candle_core::D::Minus1)?;
@@ -59,29 +61,43 @@ pub fn rms_norm_backward(
         Slice::new(&w.to_dtype(dtype)?)?,
     );
     let dx = alloc(&dev, dtype, x.elem_count())?;
-    let g = alloc(&dev, DType::F32, x.elem_count())?;
+    let rstd = train_w.then(|| alloc(&dev, DType::F32, rows)).transpose()?;
     let f = kernel(&dev, "rms_norm_bwd", dtype)?;
     launch(&dev, &f, (rows as u32, BLOCK, 0), |b| {
         dys.push(b);
         xs.push(b);
         ws.push(b);
         dx.push(b);
-        g.push(b);
+        b.ptr(rstd.as_ref().map_or(0, |r| r.ptr()));
         b.i32(h as i32);
         b.f32(eps as f32);
+    })?;
+    let dx = dx.into_tensor(&dev, x.shape())?;
+    let Some(rstd) = rstd else {
+        return Ok((dx, None));
+    };
+    let chunks = rows.div_ceil(NORM_CHUNK);
+    let partial = alloc(&dev, DType::F32, chunks * h)?;
+    let f = kernel(&dev, "rms_norm_dw_partial", dtype)?;
+    let grid = (chunks as u32, blocks(h, BLOCK), 1);
+    launch::launch_3d(&dev, &f, grid, BLOCK, 0, |b| {
+        dys.push(b);
+        xs.push(b);
+        rstd.push(b);
+        partial.push(b);
+        b.i32(rows as i32);
+        b.i32(h as i32);
+        b.i32(NORM_CHUNK as i32);
     })?;
     let dw = alloc(&dev, DType::F32, h)?;
     let sum = launch::plain_kernel(&dev, "col_sum_f32")?;
     launch(&dev, &sum, (blocks(h, BLOCK), BLOCK, 0), |b| {
-        g.push(b);
+        partial.push(b);
         dw.push(b);
-        b.i32(rows as i32);
+        b.i32(chunks as i32);
         b.i32(h as i32);
     })?;
-    Ok((
-        dx.into_tensor(&dev, x.shape())?,
-        dw.into_tensor(&dev, h)?.to_dtype(dtype)?,
-    ))
+    Ok((dx, Some(dw.into_tensor(&dev, h)?.to_dtype(dtype)?)))
 }
 
 /// [`crate::layers::rope::rope_forward`] (`backward` false) or
@@ -150,203 +166,6 @@ pub fn swiglu_backward(dz: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tenso
     ))
 }
 
-pub use crate::layers::attention::AttentionSaved;
-
-/// Shapes and mask of one attention call.
-struct AttentionDims {
-    batch: usize,
-    heads: usize,
-    kv_heads: usize,
-    t: usize,
-    d: usize,
-}
-
-fn attention_dims(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    segment_ids: &Tensor,
-) -> Result<AttentionDims> {
-    let (batch, heads, t, d) = q.dims4()?;
-    let (kb, kv_heads, s, kd) = k.dims4()?;
-    if kb != batch
-        || s != t
-        || kd != d
-        || kv_heads == 0
-        || heads % kv_heads != 0
-        || v.dims() != k.dims()
-    {
-        candle_core::bail!(
-            "attention: q {:?}, k {:?} and v {:?} do not fit (training attention needs S = T)",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
-    }
-    if t > i32::MAX as usize {
-        candle_core::bail!("attention: {t} positions are more than the kernels index");
-    }
-    if d > MAX_HEAD_DIM {
-        candle_core::bail!("attention: head dimension {d} is above the kernels' {MAX_HEAD_DIM}");
-    }
-    if segment_ids.dims() != [batch, t] || segment_ids.dtype() != DType::U32 {
-        candle_core::bail!("attention: segment ids must be u32 [{batch}, {t}]");
-    }
-    Ok(AttentionDims {
-        batch,
-        heads,
-        kv_heads,
-        t,
-        d,
-    })
-}
-
-/// [`crate::layers::attention::flash_attention_forward`]: attention with the mask built from
-/// `segment_ids` (`[B, T]` u32) and `window` (0: none), without storing the scores: `q`
-/// `[B, heads, T, d]`, `k`, `v` `[B, kv_heads, T, d]` -> output `[B, heads, T, d]` and the row
-/// log-sum-exps.
-pub fn attention_forward(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    segment_ids: &Tensor,
-    window: usize,
-    scale: f64,
-) -> Result<AttentionSaved> {
-    let dev = device_of(q)?;
-    let a = attention_dims(q, k, v, segment_ids)?;
-    let dtype = q.dtype();
-    let (qs, ks, vs, seg) = (
-        Slice::new(q)?,
-        Slice::new(&k.to_dtype(dtype)?)?,
-        Slice::new(&v.to_dtype(dtype)?)?,
-        Slice::new(segment_ids)?,
-    );
-    let o = alloc(&dev, dtype, q.elem_count())?;
-    let lse = alloc(&dev, DType::F32, a.batch * a.heads * a.t)?;
-    let smem = (2 * ATTN_TILE * (a.d + 1) + ATTN_ROWS * a.d) * 4;
-    let f = kernel(&dev, "attn_fwd", dtype)?;
-    let grid = (
-        a.t.div_ceil(ATTN_ROWS) as u32,
-        a.heads as u32,
-        a.batch as u32,
-    );
-    launch::launch_3d(&dev, &f, grid, (ATTN_ROWS * 32) as u32, smem as u32, |b| {
-        qs.push(b);
-        ks.push(b);
-        vs.push(b);
-        seg.push(b);
-        o.push(b);
-        lse.push(b);
-        b.i32(a.heads as i32);
-        b.i32(a.kv_heads as i32);
-        b.i32(a.t as i32);
-        b.i32(a.d as i32);
-        b.i32(window.min(a.t) as i32);
-        b.f32(scale as f32);
-    })?;
-    Ok(AttentionSaved {
-        out: o.into_tensor(&dev, q.shape())?,
-        lse: lse.into_tensor(&dev, (a.batch, a.heads, a.t))?,
-    })
-}
-
-/// [`crate::layers::attention::flash_attention_backward`]: gradients of [`attention_forward`],
-/// recomputing the probabilities: (`dq`, `dk`, `dv`), the key/value gradients summed over the
-/// query heads that share them.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
-    dout: &Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    saved: &AttentionSaved,
-    segment_ids: &Tensor,
-    window: usize,
-    scale: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let dev = device_of(q)?;
-    let a = attention_dims(q, k, v, segment_ids)?;
-    let dtype = q.dtype();
-    let dout = dout.to_dtype(dtype)?.contiguous()?;
-    let (qs, ks, vs, seg) = (
-        Slice::new(q)?,
-        Slice::new(&k.to_dtype(dtype)?)?,
-        Slice::new(&v.to_dtype(dtype)?)?,
-        Slice::new(segment_ids)?,
-    );
-    let (dos, os, lses) = (
-        Slice::new(&dout)?,
-        Slice::new(&saved.out)?,
-        Slice::new(&saved.lse)?,
-    );
-    let rows = a.batch * a.heads * a.t;
-    let delta = alloc(&dev, DType::F32, rows)?;
-    let f = kernel(&dev, "attn_delta", dtype)?;
-    launch(
-        &dev,
-        &f,
-        (blocks(rows, ATTN_ROWS as u32), (ATTN_ROWS * 32) as u32, 0),
-        |b| {
-            os.push(b);
-            dos.push(b);
-            delta.push(b);
-            b.i64(rows as i64);
-            b.i32(a.d as i32);
-        },
-    )?;
-    let grid = (
-        a.t.div_ceil(ATTN_ROWS) as u32,
-        a.heads as u32,
-        a.batch as u32,
-    );
-    let threads = (ATTN_ROWS * 32) as u32;
-    let smem = ((2 * ATTN_TILE * (a.d + 1) + 2 * ATTN_ROWS * a.d) * 4) as u32;
-    let common = |b: &mut launch::Args| {
-        b.i32(a.heads as i32);
-        b.i32(a.kv_heads as i32);
-        b.i32(a.t as i32);
-        b.i32(a.d as i32);
-        b.i32(window.min(a.t) as i32);
-        b.f32(scale as f32);
-    };
-    // Both backward kernels read the same inputs, then write their outputs.
-    let inputs = |b: &mut launch::Args| {
-        for s in [&qs, &ks, &vs, &seg, &dos, &lses] {
-            s.push(b);
-        }
-        delta.push(b);
-    };
-    let dq = alloc(&dev, dtype, q.elem_count())?;
-    let f = kernel(&dev, "attn_bwd_dq", dtype)?;
-    launch::launch_3d(&dev, &f, grid, threads, smem, |b| {
-        inputs(b);
-        dq.push(b);
-        common(b);
-    })?;
-    let dk_h = alloc(&dev, DType::F32, q.elem_count())?;
-    let dv_h = alloc(&dev, DType::F32, q.elem_count())?;
-    let f = kernel(&dev, "attn_bwd_dkdv", dtype)?;
-    launch::launch_3d(&dev, &f, grid, threads, smem, |b| {
-        inputs(b);
-        dk_h.push(b);
-        dv_h.push(b);
-        common(b);
-    })?;
-    // Sum the query heads of each key/value head, in a fixed order.
-    let group = a.heads / a.kv_heads;
-    let per_kv = |t: Out| -> Result<Tensor> {
-        t.into_tensor(&dev, (a.batch, a.kv_heads, group, a.t, a.d))?
-            .sum(2)?
-            .to_dtype(dtype)
-    };
-    Ok((
-        dq.into_tensor(&dev, q.shape())?,
-        per_kv(dk_h)?,
-        per_kv(dv_h)?,
-    ))
-}
-
 /// The cross-entropy of one chunk of rows (see [`crate::layers::loss`]): `z` `[M, V]` raw logits
 /// (before the division by `scaling`), `targets` `[M]` u32. Returns each row's loss (f32 `[M]`)
 /// and, with `grad_scale`, `dz = (softmax - onehot) * grad_scale / scaling` written over `z`'s
@@ -381,6 +200,34 @@ pub fn cross_entropy(
     Ok((loss.into_tensor(&dev, m)?, grad_scale.map(|_| z)))
 }
 
+/// Rows `index[r]` of `dst` (`[N, H]`, written in place) set to rows `r` of `src` (`[M, H]`, as
+/// `dst`'s dtype); the indices must be distinct and below `N`.
+pub fn write_rows(dst: &Tensor, index: &Tensor, src: &Tensor) -> Result<()> {
+    let dev = device_of(dst)?;
+    let (n, h) = dst.dims2()?;
+    let m = src.dim(0)?;
+    if src.dims() != [m, h] || index.dims() != [m] || index.dtype() != DType::U32 {
+        candle_core::bail!(
+            "write_rows: {:?} rows by {:?} indices into {:?}",
+            src.dims(),
+            index.dims(),
+            dst.dims()
+        );
+    }
+    let src = src.to_dtype(dst.dtype())?;
+    let (ds, is, ss) = (Slice::in_place(dst)?, Slice::new(index)?, Slice::new(&src)?);
+    let elems = m * h;
+    let f = kernel(&dev, "write_rows", dst.dtype())?;
+    launch(&dev, &f, (blocks(elems, BLOCK), BLOCK, 0), |b| {
+        ds.push(b);
+        is.push(b);
+        ss.push(b);
+        b.i64(elems as i64);
+        b.i32(h as i32);
+        b.i32(n as i32);
+    })
+}
+
 /// [`crate::layers::linear::dropout_mask`] drawn on the GPU: `1/(1-p)` or 0 per element.
 pub fn dropout_mask(p: f64, seed: u64, shape: &[usize], dtype: DType, dev: &Dev) -> Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -407,7 +254,45 @@ pub struct AdamWStep {
     pub eps: f64,
 }
 
+/// Blocks (partial sums) per tensor in the first stage of [`grad_norm_clip`].
+const NORM_PARTS: usize = 256;
+
+/// The global L2 norm of `grads` and what clipping it to `max_norm` (0: off) makes of it, in one
+/// device reduction (partial sums of squares per tensor, then one block over them all, each in
+/// a fixed order) and without a read back: `[norm, coef, ok]` f32 with
+/// `coef = min(1, max_norm / (norm + 1e-6))` (1 when off) and `ok` 1 when the norm and `loss`
+/// (an f32 scalar on the device) are finite, else 0. [`adamw`] applies it.
+pub fn grad_norm_clip(grads: &[Tensor], max_norm: f64, loss: &Tensor) -> Result<Tensor> {
+    let dev = device_of(loss)?;
+    let partials = launch::alloc_zeros(&dev, grads.len() * NORM_PARTS)?;
+    for (i, g) in grads.iter().enumerate() {
+        let n = g.elem_count();
+        let gs = Slice::new(g)?;
+        let f = kernel(&dev, "sq_sum", g.dtype())?;
+        let parts = n.div_ceil(BLOCK as usize * 4).clamp(1, NORM_PARTS);
+        let at = partials.ptr() + (i * NORM_PARTS * 4) as u64;
+        launch(&dev, &f, (parts as u32, BLOCK, 0), |b| {
+            gs.push(b);
+            b.i64(n as i64);
+            b.ptr(at);
+        })?;
+    }
+    let ls = Slice::new(&loss.to_dtype(DType::F32)?)?;
+    let out = alloc(&dev, DType::F32, 3)?;
+    let f = launch::plain_kernel(&dev, "clip_finish")?;
+    launch(&dev, &f, (1, 1024, 0), |b| {
+        partials.push(b);
+        b.i32((grads.len() * NORM_PARTS) as i32);
+        ls.push(b);
+        b.f32(max_norm as f32);
+        out.push(b);
+    })?;
+    out.into_tensor(&dev, 3)
+}
+
 /// One fused AdamW update in place: `param` (f32, or bf16 with its f32 `master`), `m`, `v` f32.
+/// With `clip` ([`grad_norm_clip`]'s) the gradient is scaled by its `coef`, and nothing changes
+/// when its `ok` is 0.
 pub fn adamw(
     param: &Tensor,
     master: Option<&Tensor>,
@@ -415,6 +300,7 @@ pub fn adamw(
     m: &Tensor,
     v: &Tensor,
     c: AdamWStep,
+    clip: Option<&Tensor>,
 ) -> Result<()> {
     let dev = device_of(param)?;
     let n = param.elem_count();
@@ -439,6 +325,16 @@ pub fn adamw(
     }
     let grad = grad.to_dtype(param.dtype())?.contiguous()?;
     let gs = Slice::new(&grad)?;
+    let clip = match clip {
+        Some(t) if t.dims() == [3] && t.dtype() == DType::F32 => Some(Slice::new(t)?),
+        Some(t) => candle_core::bail!(
+            "adamw: a clip of {:?} {:?}, not f32 [3]",
+            t.dtype(),
+            t.dims()
+        ),
+        None => None,
+    };
+    let clip_ptr = clip.as_ref().map_or(0, Slice::ptr);
     let (ms, vs) = (Slice::in_place(m)?, Slice::in_place(v)?);
     let ps = Slice::in_place(param)?;
     let consts = |b: &mut launch::Args| {
@@ -456,6 +352,7 @@ pub fn adamw(
         (DType::F32, None) => {
             let f = launch::plain_kernel(&dev, "adamw_f32")?;
             launch(&dev, &f, (blocks(n, BLOCK), BLOCK, 0), |b| {
+                b.ptr(clip_ptr);
                 ps.push(b);
                 gs.push(b);
                 ms.push(b);
@@ -467,6 +364,7 @@ pub fn adamw(
             let mst = Slice::in_place(master)?;
             let f = launch::plain_kernel(&dev, "adamw_bf16")?;
             launch(&dev, &f, (blocks(n, BLOCK), BLOCK, 0), |b| {
+                b.ptr(clip_ptr);
                 mst.push(b);
                 ps.push(b);
                 gs.push(b);
@@ -480,6 +378,35 @@ pub fn adamw(
             if master.is_some() { "with" } else { "without" }
         ),
     }
+}
+
+/// Keeps memory that the step frees in the device's pool instead of handing it back to the driver
+/// at each synchronisation (the pool's release threshold, 0 by default, raised to its maximum),
+/// so a step's allocations reuse it. Called once, when the device opens.
+pub fn keep_freed_memory(dev: &Dev) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let ctx = dev.cuda_stream().context().clone();
+    ctx.bind_to_thread()
+        .map_err(|e| candle_core::Error::Msg(format!("binding the CUDA context: {e}")))?;
+    let mut pool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` receives the default pool of the context's device; the attribute is a u64.
+    let status = unsafe {
+        let got = sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device());
+        if got != sys::CUresult::CUDA_SUCCESS {
+            got
+        } else {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+    };
+    if status != sys::CUresult::CUDA_SUCCESS {
+        candle_core::bail!("raising the memory pool's release threshold: {status:?}");
+    }
+    Ok(())
 }
 
 /// Memory in use on the GPU (by every process), MiB.
@@ -506,18 +433,21 @@ mod tests {
     fn the_kernels_compile_with_nvrtc_and_export_every_entry_point() {
         for arch in ["compute_80", "compute_90"] {
             let ptx = super::launch::compile(arch).unwrap();
-            let mut names = vec!["col_sum_f32", "adamw_f32", "adamw_bf16"];
+            let mut names = vec!["col_sum_f32", "adamw_f32", "adamw_bf16", "clip_finish"];
             let typed = [
                 "rms_norm_fwd",
                 "rms_norm_bwd",
+                "rms_norm_dw_partial",
                 "rope",
                 "swiglu_fwd",
                 "swiglu_bwd",
-                "attn_fwd",
+                "attn_softmax",
+                "attn_softmax_bwd",
+                "attn_copy_rows",
                 "attn_delta",
-                "attn_bwd_dq",
-                "attn_bwd_dkdv",
                 "cross_entropy",
+                "write_rows",
+                "sq_sum",
                 "dropout_mask",
             ];
             let typed: Vec<String> = typed

@@ -81,24 +81,52 @@ pub struct AttentionSaved {
     pub lse: Tensor,
 }
 
-/// Attention with the mask built from `segment_ids` (`[B, T]` u32) and `window` (0: none),
-/// without storing the scores: `q` `[B, heads, T, d]`, `k`, `v` `[B, kv_heads, T, d]` -> the
+/// The mask of a training pass: segment ids `[B, T]` u32 on the pass's device, and on the host
+/// the same ids and each position's first visible key ([`attention_reach`]), so that the GPU plans
+/// its blocks of keys without reading anything back; `window` is the sliding window (0: none).
+#[derive(Debug, Clone)]
+pub struct SegmentMask {
+    pub ids: Tensor,
+    pub host_ids: Vec<u32>,
+    pub reach: Vec<u32>,
+    pub window: usize,
+}
+
+impl SegmentMask {
+    /// The mask of `batch` rows of packed `segment_ids` (row-major `[B * T]`).
+    pub fn new(segment_ids: &[u32], batch: usize, window: usize, device: &Device) -> Result<Self> {
+        if batch == 0 || !segment_ids.len().is_multiple_of(batch) {
+            candle_core::bail!(
+                "attention: {} segment ids do not make {batch} rows",
+                segment_ids.len()
+            );
+        }
+        let t = segment_ids.len() / batch;
+        Ok(SegmentMask {
+            ids: Tensor::from_slice(segment_ids, (batch, t), device)?,
+            host_ids: segment_ids.to_vec(),
+            reach: attention_reach(segment_ids, batch, window),
+            window,
+        })
+    }
+}
+
+/// Attention masked by `mask` without storing the scores: `q` `[B, heads, T, d]`, `k`, `v` `[B, kv_heads, T, d]` -> the
 /// output `[B, heads, T, d]` and the row log-sum-exps.
 pub fn flash_attention_forward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    segment_ids: &Tensor,
-    window: usize,
+    mask: &SegmentMask,
     scale: f64,
 ) -> Result<AttentionSaved> {
+    let _span = crate::profile::span("flash_attention_forward", q.device());
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(q) {
-        return crate::cuda::attention_forward(q, k, v, segment_ids, window, scale);
+        return crate::cuda::attention_forward(q, k, v, mask, scale);
     }
-    let shape = AttnShape::of(q, k, v, segment_ids)?;
-    let seg = segment_ids.flatten_all()?.to_vec1::<u32>()?;
-    let reach = attention_reach(&seg, shape.batch, window);
+    let shape = AttnShape::of(q, k, v, mask)?;
+    let (seg, reach) = (&mask.host_ids, &mask.reach);
     let (q32, k32, v32) = (f32_contiguous(q)?, f32_contiguous(k)?, f32_contiguous(v)?);
     let mut out = vec![0f32; q.elem_count()];
     let mut lse = vec![0f32; shape.batch * shape.heads * shape.t];
@@ -107,8 +135,8 @@ pub fn flash_attention_forward(
         &view(&q32)?,
         &view(&k32)?,
         &view(&v32)?,
-        &seg,
-        &reach,
+        seg,
+        reach,
         scale as f32,
         &mut out,
         &mut lse,
@@ -130,17 +158,16 @@ pub fn flash_attention_backward(
     k: &Tensor,
     v: &Tensor,
     saved: &AttentionSaved,
-    segment_ids: &Tensor,
-    window: usize,
+    mask: &SegmentMask,
     scale: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let _span = crate::profile::span("flash_attention_backward", q.device());
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(q) {
-        return crate::cuda::attention_backward(dout, q, k, v, saved, segment_ids, window, scale);
+        return crate::cuda::attention_backward(dout, q, k, v, saved, mask, scale);
     }
-    let shape = AttnShape::of(q, k, v, segment_ids)?;
-    let seg = segment_ids.flatten_all()?.to_vec1::<u32>()?;
-    let reach = attention_reach(&seg, shape.batch, window);
+    let shape = AttnShape::of(q, k, v, mask)?;
+    let (seg, reach) = (&mask.host_ids, &mask.reach);
     let f = f32_contiguous;
     let (q32, k32, v32, do32) = (f(q)?, f(k)?, f(v)?, f(dout)?);
     let (o32, lse) = (f(&saved.out)?, f(&saved.lse)?);
@@ -156,8 +183,8 @@ pub fn flash_attention_backward(
             out: &view(&o32)?,
             lse: &view(&lse)?,
             dout: &view(&do32)?,
-            seg: &seg,
-            reach: &reach,
+            seg,
+            reach,
         },
         scale as f32,
         &mut dq,
@@ -185,7 +212,8 @@ pub struct AttnShape {
 
 impl AttnShape {
     /// The shape of head-major tensors, checked.
-    fn of(q: &Tensor, k: &Tensor, v: &Tensor, segment_ids: &Tensor) -> Result<Self> {
+    pub(crate) fn of(q: &Tensor, k: &Tensor, v: &Tensor, mask: &SegmentMask) -> Result<Self> {
+        let segment_ids = &mask.ids;
         let (batch, heads, t, d) = q.dims4()?;
         let (kb, kv_heads, s, kd) = k.dims4()?;
         if kb != batch

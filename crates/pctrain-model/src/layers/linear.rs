@@ -20,17 +20,29 @@ pub struct Lora {
 
 /// `x`: `[.., in]` -> `[.., out]`, without dropout.
 pub fn linear_forward(x: &Tensor, w: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
-    linear_forward_train(x, w, lora, None)
+    linear_forward_train(x, w, lora, None, None)
 }
 
-/// `x`: `[.., in]` -> `[.., out]`; `dropout`, shaped as `x`, masks the adapter's input.
-/// Leading dimensions are flattened so that each product is one 2-D GEMM.
+/// `x` in the adapter's dtype: `x_lora` when the caller cast it already (the projections that
+/// share an input share one cast), else cast here.
+fn adapter_input(x: &Tensor, x_lora: Option<&Tensor>, l: &Lora) -> Result<Tensor> {
+    match x_lora {
+        Some(c) => c.reshape(x.shape()),
+        None => x.to_dtype(l.a.dtype()),
+    }
+}
+
+/// `x`: `[.., in]` -> `[.., out]`; `dropout`, shaped as `x`, masks the adapter's input, which is
+/// `x_lora` (`x` in the adapter's dtype) when given. Leading dimensions are flattened so that
+/// each product is one 2-D GEMM.
 pub fn linear_forward_train(
     x: &Tensor,
     w: &Tensor,
     lora: Option<&Lora>,
+    x_lora: Option<&Tensor>,
     dropout: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let _span = crate::profile::span("linear_forward_train", x.device());
     let dims = x.dims().to_vec();
     let (last, lead) = dims
         .split_last()
@@ -39,11 +51,11 @@ pub fn linear_forward_train(
     let mut y = x2.matmul(&w.t()?)?;
     if let Some(l) = lora {
         // The adapter computes in its own dtype (f32 over a bf16 base).
+        let xa = adapter_input(&x2, x_lora, l)?;
         let xd = match dropout {
-            Some(mask) => (&x2 * mask.reshape(((), *last))?)?,
-            None => x2,
-        }
-        .to_dtype(l.a.dtype())?;
+            Some(mask) => (xa * mask.reshape(((), *last))?.to_dtype(l.a.dtype())?)?,
+            None => xa,
+        };
         let up = xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
         let up = (up * l.scale)?.to_dtype(y.dtype())?;
         y = (y + up)?;
@@ -66,15 +78,17 @@ pub struct LinearGrads {
 
 /// With `xd = dropout(x)`: `dx = dy W + (s (dy B) A) * mask`, `dW = dy^T x` (when `train_w`),
 /// `dA = s (dy B)^T xd`, `dB = s dy^T (xd A^T)`. A frozen `W` gets no gradient and costs no
-/// weight-sized GEMM.
+/// weight-sized GEMM. `x_lora` is `x` in the adapter's dtype when the caller has it.
 pub fn linear_backward(
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
     lora: Option<&Lora>,
+    x_lora: Option<&Tensor>,
     dropout: Option<&Tensor>,
     train_w: bool,
 ) -> Result<LinearGrads> {
+    let _span = crate::profile::span("linear_backward", x.device());
     let mut dx = dy.matmul(w)?;
     let dw = if train_w {
         Some(dy.t()?.matmul(x)?)
@@ -85,18 +99,21 @@ pub fn linear_backward(
         None => None,
         Some(l) => {
             // The adapter computes in its own dtype (f32 over a bf16 base).
-            let xd = match dropout {
-                Some(mask) => (x * mask)?,
-                None => x.clone(),
-            }
-            .to_dtype(l.a.dtype())?;
+            let xa = adapter_input(x, x_lora, l)?;
+            let mask = dropout.map(|m| m.to_dtype(l.a.dtype())).transpose()?;
+            let xd = match &mask {
+                Some(mask) => (xa * mask)?,
+                None => xa,
+            };
             let dy = dy.to_dtype(l.a.dtype())?;
             let dy_b = (dy.matmul(&l.b)? * l.scale)?;
-            let dxd = dy_b.matmul(&l.a)?.to_dtype(dx.dtype())?;
-            dx = match dropout {
-                Some(mask) => (dx + (dxd * mask)?)?,
-                None => (dx + dxd)?,
+            let dxd = dy_b.matmul(&l.a)?;
+            let dxd = match &mask {
+                Some(mask) => (dxd * mask)?,
+                None => dxd,
             };
+            let dxd = dxd.to_dtype(dx.dtype())?;
+            dx = (dx + dxd)?;
             let da = dy_b.t()?.matmul(&xd)?;
             let xa = xd.matmul(&l.a.t()?)?;
             let db = (dy.t()?.matmul(&xa)? * l.scale)?;

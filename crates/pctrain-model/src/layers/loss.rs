@@ -2,7 +2,7 @@
 //! whole batch never exist at once. Labels are aligned with the inputs (as in transformers): the
 //! target of position `t` is `labels[t + 1]`; -100 is ignored.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::gemm::{matmul, Mat, MatMut};
@@ -34,11 +34,66 @@ pub fn shift_targets(labels: &[i64], segment_ids: &[u32], batch: usize) -> Vec<i
     out
 }
 
-/// Sum of the cross-entropy over trained targets, and their count.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Sum of the cross-entropy over trained targets, and their count. The sum stays where it was
+/// computed: a GPU's is a device scalar, read back only when asked for ([`LossSum::sum`]), so a
+/// training step never waits on it.
+#[derive(Debug, Clone)]
 pub struct LossSum {
-    pub sum: f64,
+    total: Total,
     pub count: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Total {
+    Host(f64),
+    /// An f32 scalar on the device.
+    Device(Tensor),
+}
+
+impl LossSum {
+    /// A sum computed on the host.
+    pub fn host(sum: f64, count: usize) -> Self {
+        LossSum {
+            total: Total::Host(sum),
+            count,
+        }
+    }
+
+    /// A sum held as a scalar tensor on its device.
+    pub fn device(sum: Tensor, count: usize) -> Self {
+        LossSum {
+            total: Total::Device(sum),
+            count,
+        }
+    }
+
+    /// The sum (reading a device's scalar back).
+    pub fn sum(&self) -> Result<f64> {
+        match &self.total {
+            Total::Host(v) => Ok(*v),
+            Total::Device(t) => Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)),
+        }
+    }
+
+    /// The sum as an f32 scalar tensor on `device` (no copy when it is there already).
+    pub fn on(&self, device: &Device) -> Result<Tensor> {
+        match &self.total {
+            Total::Host(v) => Tensor::new(*v as f32, device),
+            Total::Device(t) => t.to_dtype(DType::F32)?.to_device(device),
+        }
+    }
+
+    /// The two sums added: on the host when both are there, else on the device.
+    pub fn add(&self, other: &LossSum) -> Result<LossSum> {
+        let count = self.count + other.count;
+        Ok(match (&self.total, &other.total) {
+            (Total::Host(a), Total::Host(b)) => LossSum::host(a + b, count),
+            (Total::Device(t), _) | (_, Total::Device(t)) => {
+                let device = t.device();
+                LossSum::device((self.on(device)? + other.on(device)?)?, count)
+            }
+        })
+    }
 }
 
 /// `hidden`: `[N, H]` final hidden states, `output`: `[V, H]`, `targets`: `N` next-token ids
@@ -50,11 +105,12 @@ pub fn cross_entropy_forward(
     targets: &[i64],
     chunk: usize,
 ) -> Result<LossSum> {
+    let _span = crate::profile::span("cross_entropy_forward", hidden.device());
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(hidden) {
-        let grads =
+        let (loss, _) =
             cross_entropy_cuda(hidden, output, logits_scaling, targets, chunk, None, false)?;
-        return Ok(grads.loss);
+        return Ok(loss);
     }
     let (h32, w32) = (f32_contiguous(hidden)?, f32_contiguous(output)?);
     let mut scratch = LossScratch::default();
@@ -92,9 +148,10 @@ pub fn cross_entropy_backward(
     grad_scale: f64,
     train_output: bool,
 ) -> Result<CrossEntropyGrads> {
+    let _span = crate::profile::span("cross_entropy_backward", hidden.device());
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(hidden) {
-        return cross_entropy_cuda(
+        let (loss, grads) = cross_entropy_cuda(
             hidden,
             output,
             logits_scaling,
@@ -102,7 +159,14 @@ pub fn cross_entropy_backward(
             chunk,
             Some(grad_scale),
             train_output,
-        );
+        )?;
+        let (dhidden, doutput) =
+            grads.ok_or_else(|| candle_core::Error::Msg("the loss gave no gradients".into()))?;
+        return Ok(CrossEntropyGrads {
+            loss,
+            dhidden,
+            doutput,
+        });
     }
     let (n, h_dim) = hidden.dims2()?;
     let vocab = output.dim(0)?;
@@ -170,7 +234,7 @@ pub fn cross_entropy_cpu(
     let n = targets.len();
     let h = hidden.len() / n.max(1);
     let vocab = output.len() / h.max(1);
-    let mut total = LossSum { sum: 0.0, count: 0 };
+    let (mut sum, mut count) = (0f64, 0usize);
     if let Some(g) = grads.as_mut() {
         g.dhidden.fill(0.0);
     }
@@ -205,8 +269,8 @@ pub fn cross_entropy_cpu(
             .zip(s.targets.par_chunks(rows_per_task))
             .zip(s.losses.par_chunks_mut(rows_per_task))
             .for_each(|((z, t), l)| loss_rows(z, vocab, t, l, want_grad, g));
-        total.sum += s.losses.iter().map(|&l| f64::from(l)).sum::<f64>();
-        total.count += m;
+        sum += s.losses.iter().map(|&l| f64::from(l)).sum::<f64>();
+        count += m;
         let Some(gr) = grads.as_mut() else {
             continue;
         };
@@ -231,7 +295,7 @@ pub fn cross_entropy_cpu(
             );
         }
     }
-    total
+    LossSum::host(sum, count)
 }
 
 simd_fn! {
@@ -262,9 +326,15 @@ simd_fn! {
     }
 }
 
-/// [`cross_entropy_backward`] (or, without `grad_scale`, the loss alone) on a GPU: each chunk's
-/// logits come from cuBLAS, and one fused kernel gives the losses and writes `dz` over the logits,
-/// so no one-hot matrix is built and the chunk's logits exist once.
+/// `dhidden` and, when the output projection trains, `doutput`.
+#[cfg(feature = "cuda")]
+type HiddenAndOutputGrads = (Tensor, Option<Tensor>);
+
+/// [`cross_entropy_backward`] (or, without `grad_scale`, the loss alone) on a GPU, over chunks of
+/// `chunk` trained rows: each chunk's logits come from cuBLAS, and one fused kernel gives the
+/// losses and writes `dz` over the logits, so no one-hot matrix is built and the chunk's logits
+/// exist once. With `grad_scale`, the chunk's rows of `dhidden` are written in place (and, with
+/// `train_output`, `doutput` summed); the losses are summed on the device: nothing is read back.
 #[cfg(feature = "cuda")]
 fn cross_entropy_cuda(
     hidden: &Tensor,
@@ -274,53 +344,66 @@ fn cross_entropy_cuda(
     chunk: usize,
     grad_scale: Option<f64>,
     train_output: bool,
-) -> Result<CrossEntropyGrads> {
+) -> Result<(LossSum, Option<HiddenAndOutputGrads>)> {
     let (n, h_dim) = hidden.dims2()?;
     let vocab = output.dim(0)?;
+    if targets.len() != n {
+        candle_core::bail!("cross-entropy: {} targets for {n} rows", targets.len());
+    }
+    if let Some(t) = targets
+        .iter()
+        .find(|&&t| t != IGNORE_INDEX && !(0..vocab as i64).contains(&t))
+    {
+        candle_core::bail!("cross-entropy: target {t} is outside the vocabulary of {vocab}");
+    }
     let device = hidden.device();
     let out_t = output.t()?;
-    let mut loss = LossSum { sum: 0.0, count: 0 };
-    let mut dhidden = Tensor::zeros((n, h_dim), hidden.dtype(), device)?;
+    let rows: Vec<u32> = (0..n)
+        .filter(|&i| targets[i] != IGNORE_INDEX)
+        .map(|i| i as u32)
+        .collect();
+    let picked: Vec<u32> = rows.iter().map(|&i| targets[i as usize] as u32).collect();
+    let trained = rows.len();
+    let dhidden = grad_scale
+        .map(|_| Tensor::zeros((n, h_dim), hidden.dtype(), device))
+        .transpose()?;
     let mut doutput = None::<Tensor>;
-    for start in (0..n).step_by(chunk.max(1)) {
-        let rows: Vec<u32> = (start..(start + chunk.max(1)).min(n))
-            .filter(|&i| targets[i] != IGNORE_INDEX)
-            .map(|i| i as u32)
-            .collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let index = Tensor::from_slice(&rows, rows.len(), device)?;
-        let picked: Vec<u32> = rows.iter().map(|&i| targets[i as usize] as u32).collect();
-        let picked = Tensor::from_slice(&picked, picked.len(), device)?;
-        let h = hidden.index_select(&index, 0)?;
-        let z = h.matmul(&out_t)?;
-        let (losses, dz) = crate::cuda::cross_entropy(z, &picked, logits_scaling, grad_scale)?;
-        loss.sum += losses
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|&l| f64::from(l))
-            .sum::<f64>();
-        loss.count += rows.len();
-        if let Some(dz) = dz {
-            dhidden = dhidden.index_add(&index, &dz.matmul(output)?, 0)?;
-            if train_output {
-                let d = dz.t()?.matmul(&h)?;
-                doutput = Some(match doutput {
-                    Some(acc) => (acc + d)?,
-                    None => d,
-                });
+    let mut losses = Vec::new();
+    if trained > 0 {
+        let index = Tensor::from_slice(&rows, trained, device)?;
+        let picked = Tensor::from_slice(&picked, trained, device)?;
+        for start in (0..trained).step_by(chunk.max(1)) {
+            let len = chunk.max(1).min(trained - start);
+            let index = index.narrow(0, start, len)?;
+            let h = hidden.index_select(&index, 0)?;
+            let z = h.matmul(&out_t)?;
+            let (loss, dz) = crate::cuda::cross_entropy(
+                z,
+                &picked.narrow(0, start, len)?,
+                logits_scaling,
+                grad_scale,
+            )?;
+            losses.push(loss);
+            if let (Some(dz), Some(dhidden)) = (dz, &dhidden) {
+                crate::cuda::write_rows(dhidden, &index, &dz.matmul(output)?)?;
+                if train_output {
+                    let d = dz.t()?.matmul(&h)?;
+                    doutput = Some(match doutput {
+                        Some(acc) => (acc + d)?,
+                        None => d,
+                    });
+                }
             }
         }
     }
+    let sum = match losses.len() {
+        0 => Tensor::zeros((), DType::F32, device)?,
+        _ => Tensor::cat(&losses, 0)?.sum_all()?,
+    };
     if train_output && doutput.is_none() {
         doutput = Some(Tensor::zeros((vocab, h_dim), output.dtype(), device)?);
     }
-    Ok(CrossEntropyGrads {
-        loss,
-        dhidden,
-        doutput,
-    })
+    Ok((LossSum::device(sum, trained), dhidden.map(|d| (d, doutput))))
 }
 
 #[cfg(test)]

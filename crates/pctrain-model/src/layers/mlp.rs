@@ -12,6 +12,7 @@ use crate::simd_fn;
 
 /// `gate`, `up`: `[.., I]` -> `silu(gate) * up`: `[.., I]`.
 pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let _span = crate::profile::span("swiglu_forward", gate.device());
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(gate) {
         return crate::cuda::swiglu_forward(gate, up);
@@ -25,6 +26,7 @@ pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// Gradients of [`swiglu_forward`]: (`dgate`, `dup`), with
 /// `silu'(g) = sigmoid(g) * (1 + g * (1 - sigmoid(g)))`.
 pub fn swiglu_backward(dz: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
+    let _span = crate::profile::span("swiglu_backward", gate.device());
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(gate) {
         return crate::cuda::swiglu_backward(dz, gate, up);

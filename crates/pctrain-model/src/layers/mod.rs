@@ -2,6 +2,7 @@
 //! size, `N = B*T` tokens.
 
 pub mod attention;
+pub mod attention_blocks;
 pub mod linear;
 pub mod loss;
 pub mod mlp;

@@ -12,6 +12,7 @@ use crate::simd_fn;
 
 /// `x`: `[.., H]`, `w`: `[H]` -> `y`: `[.., H]` in `x`'s dtype.
 pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let _span = crate::profile::span("rms_norm_forward", x.device());
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(x) {
         return crate::cuda::rms_norm_forward(x, w, eps);
@@ -24,18 +25,20 @@ pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Tensor::from_vec(y, x.shape(), &Device::Cpu)?.to_dtype(x.dtype())
 }
 
-/// Gradients of [`rms_norm_forward`]: `dy` and `x`: `[.., H]` -> (`dx`: `[.., H]`, `dw`: `[H]`).
-/// With `xhat = x * rstd`: `dw = sum(dy * xhat)`,
+/// Gradients of [`rms_norm_forward`]: `dy` and `x`: `[.., H]` -> (`dx`: `[.., H]`, `dw`: `[H]`,
+/// only with `train_w`). With `xhat = x * rstd`: `dw = sum(dy * xhat)`,
 /// `dx = rstd * (dy*w - xhat * mean(dy*w * xhat))`.
 pub fn rms_norm_backward(
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
     eps: f64,
-) -> Result<(Tensor, Tensor)> {
+    train_w: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let _span = crate::profile::span("rms_norm_backward", x.device());
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(x) {
-        return crate::cuda::rms_norm_backward(dy, x, w, eps);
+        return crate::cuda::rms_norm_backward(dy, x, w, eps, train_w);
     }
     let h = x.dim(D::Minus1)?;
     let (dy32, x32, w32) = (f32_contiguous(dy)?, f32_contiguous(x)?, f32_contiguous(w)?);
@@ -43,7 +46,7 @@ pub fn rms_norm_backward(
     let mut scratch = vec![0f32; x.elem_count()];
     let mut rstd = vec![0f32; x.elem_count() / h.max(1)];
     rms_norm_cpu_forward(&x32, &w32, eps as f32, &mut scratch, &mut rstd);
-    let mut dw = vec![0f32; h];
+    let mut dw = train_w.then(|| vec![0f32; h]);
     rms_norm_cpu_backward(
         &view(&dy32)?,
         &x32,
@@ -51,11 +54,12 @@ pub fn rms_norm_backward(
         &w32,
         &mut scratch,
         false,
-        Some(&mut dw),
+        dw.as_deref_mut(),
     );
     Ok((
         Tensor::from_vec(scratch, x.shape(), &Device::Cpu)?.to_dtype(x.dtype())?,
-        Tensor::from_vec(dw, h, &Device::Cpu)?.to_dtype(x.dtype())?,
+        dw.map(|dw| Tensor::from_vec(dw, h, &Device::Cpu)?.to_dtype(x.dtype()))
+            .transpose()?,
     ))
 }
 

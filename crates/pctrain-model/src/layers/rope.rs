@@ -77,12 +77,14 @@ pub fn rope_table_values(inv_freq: &[f32], position_ids: &[u32]) -> (Vec<f32>, V
 /// `x`: `[B, heads, T, d]`, `cos`/`sin`: `[B, T, d]` -> `x * cos + rotate_half(x) * sin`, with
 /// `rotate_half([x1, x2]) = [-x2, x1]`.
 pub fn rope_forward(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let _span = crate::profile::span("rope_forward", x.device());
     rope(x, cos, sin, false)
 }
 
 /// Gradient of [`rope_forward`]: `dx = dy * cos + rotate_half^T(dy * sin)`, where
 /// `rotate_half^T([a1, a2]) = [a2, -a1]`.
 pub fn rope_backward(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let _span = crate::profile::span("rope_backward", dy.device());
     rope(dy, cos, sin, true)
 }
 
