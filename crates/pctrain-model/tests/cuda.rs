@@ -138,6 +138,7 @@ fn rms_norm_matches_its_cpu_twin() {
     }
 }
 
+/// The kernel, and the cosine and sine tables the GPU makes from the positions.
 #[test]
 fn rope_matches_its_cpu_twin() {
     let Some(dev) = gpu("rope") else { return };
@@ -146,7 +147,9 @@ fn rope_matches_its_cpu_twin() {
         .collect();
     let positions: Vec<u32> = (0..2 * 9).map(|i| (i * 7 % 13) as u32).collect();
     let (cos, sin) = rope_tables(&inv_freq, &positions, 2, &Device::Cpu).unwrap();
-    let (cos_g, sin_g) = (cos.to_device(&dev).unwrap(), sin.to_device(&dev).unwrap());
+    let (cos_g, sin_g) = rope_tables(&inv_freq, &positions, 2, &dev).unwrap();
+    assert!(rel_err(&cos_g, &cos) < 1e-6, "cos tables made on the GPU");
+    assert!(rel_err(&sin_g, &sin) < 1e-6, "sin tables made on the GPU");
     for dtype in [DType::F32, DType::BF16] {
         let x = randn(&[2, 3, 9, 32], 1.0, 4);
         let y_g = rope_forward(&on(&x, &dev, dtype), &cos_g, &sin_g).unwrap();

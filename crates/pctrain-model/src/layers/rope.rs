@@ -40,7 +40,9 @@ pub fn inverse_frequencies(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
 }
 
 /// Cosines and sines for each position: `[B, T, head_dim]` each (the half-size table repeated,
-/// as `cat(freqs, freqs)`).
+/// as `cat(freqs, freqs)`). On a GPU they are made there from the positions: those are a few
+/// kilobytes to upload where the tables are megabytes, and a large copy from pageable memory may
+/// wait for the work already queued (a later micro-batch's would wait for the step so far).
 pub fn rope_tables(
     inv_freq: &[f32],
     position_ids: &[u32],
@@ -49,6 +51,18 @@ pub fn rope_tables(
 ) -> Result<(Tensor, Tensor)> {
     let t = position_ids.len() / batch;
     let d = 2 * inv_freq.len();
+    if !device.is_cpu() {
+        let positions: Vec<f32> = position_ids.iter().map(|&p| p as f32).collect();
+        let positions = Tensor::from_vec(positions, (position_ids.len(), 1), device)?;
+        let freq = Tensor::from_slice(inv_freq, (1, inv_freq.len()), device)?;
+        // p * f in f32, as on the host.
+        let half = positions.broadcast_mul(&freq)?;
+        let angle = Tensor::cat(&[&half, &half], 1)?;
+        return Ok((
+            angle.cos()?.reshape((batch, t, d))?,
+            angle.sin()?.reshape((batch, t, d))?,
+        ));
+    }
     let (cos, sin) = rope_table_values(inv_freq, position_ids);
     Ok((
         Tensor::from_vec(cos, (batch, t, d), device)?,
