@@ -410,6 +410,20 @@ fn cross_entropy_cuda(
 mod tests {
     use super::*;
 
+    /// Host sums add on the host; a device sum (here a tensor on the CPU device) makes the total
+    /// a tensor, read back only by `sum`.
+    #[test]
+    fn loss_sums_add_where_they_are() {
+        let a = LossSum::host(1.5, 2);
+        let b = LossSum::host(2.25, 3);
+        let ab = a.add(&b).unwrap();
+        assert_eq!((ab.sum().unwrap(), ab.count), (3.75, 5));
+        let d = LossSum::device(Tensor::new(0.5f32, &Device::Cpu).unwrap(), 1);
+        let total = ab.add(&d).unwrap();
+        assert!(matches!(total.total, Total::Device(_)));
+        assert_eq!((total.sum().unwrap(), total.count), (4.25, 6));
+    }
+
     #[test]
     fn targets_never_cross_samples_or_rows() {
         let labels = [10, 11, 12, 13, 14, 15, 16, -100];
