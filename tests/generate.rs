@@ -137,6 +137,21 @@ fn task_file(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// `eval --task ifeval --responses RESPONSES --task-data TASK` and `extra`.
+fn ifeval_args<'a>(responses: &'a Path, task: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "eval",
+        "--task",
+        "ifeval",
+        "--responses",
+        responses.to_str().unwrap(),
+        "--task-data",
+        task.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn ifeval_scores_given_responses_and_reports_each_prompt() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,17 +168,11 @@ fn ifeval_scores_given_responses_and_reports_each_prompt() {
     )
     .unwrap();
     let report = dir.path().join("report.jsonl");
-    let o = pctrain(&[
-        "eval",
-        "--task",
-        "ifeval",
-        "--responses",
-        responses.to_str().unwrap(),
-        "--task-data",
-        task.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]);
+    let o = pctrain(&ifeval_args(
+        &responses,
+        &task,
+        &["--report", report.to_str().unwrap()],
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
     let last: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
     assert_eq!(
@@ -216,15 +225,8 @@ fn ifeval_with_a_model_writes_its_answers_beside_the_report() {
         "Write a short note. Do not use any commas."
     );
     // The saved answers score as the model's did.
-    let again = pctrain(&[
-        "eval",
-        "--task",
-        "ifeval",
-        "--responses",
-        dir.path().join("scores.responses.jsonl").to_str().unwrap(),
-        "--task-data",
-        task.to_str().unwrap(),
-    ]);
+    let answers = dir.path().join("scores.responses.jsonl");
+    let again = pctrain(&ifeval_args(&answers, &task, &[]));
     assert_eq!(stdout(&again).lines().last(), stdout(&o).lines().last());
 }
 
@@ -241,15 +243,7 @@ fn ifeval_names_the_file_and_line_of_bad_input() {
         ),
     )
     .unwrap();
-    let err = fails(&[
-        "eval",
-        "--task",
-        "ifeval",
-        "--responses",
-        responses.to_str().unwrap(),
-        "--task-data",
-        task.to_str().unwrap(),
-    ]);
+    let err = fails(&ifeval_args(&responses, &task, &[]));
     assert!(
         err.contains("responses.jsonl:1") && err.contains("not one of the task's prompts"),
         "{err}"
@@ -260,15 +254,7 @@ fn ifeval_names_the_file_and_line_of_bad_input() {
         format!("{}\n", json!({"key": 1, "prompt": "p", "instruction_id_list": ["keywords:frequency"], "kwargs": [{"keyword": "a"}]})),
     )
     .unwrap();
-    let err = fails(&[
-        "eval",
-        "--task",
-        "ifeval",
-        "--responses",
-        responses.to_str().unwrap(),
-        "--task-data",
-        bad_task.to_str().unwrap(),
-    ]);
+    let err = fails(&ifeval_args(&responses, &bad_task, &[]));
     assert!(
         err.contains("bad-task.jsonl:1") && err.contains("needs the argument `frequency`"),
         "{err}"

@@ -1,7 +1,7 @@
 //! pctrain's CUDA kernels (one `.cu` per layer beside this file), compiled with NVRTC at first use
 //! for the compute capability of the GPU present, so one binary runs on any NVIDIA GPU its driver
-//! supports; candle provides the device, the allocations and cuBLAS. Each function here has a CPU twin in
-//! `crate::layers` (named in its doc) that `tests/cuda.rs` compares it with on a GPU.
+//! supports; candle provides the device, the allocations and cuBLAS. Each function here has a CPU
+//! twin in `crate::layers` (named in its doc) that `tests/cuda.rs` compares it with on a GPU.
 
 mod attention;
 mod gemm;

@@ -86,10 +86,12 @@ pub struct AttentionSaved {
 /// its blocks of keys without reading anything back; `window` is the sliding window (0: none).
 #[derive(Debug, Clone)]
 pub struct SegmentMask {
-    pub ids: Tensor,
-    pub host_ids: Vec<u32>,
-    pub reach: Vec<u32>,
-    pub window: usize,
+    pub(crate) ids: Tensor,
+    pub(crate) host_ids: Vec<u32>,
+    pub(crate) reach: Vec<u32>,
+    /// The GPU's kernels mask by it; the CPU's by `reach`, which holds it.
+    #[cfg(feature = "cuda")]
+    pub(crate) window: usize,
 }
 
 impl SegmentMask {
@@ -106,13 +108,14 @@ impl SegmentMask {
             ids: Tensor::from_slice(segment_ids, (batch, t), device)?,
             host_ids: segment_ids.to_vec(),
             reach: attention_reach(segment_ids, batch, window),
+            #[cfg(feature = "cuda")]
             window,
         })
     }
 }
 
-/// Attention masked by `mask` without storing the scores: `q` `[B, heads, T, d]`, `k`, `v` `[B, kv_heads, T, d]` -> the
-/// output `[B, heads, T, d]` and the row log-sum-exps.
+/// Attention masked by `mask` without storing the scores: `q` `[B, heads, T, d]`, `k`, `v`
+/// `[B, kv_heads, T, d]` -> the output `[B, heads, T, d]` and the row log-sum-exps.
 pub fn flash_attention_forward(
     q: &Tensor,
     k: &Tensor,

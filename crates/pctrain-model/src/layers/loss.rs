@@ -96,6 +96,22 @@ impl LossSum {
     }
 }
 
+/// An error unless there is one target per row of `hidden` (`[N, H]`), each -100 or an id of
+/// `output`'s (`[V, H]`) vocabulary.
+fn check_targets(hidden: &Tensor, output: &Tensor, targets: &[i64]) -> Result<()> {
+    let (n, vocab) = (hidden.dim(0)?, output.dim(0)?);
+    if targets.len() != n {
+        candle_core::bail!("cross-entropy: {} targets for {n} rows", targets.len());
+    }
+    if let Some(t) = targets
+        .iter()
+        .find(|&&t| t != IGNORE_INDEX && !(0..vocab as i64).contains(&t))
+    {
+        candle_core::bail!("cross-entropy: target {t} is outside the vocabulary of {vocab}");
+    }
+    Ok(())
+}
+
 /// `hidden`: `[N, H]` final hidden states, `output`: `[V, H]`, `targets`: `N` next-token ids
 /// (or -100). Logits are `hidden @ output^T / logits_scaling`, `chunk` rows at a time.
 pub fn cross_entropy_forward(
@@ -106,6 +122,7 @@ pub fn cross_entropy_forward(
     chunk: usize,
 ) -> Result<LossSum> {
     let _span = crate::profile::span("cross_entropy_forward", hidden.device());
+    check_targets(hidden, output, targets)?;
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(hidden) {
         let (loss, _) =
@@ -149,6 +166,7 @@ pub fn cross_entropy_backward(
     train_output: bool,
 ) -> Result<CrossEntropyGrads> {
     let _span = crate::profile::span("cross_entropy_backward", hidden.device());
+    check_targets(hidden, output, targets)?;
     #[cfg(feature = "cuda")]
     if crate::cuda::runs_on(hidden) {
         let (loss, grads) = cross_entropy_cuda(
@@ -347,15 +365,6 @@ fn cross_entropy_cuda(
 ) -> Result<(LossSum, Option<HiddenAndOutputGrads>)> {
     let (n, h_dim) = hidden.dims2()?;
     let vocab = output.dim(0)?;
-    if targets.len() != n {
-        candle_core::bail!("cross-entropy: {} targets for {n} rows", targets.len());
-    }
-    if let Some(t) = targets
-        .iter()
-        .find(|&&t| t != IGNORE_INDEX && !(0..vocab as i64).contains(&t))
-    {
-        candle_core::bail!("cross-entropy: target {t} is outside the vocabulary of {vocab}");
-    }
     let device = hidden.device();
     let out_t = output.t()?;
     let rows: Vec<u32> = (0..n)
@@ -422,6 +431,24 @@ mod tests {
         let total = ab.add(&d).unwrap();
         assert!(matches!(total.total, Total::Device(_)));
         assert_eq!((total.sum().unwrap(), total.count), (4.25, 6));
+    }
+
+    /// A target outside the vocabulary, or a count that is not one per row, is an error that
+    /// says so, not an index out of bounds.
+    #[test]
+    fn bad_targets_are_errors() {
+        let hidden = Tensor::zeros((3, 4), DType::F32, &Device::Cpu).unwrap();
+        let output = Tensor::zeros((5, 4), DType::F32, &Device::Cpu).unwrap();
+        let err = cross_entropy_forward(&hidden, &output, 1.0, &[1, 5, -100], 2).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("target 5 is outside the vocabulary of 5"),
+            "{err}"
+        );
+        let err =
+            cross_entropy_backward(&hidden, &output, 1.0, &[1, 2], 2, 1.0, false).unwrap_err();
+        assert!(err.to_string().contains("2 targets for 3 rows"), "{err}");
+        assert!(cross_entropy_forward(&hidden, &output, 1.0, &[0, 4, -100], 2).is_ok());
     }
 
     #[test]
