@@ -34,6 +34,12 @@ crates/pctrain-model/tests/fixtures/:
   granite/   GraniteForCausalLM: vocab 256, hidden 16, 4 heads, 2 KV heads, intermediate 40,
              2 layers, embedding x12, attention scale 0.2, residual x0.3, logits /4, tied.
   eval-records.jsonl   the 6 records the evaluation fixture was made from, verbatim.
+  */generate-batch.safetensors   the batched decoding fixture (write_generate_batch; alone:
+             --only generate-batch): prompts [32, 40] int64 (left-padded with 0), prompt_lengths
+             [32] (1 to 40), greedy [32, 16]: transformers' greedy decoding of the committed base
+             model (EOS disabled), the same at batch sizes 1, 16 and 32 (left padding, attention
+             mask), each prompt seeded and kept only if every step's winner leads by more than
+             MIN_MARGIN.
   llama/peft-steps/    the training fixture (write_peft_steps; alone: --only peft-steps): the
              committed llama model and llama/adapter after 3 PEFT AdamW steps on the first 3
              samples of eval-samples.jsonl, one a step (lr 1e-3 cosine over 3 steps, no warmup,
@@ -113,6 +119,7 @@ B, T = 2, 16
 ROW0 = [(9, 3), (7, 2)]
 ROW1 = [(12, 4)]
 PROMPT_LEN, NEW_TOKENS = 8, 20
+BATCH_PROMPTS, BATCH_MAX_LEN, BATCH_NEW = 32, 40, 16
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 IGNORE = -100
 EVAL_RECORDS, EVAL_SEQ_LEN = 6, 64
@@ -749,13 +756,70 @@ def write_peft_steps() -> None:
     (out_dir / "steps.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def write_generate_batch(name: str, cls, low: int, seed: int) -> None:
+    """Greedy decoding of BATCH_PROMPTS prompts of 1 to BATCH_MAX_LEN tokens, the same at batch
+    sizes 1, 16 and 32 (see the docstring)."""
+    folder = OUT / name
+    model = cls.from_pretrained(folder, dtype=torch.float32).eval()
+    vocab, pad = model.config.vocab_size, model.config.pad_token_id or 0
+    g = torch.Generator().manual_seed(seed)
+    prompts = []
+    while len(prompts) < BATCH_PROMPTS:
+        n = 1 + len(prompts) * 13 % BATCH_MAX_LEN
+        p = torch.randint(low, vocab, (1, n), generator=g)
+        with torch.no_grad():
+            out = model.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=BATCH_NEW,
+                                 min_new_tokens=BATCH_NEW, do_sample=False, eos_token_id=None,
+                                 pad_token_id=pad, output_scores=True, return_dict_in_generate=True)
+        margin = min((s[0].topk(2).values[0] - s[0].topk(2).values[1]).item() for s in out.scores)
+        if margin > MIN_MARGIN:
+            prompts.append(p[0])
+    padded = torch.full((BATCH_PROMPTS, BATCH_MAX_LEN), pad, dtype=torch.int64)
+    mask = torch.zeros_like(padded)
+    for i, p in enumerate(prompts):
+        padded[i, BATCH_MAX_LEN - len(p):] = p
+        mask[i, BATCH_MAX_LEN - len(p):] = 1
+    results = {}
+    for batch in [1, 16, 32]:
+        rows = []
+        for b in range(0, BATCH_PROMPTS, batch):
+            ids, m = padded[b:b + batch], mask[b:b + batch]
+            # Trim the columns every row of this batch pads.
+            keep = int(m.sum(1).max())
+            ids, m = ids[:, -keep:], m[:, -keep:]
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=m, max_new_tokens=BATCH_NEW,
+                                     min_new_tokens=BATCH_NEW, do_sample=False, eos_token_id=None,
+                                     pad_token_id=pad)
+            rows.append(out[:, keep:])
+        results[batch] = torch.cat(rows)
+    for batch in [16, 32]:
+        same = (results[batch] == results[1]).all(1)
+        assert same.all(), f"{name}: batch {batch} differs from batch 1 on prompts {(~same).nonzero().flatten().tolist()}"
+    tensors = {
+        "prompts": padded,
+        "prompt_lengths": torch.tensor([len(p) for p in prompts], dtype=torch.int64),
+        "greedy": results[1].contiguous(),
+    }
+    write_safetensors(folder / "generate-batch.safetensors", tensors, {"format": "pt", **VERSIONS})
+    log(f"  {name}: {BATCH_PROMPTS} prompts decoded alike at batch sizes 1, 16 and 32")
+
+
+def write_generate_batches() -> None:
+    write_generate_batch("llama", LlamaForCausalLM, special_ids()["first_plain"], 1004)
+    write_generate_batch("mistral", MistralForCausalLM, 3, 2004)
+    write_generate_batch("granite", GraniteForCausalLM, 3, 3004)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", choices=["peft-steps"], help="write just this fixture, from the committed others"
+        "--only",
+        choices=["peft-steps", "generate-batch"],
+        help="write just this fixture, from the committed others",
     )
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
@@ -766,6 +830,9 @@ def main() -> None:
             log(f"WARNING: {lib} {VERSIONS[lib]} is not {version}, which made the committed fixtures")
     if args.only == "peft-steps":
         write_peft_steps()
+        return
+    if args.only == "generate-batch":
+        write_generate_batches()
         return
     OUT.mkdir(parents=True, exist_ok=True)
     sp = special_ids()
@@ -786,8 +853,9 @@ def main() -> None:
     granite = build(GraniteForCausalLM, granite_config(), 3000, embed_std=0.1)
     write_model("granite", granite, 3000, 3, lora_std=0.2)
 
-    # Last: it reads the llama model, adapter and eval samples back from disk.
+    # Last: they read the models, adapter and eval samples back from disk.
     write_peft_steps()
+    write_generate_batches()
 
     log("wrote " + ", ".join(sorted(str(p.relative_to(OUT)) for p in OUT.rglob("*") if p.is_file())))
 

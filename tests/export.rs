@@ -403,3 +403,31 @@ fn a_preset_downloads_its_base_from_the_hub_and_trains_lora() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(again.join("adapter/adapter_model.safetensors").is_file());
 }
+
+#[test]
+fn a_run_and_its_export_take_bare_folder_names() {
+    // From a fresh working folder, as a user's first try: `--output run`, `--out model`.
+    let dir = tempfile::tempdir().unwrap();
+    let examples = common::root().join("examples/alpaca-pc.jsonl");
+    let o = common::pctrain_in(
+        dir.path(),
+        &[
+            "--base",
+            "tiny",
+            "--data",
+            examples.to_str().unwrap(),
+            "--seq-len",
+            "64",
+            "--max-steps",
+            "1",
+            "--output",
+            "run",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "training: {}", stderr(&o));
+    assert!(dir.path().join("run/metrics.jsonl").is_file());
+    let o = common::pctrain_in(dir.path(), &["export", "run", "--out", "model"], &[]);
+    assert!(o.status.success(), "export: {}", stderr(&o));
+    assert!(dir.path().join("model/config.json").is_file());
+}

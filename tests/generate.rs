@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails, llama_fixture, pctrain, stderr, stdout};
+use common::{fails, files_under, llama_fixture, pctrain, pctrain_in, root, stderr, stdout};
 use serde_json::{json, Value};
 
 const RECORDS: &str = "crates/pctrain-model/tests/fixtures/eval-records.jsonl";
@@ -59,6 +59,135 @@ fn generate_answers_every_record_in_order_whatever_the_batch() {
         assert!((1..=12).contains(&n), "{line}");
         assert_eq!(line["response"], line["response_raw"], "nothing to strip");
     }
+}
+
+#[test]
+fn samples_are_seeded_whatever_the_batch_and_greedy_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sampled = [
+        "--samples",
+        "3",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "40",
+        "--seed",
+        "5",
+    ];
+    let one = generate_file(
+        &dir.path().join("one.jsonl"),
+        &[&sampled[..], &["--batch-size", "1"]].concat(),
+    );
+    let five = generate_file(
+        &dir.path().join("five.jsonl"),
+        &[&sampled[..], &["--batch-size", "5"]].concat(),
+    );
+    assert_eq!(one, five, "the batch size changed the sampled answers");
+    let records = read_lines(&llama_fixture().join("../eval-records.jsonl"));
+    assert_eq!(one.len(), 3 * records.len());
+    for (i, line) in one.iter().enumerate() {
+        assert_eq!(line["id"], records[i / 3]["id"]);
+        assert_eq!(line["sample"], i % 3);
+    }
+    let distinct: std::collections::HashSet<String> = one[..3]
+        .iter()
+        .map(|l| l["response_raw"].to_string())
+        .collect();
+    assert!(
+        distinct.len() > 1,
+        "three samples, one answer: {distinct:?}"
+    );
+    let llama = llama_fixture();
+    let err = fails(&[
+        "generate",
+        "--base",
+        llama.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--samples",
+        "2",
+    ]);
+    assert!(err.contains("--temperature"), "{err}");
+}
+
+#[test]
+fn every_writing_command_takes_a_bare_file_name() {
+    // Run from a fresh working folder, as a user's first try: `--output answers.jsonl`.
+    let dir = tempfile::tempdir().unwrap();
+    let here = dir.path();
+    let llama = llama_fixture();
+    let records = root().join(RECORDS);
+    let o = pctrain_in(
+        here,
+        &[
+            "generate",
+            "--base",
+            llama.to_str().unwrap(),
+            "--data",
+            records.to_str().unwrap(),
+            "--output",
+            "answers.jsonl",
+            "--max-new-tokens",
+            "4",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "generate: {}", stderr(&o));
+    assert_eq!(read_lines(&here.join("answers.jsonl")).len(), 6);
+    let task = task_file(here);
+    let o = pctrain_in(
+        here,
+        &[
+            "eval",
+            "--task",
+            "ifeval",
+            "--base",
+            llama.to_str().unwrap(),
+            "--task-data",
+            "task.jsonl",
+            "--report",
+            "report.jsonl",
+            "--max-new-tokens",
+            "4",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "eval --base: {}", stderr(&o));
+    assert_eq!(read_lines(&here.join("report.jsonl")).len(), 2);
+    assert_eq!(read_lines(&here.join("report.responses.jsonl")).len(), 2);
+    let o = pctrain_in(
+        here,
+        &[
+            "eval",
+            "--task",
+            "ifeval",
+            "--responses",
+            "report.responses.jsonl",
+            "--task-data",
+            task.to_str().unwrap(),
+            "--report",
+            "again.jsonl",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "eval --responses: {}", stderr(&o));
+    assert_eq!(read_lines(&here.join("again.jsonl")).len(), 2);
+    // Nothing but the outputs: no temporary file left behind.
+    let mut names: Vec<String> = files_under(here)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "again.jsonl",
+            "answers.jsonl",
+            "report.jsonl",
+            "report.responses.jsonl",
+            "task.jsonl"
+        ]
+    );
 }
 
 #[test]
@@ -228,6 +357,43 @@ fn ifeval_with_a_model_writes_its_answers_beside_the_report() {
     let answers = dir.path().join("scores.responses.jsonl");
     let again = pctrain(&ifeval_args(&answers, &task, &[]));
     assert_eq!(stdout(&again).lines().last(), stdout(&o).lines().last());
+}
+
+#[test]
+fn ifeval_scores_several_samples_a_prompt_with_pass_at_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(dir.path());
+    let responses = dir.path().join("responses.jsonl");
+    let note = "Write a short note. Do not use any commas.";
+    let lines: String = [
+        json!({"prompt": note, "sample": 0, "response": "A note, with a comma."}),
+        json!({"prompt": note, "sample": 1, "response": "A clean note."}),
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect();
+    std::fs::write(&responses, lines).unwrap();
+    let report = dir.path().join("report.jsonl");
+    let o = pctrain(&ifeval_args(
+        &responses,
+        &task,
+        &["--report", report.to_str().unwrap()],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let last: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    // The first sample fails; one of the two passes.
+    assert_eq!(last["prompts"], 1);
+    assert_eq!(last["prompt_strict"], 0.0);
+    assert_eq!(last["samples"], 2);
+    assert_eq!(last["prompt_strict_pass_at_1"], 0.5);
+    assert_eq!(last["prompt_strict_pass_at_k"], 1.0);
+    let lines = read_lines(&report);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (lines[0]["sample"].clone(), lines[1]["sample"].clone()),
+        (json!(0), json!(1))
+    );
+    assert_eq!(lines[1]["strict"], json!([true]));
 }
 
 #[test]

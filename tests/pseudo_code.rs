@@ -427,3 +427,19 @@ fn bad_teacher_settings_fail_clearly() {
         "only records that needed no teacher"
     );
 }
+
+#[test]
+fn the_output_may_be_a_bare_file_name() {
+    // From a fresh working folder, as a user's first try: `--output out.jsonl`.
+    let dir = tempfile::tempdir().unwrap();
+    write_records(&dir.path().join("in.jsonl"));
+    let (url, _) = teacher(Duration::ZERO);
+    let run = common::pctrain_in(
+        dir.path(),
+        &args("in.jsonl", "out.jsonl", &url, &[]),
+        &[("TEACHER_KEY", KEY)],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(read_jsonl(&dir.path().join("out.jsonl")).len(), 11);
+    assert!(dir.path().join("out.summary.json").is_file());
+}

@@ -61,6 +61,18 @@ pub fn tiny_run(out: &Path, steps: &str) -> Vec<String> {
     .collect()
 }
 
+/// Runs pctrain in the working folder `dir` (where bare file names land), with extra
+/// environment variables.
+pub fn pctrain_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pctrain"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run pctrain")
+}
+
 /// Runs pctrain with extra environment variables.
 pub fn pctrain_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pctrain"))

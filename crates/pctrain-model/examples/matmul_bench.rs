@@ -5,12 +5,14 @@
 //! ```
 //! LAYOUT says how the operands are stored, as the decoder stores them: `nt` is `x W^T`
 //! (`A [M, K]`, `B [N, K]`: a forward projection), `nn` is `dy W` (`B [K, N]`: an input gradient),
-//! `tn` is `dy^T x` (`A [K, M]`: a weight gradient). Without arguments, the shapes of SmolLM2-135M
+//! `tn` is `dy^T x` (`A [K, M]`: a weight gradient), `dots` is `nt` on the kernel decoding uses
+//! (`pctrain_model::cpu::dots`, each element one dot product). Without arguments, the shapes of SmolLM2-135M
 //! and of `pctrain bench --shape llama-10m` at their benchmark batches. `scripts/bench_cpu.py
 //! --matmul` runs torch's matmul on the same list.
 
 use std::time::Instant;
 
+use pctrain_model::cpu::dots::{dots, Product};
 use pctrain_model::cpu::gemm::{matmul, Mat, MatMut};
 
 const DEFAULT: &[&str] = &[
@@ -59,12 +61,21 @@ fn main() {
             .collect();
         let mut c = vec![0f32; m * n];
         let run = |c: &mut [f32]| {
+            if layout == "dots" {
+                let p = Product {
+                    w: &b,
+                    y: c,
+                    alpha: 1.0,
+                    accumulate: false,
+                };
+                return dots(&a, m, k, &mut [p]);
+            }
             let (am, bm) = match layout {
                 "nt" => (Mat::new(&a, m, k), Mat::new(&b, n, k).t()),
                 "nn" => (Mat::new(&a, m, k), Mat::new(&b, k, n)),
                 "tn" => (Mat::new(&a, k, m).t(), Mat::new(&b, k, n)),
                 other => {
-                    eprintln!("{spec}: layout {other} is not nt, nn or tn");
+                    eprintln!("{spec}: layout {other} is not nt, nn, tn or dots");
                     std::process::exit(2)
                 }
             };

@@ -5,7 +5,8 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::layer::{AttentionMask, LayerContext};
+use crate::layer::LayerContext;
+use crate::layers::attention::SegmentMask;
 use crate::layers::loss::{cross_entropy_backward, shift_targets, LossSum};
 use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
 use crate::layers::rope::rope_tables;
@@ -200,7 +201,12 @@ impl Model {
                 .reshape((b, t, c.hidden_size))?;
         let x0 = (&embeds * c.embedding_multiplier)?;
         let (cos, sin) = rope_tables(self.inv_freq(), &batch.position_ids, b, &device)?;
-        let attention = AttentionMask::for_batch(&batch.segment_ids, b, c.sliding_window, &device)?;
+        let attention = SegmentMask::new(
+            &batch.segment_ids,
+            b,
+            c.sliding_window.unwrap_or(0),
+            &device,
+        )?;
         let ctx = LayerContext {
             cos,
             sin,
@@ -213,7 +219,7 @@ impl Model {
         let mut saved = Vec::with_capacity(c.num_layers);
         let mut x = x0;
         for l in 0..c.num_layers {
-            let s = self.layer_forward(&x, l, &ctx, None)?;
+            let s = self.layer_forward(&x, l, &ctx)?;
             inputs.push(x);
             x = s.out.clone();
             if !opts.recompute {
@@ -243,7 +249,7 @@ impl Model {
         for l in (0..c.num_layers).rev() {
             let s = match saved.pop() {
                 Some(s) => s,
-                None => self.layer_forward(&inputs[l], l, &ctx, None)?,
+                None => self.layer_forward(&inputs[l], l, &ctx)?,
             };
             let (dinput, grads) = self.layer_backward(&dx, &s, l, &ctx, full)?;
             dx = dinput;
@@ -318,10 +324,10 @@ mod tests {
         let m = load(DType::BF16);
         let (cos, sin) =
             rope_tables(m.inv_freq(), &batch.position_ids, rows, &Device::Cpu).unwrap();
-        let attention = AttentionMask::for_batch(
+        let attention = SegmentMask::new(
             &batch.segment_ids,
             rows,
-            m.config.sliding_window,
+            m.config.sliding_window.unwrap_or(0),
             &Device::Cpu,
         )
         .unwrap();
@@ -339,18 +345,14 @@ mod tests {
         .unwrap();
         let mut kept = bytes(&x);
         for l in 0..m.config.num_layers {
-            let s = m.layer_forward(&x, l, &ctx, None).unwrap();
+            let s = m.layer_forward(&x, l, &ctx).unwrap();
             kept += [
                 &s.h1, &s.q, &s.k, &s.v, &s.a, &s.x_mid, &s.h2, &s.gate, &s.up, &s.z, &s.out,
             ]
             .into_iter()
             .map(bytes)
             .sum::<usize>();
-            let attn = s
-                .attn
-                .as_ref()
-                .expect("a training forward keeps attention's output");
-            kept += bytes(&attn.out) + bytes(&attn.lse);
+            kept += bytes(&s.attn.out) + bytes(&s.attn.lse);
             x = s.out;
         }
         let account = m.memory_account(TrainMode::Lora, rows, seq_len, false);

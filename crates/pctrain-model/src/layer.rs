@@ -1,16 +1,15 @@
 //! One decoder layer, forward and backward side by side:
 //! `x_mid = x + r * o_proj(attention(rope(q(norm(x))), rope(k(..)), v(..)))`,
 //! `out = x_mid + r * down(silu(gate(norm(x_mid))) * up(norm(x_mid)))`, with `r` Granite's residual
-//! multiplier (1 elsewhere). The forward keeps what the backward needs ([`Saved`]); training,
-//! inference and cached decoding all run this one forward.
+//! multiplier (1 elsewhere). The forward keeps what the backward needs ([`Saved`]); training and
+//! inference on tensors run this one forward (decoding has its own, `crate::generate`).
 
 use candle_core::{Tensor, D};
 
 use crate::backward::LayerGrads;
 use crate::error::Result;
 use crate::layers::attention::{
-    attention_output, attention_probs, flash_attention_backward, flash_attention_forward,
-    AttentionSaved, SegmentMask,
+    flash_attention_backward, flash_attention_forward, AttentionSaved, SegmentMask,
 };
 use crate::layers::linear::{
     dropout_mask, dropout_seed, linear_backward, linear_forward_train, Lora,
@@ -29,8 +28,7 @@ pub(crate) struct Saved {
     pub(crate) q: Tensor,
     pub(crate) k: Tensor,
     pub(crate) v: Tensor,
-    /// `None` when decoding (no backward follows).
-    pub(crate) attn: Option<AttentionSaved>,
+    pub(crate) attn: AttentionSaved,
     pub(crate) a: Tensor,
     pub(crate) x_mid: Tensor,
     pub(crate) h2: Tensor,
@@ -40,36 +38,11 @@ pub(crate) struct Saved {
     pub(crate) out: Tensor,
 }
 
-/// How attention is masked in a pass.
-pub(crate) enum AttentionMask {
-    /// An additive mask `[rows, 1, T, S]` (decoding with a cache; forward only).
-    Dense(Tensor),
-    /// Packed segments and the sliding window, for the fused kernels.
-    Segments(SegmentMask),
-}
-
-impl AttentionMask {
-    /// The fused kernels' mask for a batch of `batch` rows.
-    pub(crate) fn for_batch(
-        segment_ids: &[u32],
-        batch: usize,
-        window: Option<usize>,
-        device: &candle_core::Device,
-    ) -> Result<Self> {
-        Ok(AttentionMask::Segments(SegmentMask::new(
-            segment_ids,
-            batch,
-            window.unwrap_or(0),
-            device,
-        )?))
-    }
-}
-
 /// Inputs shared by every layer of a pass.
 pub(crate) struct LayerContext {
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
-    pub(crate) attention: AttentionMask,
+    pub(crate) attention: SegmentMask,
     /// Seed of the LoRA dropout masks; `None` at inference (no dropout).
     pub(crate) dropout_seed: Option<u64>,
 }
@@ -119,15 +92,8 @@ impl Model {
         )?))
     }
 
-    /// Forward of layer `l`, keeping what its backward needs. With a `cache` slot (decoding), the
-    /// new keys and values are appended to the cached ones and attention covers them all.
-    pub(crate) fn layer_forward(
-        &self,
-        x: &Tensor,
-        l: usize,
-        ctx: &LayerContext,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<Saved> {
+    /// Forward of layer `l`, keeping what its backward needs.
+    pub(crate) fn layer_forward(&self, x: &Tensor, l: usize, ctx: &LayerContext) -> Result<Saved> {
         let c = &self.config;
         let w = &self.weights.layers[l];
         let lora = self.adapters(l);
@@ -156,28 +122,8 @@ impl Model {
         let v = heads(lin(Target::V, &h1, h1_lora, &w.v_proj)?, c.num_kv_heads)?;
         let q = rope_forward(&q, &ctx.cos, &ctx.sin)?;
         let k = rope_forward(&k, &ctx.cos, &ctx.sin)?;
-        let (k, v) = match cache {
-            None => (k, v),
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
-        };
-        let (attn_saved, o) = match &ctx.attention {
-            AttentionMask::Dense(mask) => {
-                let p = attention_probs(&q, &k, mask, c.attention_scale)?;
-                (None, attention_output(&p, &v)?.to_dtype(x.dtype())?)
-            }
-            AttentionMask::Segments(mask) => {
-                let s = flash_attention_forward(&q, &k, &v, mask, c.attention_scale)?;
-                let o = s.out.clone();
-                (Some(s), o)
-            }
-        };
+        let attn_saved = flash_attention_forward(&q, &k, &v, &ctx.attention, c.attention_scale)?;
+        let o = attn_saved.out.clone();
         let a = o
             .transpose(1, 2)?
             .reshape((b, t, c.num_heads * c.head_dim))?;
@@ -280,13 +226,15 @@ impl Model {
             .reshape((b, t, c.num_heads, c.head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        let (Some(saved), AttentionMask::Segments(mask)) = (&s.attn, &ctx.attention) else {
-            return Err(crate::error::ModelError::Input(
-                "a backward needs the forward of a training pass".into(),
-            ));
-        };
-        let (dq, dk, dv) =
-            flash_attention_backward(&da, &s.q, &s.k, &s.v, saved, mask, c.attention_scale)?;
+        let (dq, dk, dv) = flash_attention_backward(
+            &da,
+            &s.q,
+            &s.k,
+            &s.v,
+            &s.attn,
+            &ctx.attention,
+            c.attention_scale,
+        )?;
         let dq = rope_backward(&dq, &ctx.cos, &ctx.sin)?;
         let dk = rope_backward(&dk, &ctx.cos, &ctx.sin)?;
         let unheads = |d: Tensor, heads: usize| -> Result<Tensor> {

@@ -22,7 +22,7 @@ pub mod weights;
 pub use backward::{Grads, LayerGrads, StepOptions, TrainMode};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
-pub use generate::{KvCache, Sampling};
+pub use generate::{DecodeOptions, Event, Request, Sampling};
 pub use lora::{LoraAdapter, LoraConfig, Target};
 pub use memory::MemoryAccount;
 pub use model::{Batch, Model};

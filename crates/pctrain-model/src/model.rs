@@ -9,7 +9,8 @@ use crate::cpu::workspace::Workspace;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layer::{AttentionMask, LayerContext};
+use crate::layer::LayerContext;
+use crate::layers::attention::SegmentMask;
 use crate::layers::loss::{cross_entropy_forward, shift_targets, LossSum};
 use crate::layers::norm::rms_norm_forward;
 use crate::layers::rope::{inverse_frequencies, rope_tables};
@@ -122,8 +123,12 @@ impl Model {
             x = (x * c.embedding_multiplier)?;
         }
         let (cos, sin) = rope_tables(&self.inv_freq, &batch.position_ids, batch.rows, &device)?;
-        let attention =
-            AttentionMask::for_batch(&batch.segment_ids, batch.rows, c.sliding_window, &device)?;
+        let attention = SegmentMask::new(
+            &batch.segment_ids,
+            batch.rows,
+            c.sliding_window.unwrap_or(0),
+            &device,
+        )?;
         let ctx = LayerContext {
             cos,
             sin,
@@ -131,7 +136,7 @@ impl Model {
             dropout_seed: None,
         };
         for l in 0..c.num_layers {
-            x = self.layer_forward(&x, l, &ctx, None)?.out;
+            x = self.layer_forward(&x, l, &ctx)?.out;
         }
         Ok(rms_norm_forward(&x, &self.weights.norm, c.rms_norm_eps)?)
     }

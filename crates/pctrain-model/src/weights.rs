@@ -160,11 +160,23 @@ impl Loader<'_> {
                 view.shape()
             )));
         }
+        // f32 for the CPU kernels: straight from the file into storage that starts a cache line.
+        if self.device.is_cpu()
+            && self.dtype == DType::F32
+            && view.dtype() == safetensors::Dtype::F32
+        {
+            return Ok(crate::cpu::aligned::aligned_from_le_bytes(
+                view.data(),
+                shape,
+            )?);
+        }
         let t = self
             .st
             .load(name, self.device)
             .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
-        Ok(t.to_dtype(self.dtype)?)
+        Ok(crate::cpu::aligned::aligned_tensor(
+            t.to_dtype(self.dtype)?,
+        )?)
     }
 }
 

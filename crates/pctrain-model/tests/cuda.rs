@@ -508,3 +508,197 @@ fn a_lora_step_on_the_gpu_matches_the_cpu() {
         }
     }
 }
+
+/// The cache written on the GPU holds what the CPU writes, and each token's attention over it
+/// (8 query and 2 key/value heads, a slot of 1100 positions so that a block takes two chunks of
+/// scores, windows 0 and 37) is the CPU twin's.
+#[test]
+fn cache_attention_matches_its_cpu_twin() {
+    use pctrain_model::layers::kv_cache::{
+        cache_attention_cpu, cache_write_cpu, CacheAttention, CacheShape, Places,
+    };
+    let Some(dev) = gpu("cache_attention_matches_its_cpu_twin") else {
+        return;
+    };
+    for (dtype, d) in [(DType::F32, 64), (DType::BF16, 128)] {
+        let (heads, kv) = (8, 2);
+        let shape = CacheShape::new(2, 3, kv, 1100, d);
+        let len = 1100;
+        // Slot 2 of layer 1 fills positions 0..1100; slot 0 positions 0..5.
+        let mut slots: Vec<u32> = vec![2; len];
+        let mut positions: Vec<u32> = (0..len as u32).collect();
+        slots.extend([0u32; 5]);
+        positions.extend(0..5u32);
+        let n = slots.len();
+        let k = cpu(&randn(&[n, kv * d], 1.0, 11), dtype);
+        let v = cpu(&randn(&[n, kv * d], 1.0, 12), dtype);
+        let mut keys = vec![0f32; shape.len()];
+        let mut values = vec![0f32; shape.len()];
+        let host = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let places = Places {
+            slots: &slots,
+            positions: &positions,
+        };
+        cache_write_cpu(
+            &shape,
+            1,
+            places,
+            &host(&k),
+            &host(&v),
+            &mut keys,
+            &mut values,
+        );
+        let u32s = |x: &[u32]| Tensor::from_slice(x, x.len(), &dev).unwrap();
+        let (gs, gp) = (u32s(&slots), u32s(&positions));
+        let gkeys = Tensor::zeros(shape.len(), dtype, &dev).unwrap();
+        let gvalues = Tensor::zeros(shape.len(), dtype, &dev).unwrap();
+        let (gk, gv) = (on(&k, &dev, dtype), on(&v, &dev, dtype));
+        cuda::decode::cache_write(&shape, 1, &gs, &gp, &gk, &gv, &gkeys, &gvalues).unwrap();
+        let back = |t: &Tensor| {
+            host(
+                &t.to_dtype(DType::F32)
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap(),
+            )
+        };
+        assert_eq!(back(&gkeys), keys, "{dtype:?}: keys");
+        assert_eq!(back(&gvalues), values, "{dtype:?}: values");
+        // Queries at positions 1099, 1024, 500 and 0 of slot 2, and 4 of slot 0.
+        let (qs, qp) = (vec![2u32, 2, 2, 2, 0], vec![1099u32, 1024, 500, 0, 4]);
+        let q = cpu(&randn(&[qs.len(), heads * d], 1.0, 13), dtype);
+        for window in [0, 37] {
+            let attn = CacheAttention {
+                heads,
+                window,
+                scale: 1.0 / (d as f32).sqrt(),
+            };
+            let mut want = vec![0f32; q.elem_count()];
+            let places = Places {
+                slots: &qs,
+                positions: &qp,
+            };
+            cache_attention_cpu(
+                &shape,
+                1,
+                &attn,
+                places,
+                &host(&q),
+                &keys,
+                &values,
+                &mut want,
+            );
+            let got = cuda::decode::cache_attention(
+                &shape,
+                1,
+                &attn,
+                &u32s(&qs),
+                &u32s(&qp),
+                &on(&q, &dev, dtype),
+                &gkeys,
+                &gvalues,
+            )
+            .unwrap();
+            let want = Tensor::from_vec(want, q.shape(), &Device::Cpu).unwrap();
+            let e = rel_err(&got, &want);
+            assert!(e < tol(dtype), "{dtype:?}, window {window}: {e}");
+        }
+    }
+}
+
+/// The GPU's picks over Llama 3's vocabulary are the CPU twin's: greedy, and draws cut by top-k
+/// and top-p.
+#[test]
+fn picks_match_their_cpu_twin() {
+    use pctrain_model::generate::{pick, Sampling};
+    let Some(dev) = gpu("picks_match_their_cpu_twin") else {
+        return;
+    };
+    let (rows, v) = (16, 128_256);
+    let logits = randn(&[rows, v], 3.0, 21);
+    let mut rng = Rng64::new(22);
+    let draws: Vec<f32> = (0..rows).map(|_| rng.unit() as f32).collect();
+    let host: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+    let scratch = Tensor::zeros(rows * v, DType::F32, &dev).unwrap();
+    let sample = |temperature, top_p, top_k| Sampling::Sample {
+        temperature,
+        top_p,
+        top_k,
+        seed: 0,
+    };
+    for sampling in [
+        Sampling::Greedy,
+        sample(1.0, 1.0, 0),
+        sample(0.8, 0.9, 0),
+        sample(0.7, 1.0, 50),
+        sample(1.2, 0.5, 1000),
+    ] {
+        let mut order = vec![0u32; v];
+        let want: Vec<u32> = host
+            .chunks(v)
+            .zip(&draws)
+            .map(|(row, &u)| pick(&mut row.to_vec(), &mut order, &sampling, u))
+            .collect();
+        let got = cuda::decode::pick_rows(
+            &logits.to_device(&dev).unwrap(),
+            &Tensor::from_slice(&draws, rows, &dev).unwrap(),
+            &scratch,
+            &sampling,
+        )
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+        assert_eq!(got, want, "{sampling:?}");
+    }
+}
+
+/// Greedy decoding on the GPU (f32) gives transformers' tokens, as the CPU does, on the batched
+/// decoding fixture (32 prompts whose every step has a clear winner; Mistral's sliding window),
+/// at two batch sizes.
+#[test]
+fn greedy_decoding_on_the_gpu_matches_the_cpu() {
+    use pctrain_model::{DecodeOptions, Request, Sampling};
+    let Some(dev) = gpu("greedy_decoding_on_the_gpu_matches_the_cpu") else {
+        return;
+    };
+    for name in ["llama", "mistral", "granite"] {
+        let r = candle_core::safetensors::load(
+            common::fixture(name).join("generate-batch.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ints = |k: &str| -> Vec<u32> {
+            let v: Vec<i64> = r[k].flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().map(|x| x as u32).collect()
+        };
+        let (lens, padded, want) = (ints("prompt_lengths"), ints("prompts"), ints("greedy"));
+        let width = padded.len() / lens.len();
+        let prompts: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| padded[i * width + width - n as usize..(i + 1) * width].to_vec())
+            .collect();
+        let new = want.len() / prompts.len();
+        let want: Vec<Vec<u32>> = want.chunks(new).map(<[u32]>::to_vec).collect();
+        let requests: Vec<Request> = prompts
+            .iter()
+            .map(|p| Request {
+                prompt: p,
+                stream: 0,
+            })
+            .collect();
+        let dir = common::fixture(name);
+        let config = pctrain_model::ModelConfig::load(&dir).unwrap();
+        let weights = pctrain_model::ModelWeights::load(&dir, &config, DType::F32, &dev).unwrap();
+        let model = pctrain_model::Model::new(config, weights, None);
+        for slots in [1, 16] {
+            let opts = DecodeOptions {
+                max_new_tokens: new,
+                sampling: Sampling::Greedy,
+                slots,
+            };
+            let got = model.generate_all(&requests, &opts, &[], |_| {}).unwrap();
+            assert_eq!(got, want, "{name}, {slots} slots");
+        }
+    }
+}

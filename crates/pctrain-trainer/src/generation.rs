@@ -1,11 +1,12 @@
 //! A model's answers to conversations: each prompt rendered by the chat template with its
-//! generation prompt, decoded in batches of similar lengths, cut at the model's end tokens, and
-//! with the pseudo-code part stripped for models trained to answer with it first.
+//! generation prompt, decoded by continuous batching (one answer or several samples a prompt),
+//! cut at the model's end tokens, and with the pseudo-code part stripped for models trained to
+//! answer with it first.
 
 use std::path::{Path, PathBuf};
 
 use pctrain_data::{ChatTemplate, Message, PcJoin, Record, Role, TextTokenizer};
-use pctrain_model::{Model, Sampling};
+use pctrain_model::{DecodeOptions, Event, Model, Request, Sampling};
 use serde::{Deserialize, Serialize};
 
 /// Errors while generating.
@@ -27,8 +28,27 @@ pub struct GenerateOptions {
     /// Most tokens an answer may have.
     pub max_new_tokens: usize,
     pub sampling: Sampling,
-    /// Prompts decoded together.
+    /// Answers decoded together.
     pub batch_size: usize,
+    /// Answers a prompt (sampled: with greedy decoding they would all be the same).
+    pub samples: usize,
+}
+
+impl GenerateOptions {
+    /// The stream of sample `s` of prompt `i`: it decides the draws of that answer, whatever the
+    /// batch size and the number of samples.
+    pub fn stream(i: usize, s: usize) -> u64 {
+        ((i as u64) << 32) | s as u64
+    }
+
+    /// What the model's decoding takes of these options.
+    fn decode(&self) -> DecodeOptions {
+        DecodeOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampling: self.sampling,
+            slots: self.batch_size.max(1),
+        }
+    }
 }
 
 /// One answer.
@@ -185,50 +205,39 @@ impl Generator<'_> {
         })
     }
 
-    /// Answers every prompt, in their order; longest prompts are decoded first, in batches of
-    /// `opts.batch_size`. `done(n)` is told after each batch how many answers are finished.
+    /// Answers every prompt `opts.samples` times: per prompt, in their order, its samples in
+    /// order. `done(n)` is told how many answers are finished as each one ends.
     pub fn answer_all(
         &self,
         prompts: &[Vec<Message>],
         opts: &GenerateOptions,
         mut done: impl FnMut(usize),
-    ) -> Result<Vec<Answer>, GenerateError> {
+    ) -> Result<Vec<Vec<Answer>>, GenerateError> {
         let ids: Vec<Vec<u32>> = prompts
             .iter()
             .map(|p| self.prompt_ids(p))
             .collect::<Result<_, _>>()?;
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
-        let mut answers: Vec<Option<Answer>> = vec![None; ids.len()];
+        let k = opts.samples.max(1);
+        let requests: Vec<Request> = (0..ids.len() * k)
+            .map(|j| Request {
+                prompt: &ids[j / k],
+                stream: GenerateOptions::stream(j / k, j % k),
+            })
+            .collect();
         let mut finished = 0;
-        for (b, chunk) in order.chunks(opts.batch_size.max(1)).enumerate() {
-            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-            let sampling = match opts.sampling {
-                Sampling::Sample {
-                    temperature,
-                    top_p,
-                    seed,
-                } => Sampling::Sample {
-                    temperature,
-                    top_p,
-                    seed: seed.wrapping_add((b * opts.batch_size) as u64),
-                },
-                greedy => greedy,
-            };
-            let tokens = self.model.generate_batch(
-                &batch,
-                opts.max_new_tokens,
-                sampling,
-                &self.stop,
-                |_, _| {},
-            )?;
-            for (&i, t) in chunk.iter().zip(&tokens) {
-                answers[i] = Some(self.answer(t)?);
-            }
-            finished += chunk.len();
-            done(finished);
-        }
-        Ok(answers.into_iter().flatten().collect())
+        let tokens = self
+            .model
+            .generate_all(&requests, &opts.decode(), &self.stop, |e| {
+                if let Event::Finished { .. } = e {
+                    finished += 1;
+                    done(finished);
+                }
+            })?;
+        let answers: Vec<Answer> = tokens
+            .iter()
+            .map(|t| self.answer(t))
+            .collect::<Result<_, _>>()?;
+        Ok(answers.chunks(k).map(<[Answer]>::to_vec).collect())
     }
 
     /// Answers one prompt, handing `text` each piece of the raw answer as it is decoded.
@@ -242,12 +251,16 @@ impl Generator<'_> {
         let mut tokens = Vec::new();
         let mut shown = 0;
         let mut failed = None;
-        let all = self.model.generate_batch(
-            &[ids],
-            opts.max_new_tokens,
-            opts.sampling,
-            &self.stop,
-            |_, t| {
+        let request = Request {
+            prompt: &ids,
+            stream: GenerateOptions::stream(0, 0),
+        };
+        let all = self
+            .model
+            .generate_all(&[request], &opts.decode(), &self.stop, |e| {
+                let Event::Token { token: t, .. } = e else {
+                    return;
+                };
                 if failed.is_some() || self.stop.contains(&t) {
                     return;
                 }
@@ -263,8 +276,7 @@ impl Generator<'_> {
                     Ok(_) => {}
                     Err(e) => failed = Some(e),
                 }
-            },
-        )?;
+            })?;
         if let Some(e) = failed {
             return Err(e.into());
         }

@@ -109,11 +109,11 @@ fn ifeval(args: EvalArgs) -> Result<()> {
                 .options(args.batch_size.unwrap_or(16), args.data.seed)?;
             let answerer = args.answerer()?;
             let started = std::time::Instant::now();
-            let pairs =
+            let answers =
                 ifeval_cmd::answer_task(&answerer.generator(), &task, args.limit, &opts, true)?;
             eprintln!(
-                "answered {} prompts in {:.1} s",
-                pairs.len(),
+                "{} answers in {:.1} s",
+                answers.len(),
                 started.elapsed().as_secs_f64()
             );
             let report = args
@@ -121,13 +121,15 @@ fn ifeval(args: EvalArgs) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("ifeval-report.jsonl"));
             let responses = ifeval_cmd::responses_beside(&report);
-            let lines: Vec<serde_json::Value> = pairs
+            let lines: Vec<serde_json::Value> = answers
                 .iter()
-                .map(|(p, r)| serde_json::json!({"prompt": p, "response": r}))
+                .map(|a| {
+                    serde_json::json!({"prompt": a.prompt, "sample": a.sample, "response": a.response})
+                })
                 .collect();
             write_jsonl(&responses, &lines)?;
             eprintln!("answers in {}", responses.display());
-            let scored = ifeval_cmd::score_pairs(&task, &pairs);
+            let scored = ifeval_cmd::score_answers(&task, &answers);
             ifeval_cmd::report(&scored, Some(&report))?;
             return Ok(());
         }

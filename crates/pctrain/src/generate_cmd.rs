@@ -41,9 +41,16 @@ pub struct DecodeArgs {
     /// Sample at this temperature (default: greedy, the most likely token).
     #[arg(long)]
     pub temperature: Option<f64>,
-    /// With --temperature: sample from the smallest set of tokens whose probability reaches this.
+    /// With --temperature: sample from the smallest set of most likely tokens whose probability
+    /// reaches this.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
+    /// With --temperature: sample from the K most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Answers a prompt, sampled (needs --temperature); each line says its `sample` (0..K).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
     /// Strip the pseudo-code part of answers (default: when the model's pctrain.json says it
     /// was trained to answer with pseudo-code first).
     #[arg(long, conflicts_with = "no_strip_pc")]
@@ -60,6 +67,7 @@ impl DecodeArgs {
             Some(t) if t > 0.0 && self.top_p > 0.0 && self.top_p <= 1.0 => Sampling::Sample {
                 temperature: t,
                 top_p: self.top_p,
+                top_k: self.top_k,
                 seed,
             },
             Some(t) => bail!(
@@ -70,10 +78,20 @@ impl DecodeArgs {
         if batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
+        if self.samples == 0 {
+            bail!("--samples must be at least 1");
+        }
+        if self.samples > 1 && sampling == Sampling::Greedy {
+            bail!(
+                "--samples {}: greedy answers would all be the same; sample with --temperature T",
+                self.samples
+            );
+        }
         Ok(GenerateOptions {
             max_new_tokens: self.max_new_tokens,
             sampling,
             batch_size,
+            samples: self.samples,
         })
     }
 }
@@ -91,8 +109,8 @@ pub struct GenerateArgs {
     /// conversation up to each record's last user turn is its prompt.
     #[arg(long, num_args = 1.., requires = "output")]
     data: Vec<PathBuf>,
-    /// Where --data's answers go: one JSON line per record, {"id", "prompt", "response",
-    /// "response_raw", "new_tokens"}.
+    /// Where --data's answers go: one JSON line per record and sample, {"id", "prompt",
+    /// "sample", "response", "response_raw", "new_tokens"}.
     #[arg(long)]
     output: Option<PathBuf>,
     /// auto (the model's chat template, else tulu), hf, tulu, llama3, mistral, granite, chatml, or
@@ -102,7 +120,8 @@ pub struct GenerateArgs {
     /// With --strip-pc on a model without pctrain.json: the join template to strip.
     #[arg(long, default_value = PcJoin::DEFAULT)]
     pc_template: String,
-    /// Prompts decoded together.
+    /// Answers decoded together (continuous batching: a finished answer's slot takes the next
+    /// prompt at once).
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// Seed of sampling.
@@ -131,7 +150,7 @@ impl Answerer {
             bail!("--base is needed: the model to answer with");
         };
         let device = crate::setup::device(&model.device)?;
-        let dtype = crate::setup::parse_dtype(&model.dtype)?;
+        let dtype = crate::setup::dtype(&model.dtype, &device)?;
         let mut base =
             load_base(spec, dtype, &device).with_context(|| format!("loading {spec}"))?;
         if let Some(dir) = &model.adapter {
@@ -247,32 +266,32 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("the data holds no record to answer");
     }
-    let bar = answers_bar(prompts.len());
+    let bar = answers_bar(prompts.len() * opts.samples);
     bar.set_message("generating");
     let started = std::time::Instant::now();
     let answers = generator.answer_all(&prompts, &opts, |n| bar.set_position(n as u64))?;
+    let secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let tokens: usize = answers.iter().map(|a| a.new_tokens).sum();
-    let lines: Vec<serde_json::Value> = ids
-        .iter()
-        .zip(&prompts)
-        .zip(&answers)
-        .map(|((id, p), a)| {
-            let last = p.last().map_or("", |m| m.content.as_str());
-            serde_json::json!({
+    let mut tokens = 0;
+    let mut lines = Vec::with_capacity(prompts.len() * opts.samples);
+    for ((id, p), samples) in ids.iter().zip(&prompts).zip(&answers) {
+        let last = p.last().map_or("", |m| m.content.as_str());
+        for (sample, a) in samples.iter().enumerate() {
+            tokens += a.new_tokens;
+            lines.push(serde_json::json!({
                 "id": id,
                 "prompt": last,
+                "sample": sample,
                 "response": a.response,
                 "response_raw": a.response_raw,
                 "new_tokens": a.new_tokens,
-            })
-        })
-        .collect();
+            }));
+        }
+    }
     write_jsonl(output, &lines)?;
-    let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "wrote {} answers to {} ({tokens} tokens in {secs:.1} s, {:.1} tokens/s)",
-        answers.len(),
+        lines.len(),
         output.display(),
         tokens as f64 / secs.max(1e-9)
     );

@@ -28,22 +28,30 @@ pub fn load_task(task_data: Option<&Path>) -> Result<Task> {
     Ok(Task::read(&path)?)
 }
 
-/// Answers the first `limit` prompts of `task` with `generator` (greedy as `opts` says), one
-/// user turn each: `(prompt, response)` pairs in task order.
+/// An answer to a task prompt: sample `sample` of the answers to `prompt`.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub prompt: String,
+    pub sample: usize,
+    pub response: String,
+}
+
+/// Answers the first `limit` prompts of `task` with `generator` (`opts.samples` answers each),
+/// one user turn each: in task order, each prompt's samples in order.
 pub fn answer_task(
     generator: &Generator,
     task: &Task,
     limit: Option<usize>,
     opts: &GenerateOptions,
     progress: bool,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<Answered>> {
     let n = limit.unwrap_or(task.prompts.len()).min(task.prompts.len());
     let prompts: Vec<Vec<Message>> = task.prompts[..n]
         .iter()
         .map(|p| vec![Message::new(Role::User, p.prompt.as_str())])
         .collect();
     let bar = if progress {
-        answers_bar(n)
+        answers_bar(n * opts.samples.max(1))
     } else {
         indicatif::ProgressBar::hidden()
     };
@@ -53,33 +61,40 @@ pub fn answer_task(
     Ok(task.prompts[..n]
         .iter()
         .zip(answers)
-        .map(|(p, a)| (p.prompt.clone(), a.response))
+        .flat_map(|(p, samples)| {
+            samples.into_iter().enumerate().map(|(sample, a)| Answered {
+                prompt: p.prompt.clone(),
+                sample,
+                response: a.response,
+            })
+        })
         .collect())
 }
 
-/// Scores `(prompt, response)` pairs against `task` (each prompt must be one of the task's).
-pub fn score_pairs(task: &Task, pairs: &[(String, String)]) -> Vec<Scored> {
+/// Scores answers against `task` (each prompt must be one of the task's).
+pub fn score_answers(task: &Task, answers: &[Answered]) -> Vec<Scored> {
     let by_prompt: std::collections::HashMap<&str, usize> = task
         .prompts
         .iter()
         .enumerate()
         .map(|(i, p)| (p.prompt.as_str(), i))
         .collect();
-    pairs
+    answers
         .iter()
-        .filter_map(|(p, r)| {
+        .filter_map(|a| {
             by_prompt
-                .get(p.as_str())
-                .map(|&i| score(&task.prompts[i], r))
+                .get(a.prompt.as_str())
+                .map(|&i| score(&task.prompts[i], a.sample, &a.response))
         })
         .collect()
 }
 
-/// Scores the responses of `responses` (`{"prompt", "response"}` lines).
+/// Scores the responses of `responses` (`{"prompt", "response"}` lines, with `"sample"` when a
+/// prompt has several).
 pub fn score_file(task: &Task, responses: &Path) -> Result<Vec<Scored>> {
     Ok(read_responses(responses, task)?
         .into_iter()
-        .map(|(p, r)| score(p, &r))
+        .map(|r| score(r.prompt, r.sample, &r.response))
         .collect())
 }
 

@@ -57,11 +57,11 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
     })
 }
 
-/// The dtype a `--dtype` value names, checked against the training device.
+/// The dtype a `--dtype` value names, checked against the device.
 pub fn dtype(spec: &str, device: &Device) -> Result<DType> {
     let dtype = parse_dtype(spec)?;
     if device.is_cpu() && dtype != DType::F32 {
-        bail!("dtype {spec}: training on the CPU is in f32; use --dtype f32 (bf16 and f16 are for CUDA)");
+        bail!("dtype {spec}: on the CPU pctrain runs in f32; use --dtype f32 (bf16 and f16 are for CUDA)");
     }
     Ok(dtype)
 }

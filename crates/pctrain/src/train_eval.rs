@@ -55,6 +55,7 @@ impl Evaluations {
                         max_new_tokens: settings.eval_max_new_tokens,
                         sampling: Sampling::Greedy,
                         batch_size: 16,
+                        samples: 1,
                     },
                     stop: stop_tokens(
                         run.base_dir.as_deref(),
@@ -102,9 +103,9 @@ impl Evaluations {
                 stop: probe.stop.clone(),
                 strip: probe.strip.clone(),
             };
-            let pairs =
+            let answers =
                 ifeval_cmd::answer_task(&generator, &probe.task, probe.limit, &probe.opts, false)?;
-            let (s, _) = summarize(&ifeval_cmd::score_pairs(&probe.task, &pairs));
+            let (s, _) = summarize(&ifeval_cmd::score_answers(&probe.task, &answers));
             line["ifeval_prompts"] = s.prompts.into();
             line["ifeval_prompt_strict"] = s.prompt_strict.into();
             line["ifeval_inst_strict"] = s.inst_strict.into();

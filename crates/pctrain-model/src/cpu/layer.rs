@@ -45,11 +45,11 @@ pub(crate) struct LayerSlots<'a> {
     pub weights: Option<[&'a mut [f32]; 9]>,
 }
 
-const INPUT_NORM: usize = 0;
-const POST_NORM: usize = 5;
+pub(crate) const INPUT_NORM: usize = 0;
+pub(crate) const POST_NORM: usize = 5;
 
 /// The weight of `target` in [`LayerParams::w`].
-fn slot(target: Target) -> usize {
+pub(crate) fn slot(target: Target) -> usize {
     match target {
         Target::Q => 1,
         Target::K => 2,

@@ -4,10 +4,12 @@
 //! `workspace`). The layers' CPU kernels live beside their forward and backward in
 //! [`crate::layers`].
 
+pub mod aligned;
+pub mod dots;
 pub mod gemm;
-mod layer;
+pub(crate) mod layer;
 pub mod par;
-mod pass;
+pub(crate) mod pass;
 pub mod simd;
 pub mod view;
 pub(crate) mod workspace;

@@ -21,10 +21,10 @@ use super::workspace::{Sizes, Workspace};
 /// An adapter's `A` and `B` views, rank and scale.
 type AdapterViews<'a> = (View<'a>, View<'a>, usize, f32);
 
-/// Every weight and adapter of the model as f32 views, held for one pass.
-struct Views<'a> {
-    embed: View<'a>,
-    norm: View<'a>,
+/// Every weight and adapter of the model as f32 views, held for one pass (or one decoding run).
+pub(crate) struct Views<'a> {
+    pub embed: View<'a>,
+    pub norm: View<'a>,
     lm_head: Option<View<'a>>,
     layers: Vec<Vec<View<'a>>>,
     /// Per layer and target.
@@ -33,7 +33,7 @@ struct Views<'a> {
 
 impl Views<'_> {
     /// Layer `l`'s parameters, with the pass's dropout (probability and step seed) if any.
-    fn layer(&self, l: usize, dropout: Option<(f64, u64)>) -> LayerParams<'_> {
+    pub fn layer(&self, l: usize, dropout: Option<(f64, u64)>) -> LayerParams<'_> {
         let w = &self.layers[l];
         let lora = std::array::from_fn(|t| {
             self.lora[l][t].as_ref().map(|(a, b, r, scale)| LoraView {
@@ -53,7 +53,7 @@ impl Views<'_> {
         }
     }
 
-    fn output(&self) -> &[f32] {
+    pub fn output(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed)
     }
 }
@@ -68,7 +68,7 @@ struct Slots<'a> {
 }
 
 impl Model {
-    fn views(&self) -> Result<Views<'_>> {
+    pub(crate) fn views(&self) -> Result<Views<'_>> {
         let w = &self.weights;
         let layers = w
             .layers

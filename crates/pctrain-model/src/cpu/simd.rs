@@ -144,7 +144,7 @@ pub fn sigmoid(x: f32) -> f32 {
 
 /// Sums lanes pairwise, in a fixed order.
 #[inline(always)]
-fn reduce(mut acc: [f32; LANES]) -> f32 {
+pub(crate) fn reduce(mut acc: [f32; LANES]) -> f32 {
     let mut width = LANES / 2;
     while width > 0 {
         for l in 0..width {

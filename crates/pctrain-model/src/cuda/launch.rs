@@ -26,6 +26,7 @@ const SOURCE: &str = concat!(
     include_str!("loss.cu"),
     include_str!("linear.cu"),
     include_str!("optim.cu"),
+    include_str!("decode.cu"),
 );
 
 /// The name candle caches the compiled module under.

@@ -4,6 +4,7 @@
 //! twin in `crate::layers` (named in its doc) that `tests/cuda.rs` compares it with on a GPU.
 
 mod attention;
+pub mod decode;
 mod gemm;
 mod launch;
 
@@ -433,7 +434,13 @@ mod tests {
     fn the_kernels_compile_with_nvrtc_and_export_every_entry_point() {
         for arch in ["compute_80", "compute_90"] {
             let ptx = super::launch::compile(arch).unwrap();
-            let mut names = vec!["col_sum_f32", "adamw_f32", "adamw_bf16", "clip_finish"];
+            let mut names = vec![
+                "col_sum_f32",
+                "adamw_f32",
+                "adamw_bf16",
+                "clip_finish",
+                "pick_rows",
+            ];
             let typed = [
                 "rms_norm_fwd",
                 "rms_norm_bwd",
@@ -449,6 +456,8 @@ mod tests {
                 "write_rows",
                 "sq_sum",
                 "dropout_mask",
+                "cache_write",
+                "cache_attention",
             ];
             let typed: Vec<String> = typed
                 .iter()

@@ -2,7 +2,8 @@
 //! packed samples never see each other. Training runs it in the flash-attention manner: the scores
 //! are never stored; the forward keeps each row's log-sum-exp and the backward recomputes the
 //! probabilities from it, one tile of keys at a time. The CPU kernels here and
-//! `cuda::attention_*` are twins; decoding with a cache uses the dense form below.
+//! `cuda::attention_*` are twins; the dense form below (scores stored) is the reference that
+//! tests compare them with. Decoding attends over its cache in `layers::kv_cache`.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use rayon::prelude::*;

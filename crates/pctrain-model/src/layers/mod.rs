@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod attention_blocks;
+pub mod kv_cache;
 pub mod linear;
 pub mod loss;
 pub mod mlp;

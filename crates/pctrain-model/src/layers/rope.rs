@@ -73,19 +73,23 @@ pub fn rope_tables(
 /// The values of [`rope_tables`]: `[positions, 2 * inv_freq.len()]` cosines and sines of
 /// `p * f` in f32, as transformers computes them.
 pub fn rope_table_values(inv_freq: &[f32], position_ids: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let n = position_ids.len() * 2 * inv_freq.len();
+    let (mut cos, mut sin) = (vec![0f32; n], vec![0f32; n]);
+    rope_table_into(inv_freq, position_ids, &mut cos, &mut sin);
+    (cos, sin)
+}
+
+/// [`rope_table_values`] written into `cos` and `sin` (`[positions, 2 * inv_freq.len()]` each).
+pub fn rope_table_into(inv_freq: &[f32], position_ids: &[u32], cos: &mut [f32], sin: &mut [f32]) {
     let d = 2 * inv_freq.len();
-    let mut cos = Vec::with_capacity(position_ids.len() * d);
-    let mut sin = Vec::with_capacity(position_ids.len() * d);
-    for &p in position_ids {
-        for _ in 0..2 {
-            for f in inv_freq {
-                let angle = f * p as f32;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
+    let rows = cos.chunks_exact_mut(d).zip(sin.chunks_exact_mut(d));
+    for ((c, s), &p) in rows.zip(position_ids) {
+        for (i, f) in inv_freq.iter().chain(inv_freq).enumerate() {
+            let angle = f * p as f32;
+            c[i] = angle.cos();
+            s[i] = angle.sin();
         }
     }
-    (cos, sin)
 }
 
 /// `x`: `[B, heads, T, d]`, `cos`/`sin`: `[B, T, d]` -> `x * cos + rotate_half(x) * sin`, with

@@ -2,7 +2,9 @@
 //! to them, written here after the reference evaluation's behaviour. A response is checked
 //! strictly (as it is) and loosely (it passes if any of eight variants does: as it is, without
 //! `*`, without its first and/or last line); accuracy is the share of prompts whose every
-//! instruction passes, and the share of instructions that pass.
+//! instruction passes, and the share of instructions that pass. Responses may hold several
+//! samples a prompt: each is scored, the accuracies are those of each prompt's first sample, and
+//! pass@1 and pass@k say how often a sample, and any of k samples, passes.
 
 mod instructions;
 mod text;
@@ -124,20 +126,25 @@ impl Task {
     }
 }
 
-/// Reads `{"prompt", "response"}` lines and pairs each with its task prompt: the prompts in
-/// task order (each scored once; a later response to the same prompt wins, as in the
-/// reference), with their responses.
-pub fn read_responses<'t>(
-    path: &Path,
-    task: &'t Task,
-) -> Result<Vec<(&'t TaskPrompt, String)>, IfEvalError> {
+/// A response to one of the task's prompts: sample `sample` of its answers.
+#[derive(Debug, Clone)]
+pub struct Response<'t> {
+    pub prompt: &'t TaskPrompt,
+    pub sample: usize,
+    pub response: String,
+}
+
+/// Reads `{"prompt", "response"}` lines (with `"sample": N` when a prompt has several answers)
+/// and pairs each with its task prompt: in task order, each prompt's samples in order (a later
+/// line for the same prompt and sample wins, as in the reference).
+pub fn read_responses<'t>(path: &Path, task: &'t Task) -> Result<Vec<Response<'t>>, IfEvalError> {
     let by_prompt: HashMap<&str, usize> = task
         .prompts
         .iter()
         .enumerate()
         .map(|(i, p)| (p.prompt.as_str(), i))
         .collect();
-    let mut responses: BTreeMap<usize, String> = BTreeMap::new();
+    let mut responses: BTreeMap<(usize, usize), String> = BTreeMap::new();
     for (line, v) in json_lines(path)? {
         let err = |message: String| IfEvalError::Input {
             path: path.to_path_buf(),
@@ -153,17 +160,28 @@ pub fn read_responses<'t>(
         let Some(response) = v.get("response").and_then(Value::as_str) else {
             return Err(err("field `response`: expected a string".into()));
         };
+        let sample = match v.get("sample") {
+            None => 0,
+            Some(s) => s
+                .as_u64()
+                .ok_or_else(|| err(format!("field `sample`: {s} is not a sample number")))?
+                as usize,
+        };
         let Some(&i) = by_prompt.get(prompt) else {
             let start: String = prompt.chars().take(60).collect();
             return Err(err(format!(
                 "the prompt {start:?}... is not one of the task's prompts"
             )));
         };
-        responses.insert(i, response.to_string());
+        responses.insert((i, sample), response.to_string());
     }
     Ok(responses
         .into_iter()
-        .map(|(i, r)| (&task.prompts[i], r))
+        .map(|((i, sample), response)| Response {
+            prompt: &task.prompts[i],
+            sample,
+            response,
+        })
         .collect())
 }
 
@@ -172,6 +190,8 @@ pub fn read_responses<'t>(
 pub struct Scored {
     pub key: Value,
     pub prompt: String,
+    /// Which of the prompt's samples this is (0 when it has one).
+    pub sample: usize,
     pub instruction_id_list: Vec<String>,
     pub strict: Vec<bool>,
     pub loose: Vec<bool>,
@@ -202,13 +222,15 @@ fn loose_variants(response: &str) -> [String; 8] {
     ]
 }
 
-/// Checks `response` against every instruction of `p`.
-pub fn score(p: &TaskPrompt, response: &str) -> Scored {
+/// Checks `response`, sample `sample` of the answers to `p`, against each of `p`'s
+/// instructions.
+pub fn score(p: &TaskPrompt, sample: usize, response: &str) -> Scored {
     let passes = |r: &str, i: &Instruction| !r.trim().is_empty() && i.check(r);
     let variants = loose_variants(response);
     Scored {
         key: p.key.clone(),
         prompt: p.prompt.clone(),
+        sample,
         instruction_id_list: p.instruction_ids.clone(),
         strict: p.instructions.iter().map(|i| passes(response, i)).collect(),
         loose: p
@@ -219,7 +241,8 @@ pub fn score(p: &TaskPrompt, response: &str) -> Scored {
     }
 }
 
-/// The four accuracies (fractions) and the count of prompts scored.
+/// The four accuracies (fractions) of each prompt's first sample, the count of prompts scored,
+/// and with several samples a prompt, how often they pass.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Summary {
     pub prompts: usize,
@@ -227,16 +250,46 @@ pub struct Summary {
     pub inst_strict: f64,
     pub prompt_loose: f64,
     pub inst_loose: f64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub passes: Option<Passes>,
+}
+
+/// How often samples pass (every instruction of their prompt), strictly and loosely: pass@1 is
+/// the mean over all samples, pass@k the chance that any of `k` samples of a prompt passes (the
+/// unbiased estimate of Chen et al., 2021, over each prompt's `n >= k` samples), `k` being the
+/// fewest samples any prompt has.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Passes {
+    #[serde(rename = "samples")]
+    pub k: usize,
+    pub prompt_strict_pass_at_1: f64,
+    pub prompt_loose_pass_at_1: f64,
+    pub prompt_strict_pass_at_k: f64,
+    pub prompt_loose_pass_at_k: f64,
 }
 
 /// Strict and loose accuracy of one instruction type: `(passed strictly, passed loosely, of)`.
 pub type TypeScore = (usize, usize, usize);
 
-/// The accuracies of `scored`, and per instruction id the counts behind them.
+/// `1 - C(n - c, k) / C(n, k)`: the chance that `k` of `n` samples, `c` of which pass, hold one
+/// that passes.
+fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
+    if n - c < k {
+        return 1.0;
+    }
+    1.0 - (n - c + 1..=n).fold(1.0, |p, i| p * (1.0 - k as f64 / i as f64))
+}
+
+/// The accuracies of `scored` (grouped by prompt as [`read_responses`] orders them: a prompt's
+/// samples together, the first one first), and per instruction id the counts behind them.
 pub fn summarize(scored: &[Scored]) -> (Summary, BTreeMap<String, TypeScore>) {
     let mut by_type: BTreeMap<String, TypeScore> = BTreeMap::new();
     let (mut ps, mut pl, mut is, mut il, mut total) = (0, 0, 0, 0, 0);
-    for s in scored {
+    let groups: Vec<&[Scored]> = scored
+        .chunk_by(|a, b| a.prompt == b.prompt && b.sample > a.sample)
+        .collect();
+    for group in &groups {
+        let s = &group[0];
         ps += usize::from(s.strict.iter().all(|&b| b));
         pl += usize::from(s.loose.iter().all(|&b| b));
         for ((id, &st), &lo) in s.instruction_id_list.iter().zip(&s.strict).zip(&s.loose) {
@@ -250,7 +303,26 @@ pub fn summarize(scored: &[Scored]) -> (Summary, BTreeMap<String, TypeScore>) {
         }
     }
     let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    let n = scored.len();
+    let n = groups.len();
+    let k = groups.iter().map(|g| g.len()).min().unwrap_or(0);
+    let passes = (groups.iter().any(|g| g.len() > 1)).then(|| {
+        let rate = |pass: fn(&Scored) -> bool, k: usize| {
+            let sum: f64 = groups
+                .iter()
+                .map(|g| pass_at_k(g.len(), g.iter().filter(|s| pass(s)).count(), k))
+                .sum();
+            sum / n as f64
+        };
+        let strict = |s: &Scored| s.strict.iter().all(|&b| b);
+        let loose = |s: &Scored| s.loose.iter().all(|&b| b);
+        Passes {
+            k,
+            prompt_strict_pass_at_1: rate(strict, 1),
+            prompt_loose_pass_at_1: rate(loose, 1),
+            prompt_strict_pass_at_k: rate(strict, k),
+            prompt_loose_pass_at_k: rate(loose, k),
+        }
+    });
     (
         Summary {
             prompts: n,
@@ -258,6 +330,7 @@ pub fn summarize(scored: &[Scored]) -> (Summary, BTreeMap<String, TypeScore>) {
             inst_strict: frac(is, total),
             prompt_loose: frac(pl, n),
             inst_loose: frac(il, total),
+            passes,
         },
         by_type,
     )

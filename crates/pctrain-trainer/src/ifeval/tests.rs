@@ -15,7 +15,7 @@ fn judge(id: &str, kwargs: Value, response: &str) -> (bool, bool) {
         instruction_ids: vec![id.into()],
         instructions: vec![Instruction::parse(id, &kwargs).unwrap()],
     };
-    let s = score(&p, response);
+    let s = score(&p, 0, response);
     (s.strict[0], s.loose[0])
 }
 
@@ -469,12 +469,94 @@ fn accuracies_count_prompts_and_instructions() {
     };
     let a = p(&["punctuation:no_comma", "startend:quotation"]);
     let b = p(&["punctuation:no_comma"]);
-    let scored = [score(&a, "\"no commas\""), score(&b, "a, b")];
+    let scored = [score(&a, 0, "\"no commas\""), score(&b, 0, "a, b")];
     let (s, by_type) = summarize(&scored);
     assert_eq!(s.prompts, 2);
     assert_eq!((s.prompt_strict, s.inst_strict), (0.5, 2.0 / 3.0));
     assert_eq!(by_type["punctuation:no_comma"], (1, 1, 2));
     assert!(table(&by_type).contains("startend:quotation"));
+}
+
+#[test]
+fn several_samples_a_prompt_score_the_first_and_count_pass_at_k() {
+    let (_t, task_path) = file(
+        "task.jsonl",
+        &[
+            task_line("A.", "punctuation:no_comma", json!({})),
+            task_line("B.", "punctuation:no_comma", json!({})),
+        ],
+    );
+    let task = Task::read(&task_path).unwrap();
+    // A: samples 1 and 2 pass, 0 does not; B: only sample 0 passes. A's sample 1 comes twice:
+    // the later line wins.
+    let (_d, path) = file(
+        "r.jsonl",
+        &[
+            json!({"prompt": "A.", "sample": 1, "response": "x, y"}),
+            json!({"prompt": "B.", "sample": 2, "response": "x, y"}),
+            json!({"prompt": "A.", "sample": 0, "response": "x, y"}),
+            json!({"prompt": "B.", "sample": 0, "response": "fine"}),
+            json!({"prompt": "A.", "sample": 2, "response": "fine"}),
+            json!({"prompt": "B.", "sample": 1, "response": "a, b"}),
+            json!({"prompt": "A.", "sample": 1, "response": "fine"}),
+        ],
+    );
+    let responses = read_responses(&path, &task).unwrap();
+    let order: Vec<(&str, usize)> = responses
+        .iter()
+        .map(|r| (r.prompt.prompt.as_str(), r.sample))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("A.", 0),
+            ("A.", 1),
+            ("A.", 2),
+            ("B.", 0),
+            ("B.", 1),
+            ("B.", 2)
+        ]
+    );
+    let scored: Vec<Scored> = responses
+        .iter()
+        .map(|r| score(r.prompt, r.sample, &r.response))
+        .collect();
+    let (s, by_type) = summarize(&scored);
+    // First samples: A fails, B passes.
+    assert_eq!((s.prompts, s.prompt_strict), (2, 0.5));
+    assert_eq!(by_type["punctuation:no_comma"], (1, 1, 2));
+    let p = s.passes.expect("several samples");
+    assert_eq!(p.k, 3);
+    assert!((p.prompt_strict_pass_at_1 - (2.0 / 3.0 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
+    assert_eq!(p.prompt_strict_pass_at_k, 1.0);
+    let line = serde_json::to_value(s).unwrap();
+    assert_eq!(line["samples"], 3);
+    assert!(line.get("prompt_loose_pass_at_k").is_some());
+    // One sample a prompt: no pass@k fields.
+    let (one, _) = summarize(&scored[..1]);
+    assert!(serde_json::to_value(one).unwrap().get("samples").is_none());
+    let bad = responses_error(
+        &[json!({"prompt": "A.", "sample": -1, "response": "x"})],
+        &task,
+    );
+    assert!(
+        bad.contains("r.jsonl:1") && bad.contains("`sample`"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn pass_at_k_is_the_chance_that_k_draws_hold_a_pass() {
+    assert_eq!(pass_at_k(5, 0, 3), 0.0);
+    assert_eq!(pass_at_k(5, 3, 3), 1.0);
+    // 1 - C(3, 2) / C(5, 2) = 1 - 3/10.
+    assert!((pass_at_k(5, 2, 2) - 0.7).abs() < 1e-12);
+    assert!((pass_at_k(4, 1, 1) - 0.25).abs() < 1e-12);
+}
+
+fn responses_error(lines: &[Value], task: &Task) -> String {
+    let (_d, path) = file("r.jsonl", lines);
+    read_responses(&path, task).unwrap_err().to_string()
 }
 
 /// Writes `lines` to a file in a fresh folder.
