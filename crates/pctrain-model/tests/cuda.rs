@@ -662,24 +662,8 @@ fn greedy_decoding_on_the_gpu_matches_the_cpu() {
         return;
     };
     for name in ["llama", "mistral", "granite"] {
-        let r = candle_core::safetensors::load(
-            common::fixture(name).join("generate-batch.safetensors"),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let ints = |k: &str| -> Vec<u32> {
-            let v: Vec<i64> = r[k].flatten_all().unwrap().to_vec1().unwrap();
-            v.into_iter().map(|x| x as u32).collect()
-        };
-        let (lens, padded, want) = (ints("prompt_lengths"), ints("prompts"), ints("greedy"));
-        let width = padded.len() / lens.len();
-        let prompts: Vec<Vec<u32>> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| padded[i * width + width - n as usize..(i + 1) * width].to_vec())
-            .collect();
-        let new = want.len() / prompts.len();
-        let want: Vec<Vec<u32>> = want.chunks(new).map(<[u32]>::to_vec).collect();
+        let (prompts, want) = common::generate_batch(name);
+        let new = want[0].len();
         let requests: Vec<Request> = prompts
             .iter()
             .map(|p| Request {

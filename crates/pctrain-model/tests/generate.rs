@@ -75,22 +75,8 @@ fn greedy_batches_match_transformers_left_padded_batches() {
     // scripts/make_fixtures.py: 32 prompts of 1 to 40 tokens, decoded by transformers at batch
     // sizes 1, 16 and 32 (left-padded), which agreed.
     for name in MODELS {
-        let r = candle_core::safetensors::load(
-            fixture(name).join("generate-batch.safetensors"),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let lens = ids(&r["prompt_lengths"]);
-        let padded = ids(&r["prompts"]);
-        let width = padded.len() / lens.len();
-        let prompts: Vec<Vec<u32>> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| padded[i * width + width - n as usize..(i + 1) * width].to_vec())
-            .collect();
-        let want = ids(&r["greedy"]);
-        let new = want.len() / prompts.len();
-        let want: Vec<Vec<u32>> = want.chunks(new).map(<[u32]>::to_vec).collect();
+        let (prompts, want) = common::generate_batch(name);
+        let new = want[0].len();
         let m = model(name, false);
         for slots in [1, 16, 32] {
             let got = answers(&m, &prompts, &greedy(slots, new), &[]);

@@ -63,13 +63,7 @@ pub(crate) struct CpuDecoder<'m> {
 impl<'m> CpuDecoder<'m> {
     pub fn new(model: &'m Model, room: Room, sampling: Sampling) -> Result<Self> {
         let c = &model.config;
-        let shape = CacheShape::new(
-            c.num_layers,
-            room.slots,
-            c.num_kv_heads,
-            room.positions,
-            c.head_dim,
-        );
+        let shape = CacheShape::of(c, room.slots, room.positions);
         let (n, m) = (room.tokens, room.slots);
         let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let rank = model.lora.as_ref().map_or(0, |a| a.config.r);

@@ -31,13 +31,7 @@ pub(crate) struct CudaDecoder<'m> {
 impl<'m> CudaDecoder<'m> {
     pub fn new(model: &'m Model, room: Room, sampling: Sampling) -> Result<Self> {
         let c = &model.config;
-        let shape = CacheShape::new(
-            c.num_layers,
-            room.slots,
-            c.num_kv_heads,
-            room.positions,
-            c.head_dim,
-        );
+        let shape = CacheShape::of(c, room.slots, room.positions);
         let dtype = model.weights.embed_tokens.dtype();
         let device = model.device();
         Ok(CudaDecoder {

@@ -38,6 +38,12 @@ impl CacheShape {
         }
     }
 
+    /// Room for `positions` positions in each of `slots` slots of `config`'s model.
+    pub fn of(config: &crate::config::ModelConfig, slots: usize, positions: usize) -> Self {
+        let c = config;
+        Self::new(c.num_layers, slots, c.num_kv_heads, positions, c.head_dim)
+    }
+
     /// Floats of the keys (and as many of the values).
     pub fn len(&self) -> usize {
         self.layers * self.slots * self.kv_heads * self.cap * self.d

@@ -49,3 +49,27 @@ pub fn model(name: &str, with_lora: bool) -> Model {
     });
     Model::new(config, weights, lora)
 }
+
+/// The batched decoding fixture of a model (scripts/make_fixtures.py): its prompts, and
+/// transformers' greedy tokens for each.
+pub fn generate_batch(name: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let r = candle_core::safetensors::load(
+        fixture(name).join("generate-batch.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ints = |k: &str| -> Vec<u32> {
+        let v: Vec<i64> = r[k].flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(|x| x as u32).collect()
+    };
+    let (lens, padded, greedy) = (ints("prompt_lengths"), ints("prompts"), ints("greedy"));
+    let width = padded.len() / lens.len();
+    let prompts: Vec<Vec<u32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| padded[i * width + width - n as usize..(i + 1) * width].to_vec())
+        .collect();
+    let new = greedy.len() / prompts.len();
+    let greedy = greedy.chunks(new).map(<[u32]>::to_vec).collect();
+    (prompts, greedy)
+}
