@@ -290,8 +290,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     write_jsonl(output, &lines)?;
     eprintln!(
-        "wrote {} answers to {} ({tokens} tokens in {secs:.1} s, {:.1} tokens/s)",
+        "wrote {} answer{} to {} ({tokens} tokens in {secs:.1} s, {:.1} tokens/s)",
         lines.len(),
+        if lines.len() == 1 { "" } else { "s" },
         output.display(),
         tokens as f64 / secs.max(1e-9)
     );

@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::lanes::Lanes;
 use super::par::Out;
 use super::simd::{Isa, LANES};
 use crate::simd_fn;
@@ -184,7 +185,7 @@ fn tile<const R: usize, const J: usize>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        use lanes::{Avx2, Avx512};
+        use crate::cpu::lanes::{Avx2, Avx512};
         match Isa::active() {
             // SAFETY: the active set is one this CPU has.
             Isa::Avx512 => return unsafe { tile_on::<Avx512, R, J>(x, k, w, r, c, dst, ahead) },
@@ -202,7 +203,7 @@ fn tile<const R: usize, const J: usize>(
 /// # Safety
 /// The CPU must have `V`'s instruction set.
 #[inline(always)]
-unsafe fn tile_on<V: Lanes, const R: usize, const J: usize>(
+unsafe fn tile_on<V: Finish, const R: usize, const J: usize>(
     x: &[f32],
     k: usize,
     w: &[f32],
@@ -278,18 +279,11 @@ fn finish_lanes<V: Lanes, const R: usize, const J: usize>(
     }
 }
 
-/// [`LANES`] f32 lanes as one register or several.
-trait Lanes: Copy {
+/// How a tile's sums are finished: [`finish_lanes`], which a type may do faster with the same
+/// result.
+trait Finish: Lanes {
     /// # Safety
-    /// The CPU must have the type's instruction set (and so for every method).
-    unsafe fn zero() -> Self;
-    /// # Safety
-    /// `p` must point at [`LANES`] readable elements.
-    unsafe fn load(p: *const f32) -> Self;
-    /// `a * b + c`, one rounding a lane.
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
-    unsafe fn lanes(self) -> [f32; LANES];
-    /// [`finish_lanes`], which a type may do faster with the same result.
+    /// The CPU must have the type's instruction set.
     #[inline(always)]
     unsafe fn finish<const R: usize, const J: usize>(
         acc: &[[Self; J]; R],
@@ -303,61 +297,18 @@ trait Lanes: Copy {
     }
 }
 
-impl Lanes for [f32; LANES] {
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        [0.0; LANES]
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        // SAFETY: the caller's promise.
-        unsafe { p.cast::<[f32; LANES]>().read_unaligned() }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        std::array::from_fn(|l| a[l].mul_add(b[l], c[l]))
-    }
-    #[inline(always)]
-    unsafe fn lanes(self) -> [f32; LANES] {
-        self
-    }
-}
+impl Finish for [f32; LANES] {}
 
 #[cfg(target_arch = "x86_64")]
-mod lanes {
+mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Dst, Lanes, LANES};
+    use super::{Dst, Finish};
+    use crate::cpu::lanes::{Avx2, Avx512};
 
-    /// One AVX-512 register.
-    #[derive(Clone, Copy)]
-    pub struct Avx512(__m512);
+    impl Finish for Avx2 {}
 
-    /// Two AVX registers.
-    #[derive(Clone, Copy)]
-    pub struct Avx2(__m256, __m256);
-
-    // SAFETY (every block below): the caller vouches for the instruction set and the pointers.
-    impl Lanes for Avx512 {
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Avx512(unsafe { _mm512_setzero_ps() })
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            Avx512(unsafe { _mm512_loadu_ps(p) })
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            Avx512(unsafe { _mm512_fmadd_ps(a.0, b.0, c.0) })
-        }
-        #[inline(always)]
-        unsafe fn lanes(self) -> [f32; LANES] {
-            let mut out = [0f32; LANES];
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), self.0) };
-            out
-        }
-
+    impl Finish for Avx512 {
         /// A tile of up to 4 rows and at least 4 columns: the tail as masked products, the sums
         /// of each block of up to 4 x 4 accumulators at once ([`sum16`]), each row of them
         /// scaled and stored (or added) as a vector.
@@ -469,35 +420,6 @@ mod lanes {
                 _mm512_shuffle_ps::<0x88>(e[0], e[1]),
                 _mm512_shuffle_ps::<0xDD>(e[0], e[1]),
             )
-        }
-    }
-
-    impl Lanes for Avx2 {
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            unsafe { Avx2(_mm256_setzero_ps(), _mm256_setzero_ps()) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { Avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            unsafe {
-                Avx2(
-                    _mm256_fmadd_ps(a.0, b.0, c.0),
-                    _mm256_fmadd_ps(a.1, b.1, c.1),
-                )
-            }
-        }
-        #[inline(always)]
-        unsafe fn lanes(self) -> [f32; LANES] {
-            let mut out = [0f32; LANES];
-            unsafe {
-                _mm256_storeu_ps(out.as_mut_ptr(), self.0);
-                _mm256_storeu_ps(out.as_mut_ptr().add(8), self.1);
-            }
-            out
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod aligned;
 pub mod dots;
 pub mod gemm;
+pub(crate) mod lanes;
 pub(crate) mod layer;
 pub mod par;
 pub(crate) mod pass;

@@ -8,8 +8,10 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::lanes::Lanes;
 use crate::cpu::par::Out;
 use crate::cpu::simd::{exp, max, sum, LANES};
+use crate::on_lanes;
 use crate::simd_fn;
 
 /// Positions per key tile.
@@ -269,7 +271,7 @@ fn attend_group<const G: usize>(at: &AttendAt, q: &[f32], scores: &mut Vec<f32>,
 }
 
 /// The scores of `T` key tiles from `tile`: `scale * q k` for every position of them in
-/// `lo..lo + len`.
+/// `lo..lo + len`, each a sum over the features in order.
 #[inline(always)]
 fn tile_scores<const G: usize, const T: usize>(
     at: &AttendAt,
@@ -281,18 +283,31 @@ fn tile_scores<const G: usize, const T: usize>(
 ) {
     let d = at.shape.d;
     let keys = &at.keys[at.base + tile * TILE * d..at.base + (tile + T) * TILE * d];
-    let mut acc = [[[0f32; TILE]; T]; G];
-    for c in 0..d {
-        for t in 0..T {
-            let kt = &keys[(t * d + c) * TILE..(t * d + c + 1) * TILE];
-            for h in 0..G {
-                let qc = q[h * d + c];
-                for l in 0..TILE {
-                    acc[h][t][l] = qc.mul_add(kt[l], acc[h][t][l]);
+    assert!(q.len() >= G * d);
+    // SAFETY: the loads read `TILE` keys of feature `c < d` of tile `t < T` inside `keys`, and
+    // the set is the active one.
+    let acc: [[[f32; TILE]; T]; G] = on_lanes!(V => unsafe {
+        let mut acc = [[V::zero(); T]; G];
+        for c in 0..d {
+            let mut kv = [V::zero(); T];
+            for (t, kv) in kv.iter_mut().enumerate() {
+                *kv = V::load(keys.as_ptr().add((t * d + c) * TILE));
+            }
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let qc = V::splat(*q.get_unchecked(h * d + c));
+                for (a, kv) in acc.iter_mut().zip(&kv) {
+                    *a = V::fma(qc, *kv, *a);
                 }
             }
         }
-    }
+        let mut out = [[[0f32; TILE]; T]; G];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = a.lanes();
+            }
+        }
+        out
+    });
     for (h, acc) in acc.iter().enumerate() {
         for (t, acc) in acc.iter().enumerate() {
             for (l, a) in acc.iter().enumerate() {
@@ -306,7 +321,7 @@ fn tile_scores<const G: usize, const T: usize>(
 }
 
 /// Features `c0..c0 + C * LANES` of each head's output: the positions' values (`[len, d]`)
-/// weighted by the scores, in order, times the head's `1 / sum`.
+/// weighted by the scores, summed over the positions in order, times the head's `1 / sum`.
 #[inline(always)]
 fn weighted_values<const G: usize, const C: usize>(
     values: &[f32],
@@ -317,18 +332,32 @@ fn weighted_values<const G: usize, const C: usize>(
     inv: &[f32],
     out: &mut [f32],
 ) {
-    let mut acc = [[[0f32; LANES]; C]; G];
-    for (j, v) in values.chunks_exact(d).enumerate() {
-        let v = &v[c0..c0 + C * LANES];
-        for h in 0..G {
-            let p = scores[h * len + j];
-            for c in 0..C {
-                for l in 0..LANES {
-                    acc[h][c][l] = p.mul_add(v[c * LANES + l], acc[h][c][l]);
+    assert!(values.len() >= len * d && c0 + C * LANES <= d && scores.len() >= G * len);
+    // SAFETY: the loads read features `c0..c0 + C * LANES` of the `len` rows of `values`, the
+    // scores' indices are under `G * len`, and the set is the active one.
+    let acc: [[[f32; LANES]; C]; G] = on_lanes!(V => unsafe {
+        let mut acc = [[V::zero(); C]; G];
+        for j in 0..len {
+            let row = values.as_ptr().add(j * d + c0);
+            let mut vv = [V::zero(); C];
+            for (c, vv) in vv.iter_mut().enumerate() {
+                *vv = V::load(row.add(c * LANES));
+            }
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let p = V::splat(*scores.get_unchecked(h * len + j));
+                for (a, vv) in acc.iter_mut().zip(&vv) {
+                    *a = V::fma(p, *vv, *a);
                 }
             }
         }
-    }
+        let mut out = [[[0f32; LANES]; C]; G];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = a.lanes();
+            }
+        }
+        out
+    });
     for (h, acc) in acc.iter().enumerate() {
         for (c, acc) in acc.iter().enumerate() {
             let o = &mut out[h * d + c0 + c * LANES..h * d + c0 + (c + 1) * LANES];
