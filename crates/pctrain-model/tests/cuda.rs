@@ -684,5 +684,9 @@ fn greedy_decoding_on_the_gpu_matches_the_cpu() {
             let got = model.generate_all(&requests, &opts, &[], |_| {}).unwrap();
             assert_eq!(got, want, "{name}, {slots} slots");
         }
+        // A prompt longer than a step reads (256 tokens), alone: a step chooses nothing.
+        let long: Vec<u32> = (0..600u32).map(|i| (i * 37 + 5) % 256).collect();
+        let out = model.generate(&long, 5, Sampling::Greedy, &[]).unwrap();
+        assert_eq!(out.len(), 5, "{name}");
     }
 }

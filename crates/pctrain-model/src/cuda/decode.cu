@@ -103,7 +103,8 @@ extern "C" __global__ void pick_rows(const float* logits, const float* draws, fl
                                      unsigned* out, int v, int top_k, float inv_t, float top_p) {
     __shared__ float best_v[1024];
     __shared__ int best_i[1024];
-    __shared__ float spans[1024];
+    __shared__ double spans[1024];
+    __shared__ double total_mass;
     int r = blockIdx.x, tid = threadIdx.x, nt = blockDim.x;
     const float* x = logits + (long)r * v;
     float* e = scratch + (long)r * v;
@@ -113,7 +114,7 @@ extern "C" __global__ void pick_rows(const float* logits, const float* draws, fl
     float odd = 0.f;
     for (int i = tid; i < v; i += nt) {
         float xi = x[i];
-        if (xi != xi || fabsf(xi) == __int_as_float(0x7f800000)) odd = 1.f;
+        if (xi != xi || xi == __int_as_float(0x7f800000)) odd = 1.f;
         if (xi == xi && (bi < 0 || xi > bv)) bv = xi, bi = i;
     }
     best_v[tid] = bv;
@@ -131,7 +132,8 @@ extern "C" __global__ void pick_rows(const float* logits, const float* draws, fl
     }
     float m = best_v[0];
     int argmax = best_i[0] < 0 ? 0 : best_i[0];
-    if (top_k < 0 || block_sum(odd) > 0.f) {
+    // Greedy, or a row the CPU twin also takes greedily: its maximum is not finite.
+    if (top_k < 0 || block_sum(odd) > 0.f || m == NEG_INF) {
         if (tid == 0) out[r] = argmax;
         return;
     }
@@ -166,48 +168,48 @@ extern "C" __global__ void pick_rows(const float* logits, const float* draws, fl
             for (int i = tid; i < v; i += nt) s += __float_as_uint(e[i]) >= cand ? e[i] : 0.f;
             if (block_sum(s) >= target) prefix = cand;
         }
-        float cut = __uint_as_float(prefix);
+        // The largest weight is the maximum's, exp(0) = 1: a target of 0 keeps just it.
+        float cut = target > 0.f ? __uint_as_float(prefix) : 1.f;
         for (int i = tid; i < v; i += nt)
             if (e[i] < cut) e[i] = 0.f;
     }
     __syncthreads();
-    // The walk in id order: each thread sums a contiguous span, the spans' sums are scanned in
-    // order, and the thread whose span holds the target walks it.
+    // The walk in id order, in f64 as the CPU twin walks (there every weight moves the sum):
+    // each thread sums a contiguous span, the spans' sums are scanned in order, and the thread
+    // whose span holds the target walks it.
     int span = (v + nt - 1) / nt, first = min(v, tid * span), last = min(v, first + span);
-    float own = 0.f;
-    for (int i = first; i < last; i++) own += e[i];
+    double own = 0.0;
+    for (int i = first; i < last; i++) own += (double)e[i];
     spans[tid] = own;
     __syncthreads();
     if (tid == 0) {
-        float acc = 0.f;
+        double acc = 0.0;
         for (int i = 0; i < nt; i++) {
-            float c = spans[i];
+            double c = spans[i];
             spans[i] = acc;
             acc += c;
         }
-        best_v[0] = acc;
+        total_mass = acc;
         best_i[0] = -1;
     }
     __syncthreads();
-    float target = draws[r] * best_v[0];
-    float acc = spans[tid];
-    if (first < last && target >= acc && (tid == nt - 1 || target < spans[tid + 1])) {
+    double target = (double)draws[r] * total_mass;
+    double base = spans[tid];
+    double end = tid == nt - 1 ? total_mass : spans[tid + 1];
+    if (first < last && target >= base && target < end) {
+        // Summed from 0 as `own` was, so that base + the span's sum is `end` to the bit and the
+        // walk ends inside the span.
+        double s = 0.0;
         for (int i = first; i < last; i++) {
             if (e[i] > 0.f) {
-                acc += e[i];
+                s += (double)e[i];
                 best_i[0] = i;
-                if (target < acc) break;
+                if (target < base + s) break;
             }
         }
     }
     __syncthreads();
-    if (tid == 0) {
-        int chosen = best_i[0];
-        // Rounding left the target past every span: the last positive weight.
-        for (int i = v - 1; chosen < 0 && i >= 0; i--)
-            if (e[i] > 0.f) chosen = i;
-        out[r] = chosen < 0 ? argmax : chosen;
-    }
+    if (tid == 0) out[r] = best_i[0] < 0 ? argmax : best_i[0];
 }
 
 // Entry points, one per storage type.

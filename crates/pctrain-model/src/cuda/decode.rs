@@ -112,7 +112,8 @@ pub fn pick_rows(
             ..
         } => (
             top_k.min(v) as i32,
-            (1.0 / temperature) as f32,
+            // In f32, as the CPU twin divides.
+            1.0 / temperature as f32,
             top_p as f32,
         ),
     };

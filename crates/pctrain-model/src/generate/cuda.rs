@@ -90,6 +90,10 @@ impl Backend for CudaDecoder<'_> {
             x = (x + (lin(&z, &w.down_proj, Target::Down)? * r)?)?;
         }
         let m = step.picks.len();
+        if m == 0 {
+            // Only prompt tokens that do not end their prompt: nothing to choose yet.
+            return Ok(Vec::new());
+        }
         let picks: Vec<u32> = step.picks.iter().map(|&t| t as u32).collect();
         let last = x.index_select(&Tensor::from_vec(picks, m, device)?, 0)?;
         let last = rms_norm_forward(&last, &model.weights.norm, eps)?;

@@ -1,10 +1,11 @@
 //! Inference: answers to many prompts by continuous batching over a key/value cache allocated
 //! once. A fixed number of slots decode together; when a sequence ends, the next prompt is fed
 //! into its slot (a long prompt in chunks, beside the other slots' decoding), so the batch stays
-//! full to the end. Every step runs on kernels whose result for a token depends on that token's
-//! sequence alone, so an answer is the same whatever the batch size or the slot it ran in; a
-//! sampled sequence draws from its own generator, so a seed gives the same answers at any batch
-//! size.
+//! full to the end. On the CPU every step runs on kernels whose result for a token depends on
+//! that token's sequence alone, so an answer is the same whatever the batch size or the slot it
+//! ran in, and a sampled sequence draws from its own generator, so a seed gives the same answers
+//! at any batch size. (On a GPU the products are cuBLAS's, which picks its algorithm by the number
+//! of rows: the last bits, and so a near tie, may move with the batch.)
 
 mod cpu;
 #[cfg(feature = "cuda")]

@@ -55,7 +55,7 @@ pub fn pick(logits: &mut [f32], order: &mut [u32], sampling: &Sampling, draw: f3
             }
         }
     }
-    walk(logits, draw * sum(logits))
+    walk(logits, draw)
 }
 
 /// The first index of the largest element (NaN never wins; 0 when all are NaN).
@@ -120,14 +120,17 @@ fn nucleus_floor(e: &[f32], order: &mut [u32], target: f32) -> f32 {
     0.0
 }
 
-/// The index where the running sum of `e`, in id order, first passes `target` (the last positive
-/// weight if rounding leaves it short).
-fn walk(e: &[f32], target: f32) -> u32 {
-    let mut acc = 0f32;
+/// The index where the running sum of `e`, in id order and in f64, first passes `draw` times
+/// its total. In f64 every weight moves the sum (in f32 a long tail of small weights would not),
+/// and the total is summed in the same order, so the walk always ends at a token.
+fn walk(e: &[f32], draw: f32) -> u32 {
+    let total: f64 = e.iter().map(|&w| f64::from(w)).sum();
+    let target = f64::from(draw) * total;
+    let mut acc = 0f64;
     let mut last = 0;
     for (i, &w) in e.iter().enumerate() {
         if w > 0.0 {
-            acc += w;
+            acc += f64::from(w);
             last = i;
             if target < acc {
                 return i as u32;
@@ -193,6 +196,21 @@ mod tests {
         // top_p below it: token 0 alone.
         let f = frequencies(&logits, sample(0.5, p0 - 0.01, 0), 1000);
         assert_eq!(f[0], 1.0);
+    }
+
+    #[test]
+    fn a_long_tail_of_small_weights_keeps_its_share() {
+        // One token of weight 1 and 100000 of 5e-8: in f32 none of the small ones would move a
+        // running sum past 1, yet together they hold 0.5% of the mass.
+        let mut logits = vec![(5e-8f32).ln(); 100_001];
+        logits[0] = 0.0;
+        let mut order = vec![0u32; logits.len()];
+        let s = sample(1.0, 1.0, 0);
+        assert_eq!(pick(&mut logits.clone(), &mut order, &s, 0.99), 0);
+        // A draw in the tail's share lands on a tail token near its place: 0.9999 of the mass is
+        // at about 98% of the tail.
+        let t = pick(&mut logits.clone(), &mut order, &s, 0.9999) as usize;
+        assert!((97_000..99_500).contains(&t), "{t}");
     }
 
     #[test]

@@ -152,6 +152,10 @@ pub fn cache_attention_cpu(
         let (t, g) = (task / kvh, task % kvh);
         let slot = places.slots[t] as usize;
         let pos = places.positions[t] as usize;
+        assert!(
+            slot < shape.slots && pos < shape.cap,
+            "a query at slot {slot}, position {pos} is outside the cache"
+        );
         let base = shape.base(layer, slot, g);
         // The group's query heads are consecutive: rows `task * group ..`.
         let rows = task * group * d..(task + 1) * group * d;
