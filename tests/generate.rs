@@ -227,6 +227,19 @@ fn generate_refuses_bad_requests_clearly() {
         "0",
     ]);
     assert!(err.contains("temperature must be above 0"), "{err}");
+    let err = fails(&["generate", "--base", base, "--prompt", "hi", "--top-k", "5"]);
+    assert!(err.contains("give --temperature"), "{err}");
+    // Room for an answer no memory holds: an error that says so, not a crash.
+    let err = fails(&[
+        "generate",
+        "--base",
+        base,
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "100000000000000",
+    ]);
+    assert!(err.contains("cannot allocate"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(

@@ -2,10 +2,10 @@
 //! here from candle's differentiable ops, the explicit backward against the tape's gradients of
 //! that reference, and both against central finite differences.
 
+use candle_core::Result;
 use candle_core::{DType, Device, Tensor, Var, D};
 use pctrain_model::layers::attention::{
-    attention_mask, attention_output, attention_probs, flash_attention_backward,
-    flash_attention_forward, SegmentMask,
+    flash_attention_backward, flash_attention_forward, SegmentMask,
 };
 use pctrain_model::layers::linear::{
     dropout_mask, linear_backward, linear_forward, linear_forward_train, Lora,
@@ -14,6 +14,63 @@ use pctrain_model::layers::loss::{cross_entropy_backward, cross_entropy_forward}
 use pctrain_model::layers::mlp::{swiglu_backward, swiglu_forward};
 use pctrain_model::layers::norm::{rms_norm_backward, rms_norm_forward};
 use pctrain_model::layers::rope::{rope_backward, rope_forward, rope_tables};
+
+// Attention with its scores stored, from candle's differentiable ops: the reference of the fused
+// kernels.
+
+/// Additive mask `[B, 1, T, T]`: 0 where query `q` may attend key `k` (same segment, `k <= q`,
+/// and `q - k < window`), minus infinity elsewhere: the mask the fused kernels apply, written out.
+fn attention_mask(
+    segment_ids: &[u32],
+    batch: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let t = segment_ids.len() / batch;
+    let mut mask = vec![f32::NEG_INFINITY; batch * t * t];
+    for b in 0..batch {
+        let seg = &segment_ids[b * t..(b + 1) * t];
+        for q in 0..t {
+            for k in 0..=q {
+                let in_window = window.is_none_or(|w| q - k < w);
+                if seg[q] == seg[k] && in_window {
+                    mask[(b * t + q) * t + k] = 0.0;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(mask, (batch, 1, t, t), device)
+}
+
+/// `p`: `[B, heads, T, S]` probabilities, `v`: `[B, kv_heads, S, d]` -> `p v`: `[B, heads, T, d]`
+/// in f32.
+fn attention_output(p: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, heads, t, _) = p.dims4()?;
+    let (kv_heads, d) = (v.dim(1)?, v.dim(3)?);
+    let out = grouped(p, kv_heads)?.matmul(&v.to_dtype(DType::F32)?)?;
+    out.reshape((b, heads, t, d))
+}
+
+/// Softmax of the masked, scaled scores: `[B, heads, T, S]` in f32 for `S` keys.
+fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, heads, t, _) = q.dims4()?;
+    let (kv_heads, s) = (k.dim(1)?, k.dim(2)?);
+    let q = grouped(&q.to_dtype(DType::F32)?, kv_heads)?;
+    let k = k.to_dtype(DType::F32)?;
+    let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, heads, t, s))?;
+    let scores = scores.broadcast_add(mask)?;
+    let max = scores.max_keepdim(D::Minus1)?;
+    let e = scores.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// `[B, heads, T, X]` -> `[B, kv_heads, group*T, X]`: each group of query heads shares one
+/// key/value head (head `h` uses key/value head `h / group`, as transformers' `repeat_kv`).
+fn grouped(x: &Tensor, kv_heads: usize) -> Result<Tensor> {
+    let (b, heads, t, d) = x.dims4()?;
+    x.contiguous()?
+        .reshape((b, kv_heads, heads / kv_heads * t, d))
+}
 
 /// Deterministic values in [-1, 1).
 fn rand(seed: u64, shape: &[usize]) -> Tensor {

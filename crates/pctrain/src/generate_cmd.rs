@@ -63,6 +63,10 @@ pub struct DecodeArgs {
 impl DecodeArgs {
     pub fn options(&self, batch_size: usize, seed: u64) -> Result<GenerateOptions> {
         let sampling = match self.temperature {
+            None if self.top_k != 0 || self.top_p != 1.0 => bail!(
+                "--top-k and --top-p cut a sampled distribution: give --temperature T (without it \
+                 decoding is greedy)"
+            ),
             None => Sampling::Greedy,
             Some(t) if t > 0.0 && self.top_p > 0.0 && self.top_p <= 1.0 => Sampling::Sample {
                 temperature: t,

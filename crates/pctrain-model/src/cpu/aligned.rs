@@ -25,10 +25,27 @@ pub struct Aligned {
 }
 
 impl Aligned {
-    pub fn zeros(len: usize) -> Self {
-        let buf = vec![0f32; len + SLACK];
+    /// `len` zeros, or an error that says how much memory was missing.
+    pub fn zeros(len: usize) -> crate::error::Result<Self> {
+        let n = len.saturating_add(SLACK);
+        let fail = || {
+            crate::error::ModelError::Input(format!(
+                "cannot allocate {} MB (fewer answers at once, --batch-size, or a smaller \
+                 --max-new-tokens need less)",
+                n.saturating_mul(4) >> 20
+            ))
+        };
+        let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| fail())?;
+        // SAFETY: the layout has a non-zero size (n >= SLACK > 0).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+        if ptr.is_null() {
+            return Err(fail());
+        }
+        // SAFETY: the global allocator gave `n` f32s of f32's layout, every one zero (a valid
+        // f32), which the vector now owns and frees with that layout.
+        let buf = unsafe { Vec::from_raw_parts(ptr, n, n) };
         let start = line_start(&buf);
-        Aligned { buf, start, len }
+        Ok(Aligned { buf, start, len })
     }
 }
 
@@ -98,9 +115,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_impossible_buffer_is_an_error() {
+        let e = Aligned::zeros(usize::MAX / 8)
+            .err()
+            .expect("no such memory");
+        assert!(e.to_string().contains("cannot allocate"), "{e}");
+    }
+
+    #[test]
     fn buffers_and_tensors_start_a_cache_line_and_keep_their_values() {
         for len in [1, 17, 1000] {
-            let b = Aligned::zeros(len);
+            let b = Aligned::zeros(len).unwrap();
             assert_eq!(b.as_ptr() as usize % LINE, 0);
             assert_eq!(b.len(), len);
             let t = Tensor::arange(0f32, len as f32, &Device::Cpu)

@@ -69,22 +69,22 @@ impl<'m> CpuDecoder<'m> {
         let rank = model.lora.as_ref().map_or(0, |a| a.config.r);
         let f = Aligned::zeros;
         let b = Buffers {
-            x: f(n * c.hidden_size),
-            h: f(n * c.hidden_size),
-            rstd: f(n),
-            q: f(n * q),
-            k: f(n * kv),
-            v: f(n * kv),
-            o: f(n * q),
-            gate: f(n * c.intermediate_size),
-            up: f(n * c.intermediate_size),
-            z: f(n * c.intermediate_size),
-            xa: f(n * rank),
-            cos: f(n * c.head_dim),
-            sin: f(n * c.head_dim),
-            last: f(m * c.hidden_size),
-            last_h: f(m * c.hidden_size),
-            logits: f(m * c.vocab_size),
+            x: f(n * c.hidden_size)?,
+            h: f(n * c.hidden_size)?,
+            rstd: f(n)?,
+            q: f(n * q)?,
+            k: f(n * kv)?,
+            v: f(n * kv)?,
+            o: f(n * q)?,
+            gate: f(n * c.intermediate_size)?,
+            up: f(n * c.intermediate_size)?,
+            z: f(n * c.intermediate_size)?,
+            xa: f(n * rank)?,
+            cos: f(n * c.head_dim)?,
+            sin: f(n * c.head_dim)?,
+            last: f(m * c.hidden_size)?,
+            last_h: f(m * c.hidden_size)?,
+            logits: f(m * c.vocab_size)?,
             order: vec![0u32; m * c.vocab_size],
         };
         Ok(CpuDecoder {
@@ -93,8 +93,8 @@ impl<'m> CpuDecoder<'m> {
             sampling,
             shape,
             // Zeroed, so a cache sized for the longest answer costs only what is used.
-            keys: f(shape.len()),
-            values: f(shape.len()),
+            keys: f(shape.len())?,
+            values: f(shape.len())?,
             b,
         })
     }
@@ -174,103 +174,101 @@ fn forward(
     b: &mut Buffers,
     step: &Step,
 ) -> Vec<u32> {
-    {
-        let c = &model.config;
-        let (hs, d, n) = (c.hidden_size, c.head_dim, step.ids.len());
-        let (qw, kw, iw) = (c.num_heads * d, c.num_kv_heads * d, c.intermediate_size);
-        let (eps, r) = (c.rms_norm_eps as f32, c.residual_multiplier as f32);
-        let mult = c.embedding_multiplier as f32;
-        for (x, &id) in b.x.chunks_exact_mut(hs).zip(&step.ids) {
-            let row = &v.embed[id as usize * hs..(id as usize + 1) * hs];
-            for (x, e) in x.iter_mut().zip(row) {
-                *x = e * mult;
-            }
+    let c = &model.config;
+    let (hs, d, n) = (c.hidden_size, c.head_dim, step.ids.len());
+    let (qw, kw, iw) = (c.num_heads * d, c.num_kv_heads * d, c.intermediate_size);
+    let (eps, r) = (c.rms_norm_eps as f32, c.residual_multiplier as f32);
+    let mult = c.embedding_multiplier as f32;
+    for (x, &id) in b.x.chunks_exact_mut(hs).zip(&step.ids) {
+        let row = &v.embed[id as usize * hs..(id as usize + 1) * hs];
+        for (x, e) in x.iter_mut().zip(row) {
+            *x = e * mult;
         }
-        rope_table_into(
-            model.inv_freq(),
-            &step.positions,
-            &mut b.cos[..n * d],
-            &mut b.sin[..n * d],
-        );
-        let places = Places {
-            slots: &step.slots,
-            positions: &step.positions,
-        };
-        let attn = CacheAttention {
-            heads: c.num_heads,
-            window: c.sliding_window.unwrap_or(0),
-            scale: c.attention_scale as f32,
-        };
-        let x = &mut b.x[..n * hs];
-        let h = &mut b.h[..n * hs];
-        let rstd = &mut b.rstd[..n];
-        let (q, k, vv, o) = (
-            &mut b.q[..n * qw],
-            &mut b.k[..n * kw],
-            &mut b.v[..n * kw],
-            &mut b.o[..n * qw],
-        );
-        let (gate, up, z) = (
-            &mut b.gate[..n * iw],
-            &mut b.up[..n * iw],
-            &mut b.z[..n * iw],
-        );
-        let (cos, sin) = (&b.cos[..n * d], &b.sin[..n * d]);
-        for l in 0..c.num_layers {
-            let p = v.layer(l, None);
-            rms_norm_cpu_forward(x, p.w[INPUT_NORM], eps, h, rstd);
-            let qkv = [
-                (Target::Q, &mut *q),
-                (Target::K, &mut *k),
-                (Target::V, &mut *vv),
-            ];
-            project(&p, h, n, hs, qkv, 1.0, false, &mut b.xa);
-            rope_cpu(
-                q,
-                d,
-                RopeLayout::TokenMajor { heads: c.num_heads },
-                cos,
-                sin,
-                false,
-            );
-            let k_rows = RopeLayout::TokenMajor {
-                heads: c.num_kv_heads,
-            };
-            rope_cpu(k, d, k_rows, cos, sin, false);
-            cache_write_cpu(shape, l, places, k, vv, keys, values);
-            cache_attention_cpu(shape, l, &attn, places, q, keys, values, o);
-            project(&p, o, n, qw, [(Target::O, &mut *x)], r, true, &mut b.xa);
-            rms_norm_cpu_forward(x, p.w[POST_NORM], eps, h, rstd);
-            let mlp = [(Target::Gate, &mut *gate), (Target::Up, &mut *up)];
-            project(&p, h, n, hs, mlp, 1.0, false, &mut b.xa);
-            swiglu_cpu_forward(gate, up, z);
-            project(&p, z, n, iw, [(Target::Down, &mut *x)], r, true, &mut b.xa);
-        }
-
-        let m = step.picks.len();
-        let vocab = c.vocab_size;
-        for (row, &t) in b.last.chunks_exact_mut(hs).zip(&step.picks) {
-            row.copy_from_slice(&x[t * hs..(t + 1) * hs]);
-        }
-        let (last, last_h) = (&b.last[..m * hs], &mut b.last_h[..m * hs]);
-        rms_norm_cpu_forward(last, &v.norm, eps, last_h, &mut b.rstd[..m]);
-        let logits = &mut b.logits[..m * vocab];
-        let output = Product {
-            w: v.output(),
-            y: logits,
-            alpha: 1.0,
-            accumulate: false,
-        };
-        dots(last_h, m, hs, &mut [output]);
-        let scaling = c.logits_scaling as f32;
-        if scaling != 1.0 {
-            logits.iter_mut().for_each(|l| *l /= scaling);
-        }
-        logits
-            .par_chunks_mut(vocab)
-            .zip(b.order[..m * vocab].par_chunks_mut(vocab))
-            .zip(&step.draws)
-            .map(|((row, order), &u)| pick(row, order, &sampling, u))
-            .collect()
     }
+    rope_table_into(
+        model.inv_freq(),
+        &step.positions,
+        &mut b.cos[..n * d],
+        &mut b.sin[..n * d],
+    );
+    let places = Places {
+        slots: &step.slots,
+        positions: &step.positions,
+    };
+    let attn = CacheAttention {
+        heads: c.num_heads,
+        window: c.sliding_window.unwrap_or(0),
+        scale: c.attention_scale as f32,
+    };
+    let x = &mut b.x[..n * hs];
+    let h = &mut b.h[..n * hs];
+    let rstd = &mut b.rstd[..n];
+    let (q, k, vv, o) = (
+        &mut b.q[..n * qw],
+        &mut b.k[..n * kw],
+        &mut b.v[..n * kw],
+        &mut b.o[..n * qw],
+    );
+    let (gate, up, z) = (
+        &mut b.gate[..n * iw],
+        &mut b.up[..n * iw],
+        &mut b.z[..n * iw],
+    );
+    let (cos, sin) = (&b.cos[..n * d], &b.sin[..n * d]);
+    for l in 0..c.num_layers {
+        let p = v.layer(l, None);
+        rms_norm_cpu_forward(x, p.w[INPUT_NORM], eps, h, rstd);
+        let qkv = [
+            (Target::Q, &mut *q),
+            (Target::K, &mut *k),
+            (Target::V, &mut *vv),
+        ];
+        project(&p, h, n, hs, qkv, 1.0, false, &mut b.xa);
+        rope_cpu(
+            q,
+            d,
+            RopeLayout::TokenMajor { heads: c.num_heads },
+            cos,
+            sin,
+            false,
+        );
+        let k_rows = RopeLayout::TokenMajor {
+            heads: c.num_kv_heads,
+        };
+        rope_cpu(k, d, k_rows, cos, sin, false);
+        cache_write_cpu(shape, l, places, k, vv, keys, values);
+        cache_attention_cpu(shape, l, &attn, places, q, keys, values, o);
+        project(&p, o, n, qw, [(Target::O, &mut *x)], r, true, &mut b.xa);
+        rms_norm_cpu_forward(x, p.w[POST_NORM], eps, h, rstd);
+        let mlp = [(Target::Gate, &mut *gate), (Target::Up, &mut *up)];
+        project(&p, h, n, hs, mlp, 1.0, false, &mut b.xa);
+        swiglu_cpu_forward(gate, up, z);
+        project(&p, z, n, iw, [(Target::Down, &mut *x)], r, true, &mut b.xa);
+    }
+
+    let m = step.picks.len();
+    let vocab = c.vocab_size;
+    for (row, &t) in b.last.chunks_exact_mut(hs).zip(&step.picks) {
+        row.copy_from_slice(&x[t * hs..(t + 1) * hs]);
+    }
+    let (last, last_h) = (&b.last[..m * hs], &mut b.last_h[..m * hs]);
+    rms_norm_cpu_forward(last, &v.norm, eps, last_h, &mut b.rstd[..m]);
+    let logits = &mut b.logits[..m * vocab];
+    let output = Product {
+        w: v.output(),
+        y: logits,
+        alpha: 1.0,
+        accumulate: false,
+    };
+    dots(last_h, m, hs, &mut [output]);
+    let scaling = c.logits_scaling as f32;
+    if scaling != 1.0 {
+        logits.iter_mut().for_each(|l| *l /= scaling);
+    }
+    logits
+        .par_chunks_mut(vocab)
+        .zip(b.order[..m * vocab].par_chunks_mut(vocab))
+        .zip(&step.draws)
+        .map(|((row, order), &u)| pick(row, order, &sampling, u))
+        .collect()
 }

@@ -33,6 +33,11 @@ impl<'m> CudaDecoder<'m> {
         let c = &model.config;
         let shape = CacheShape::of(c, room.slots, room.positions);
         let dtype = model.weights.embed_tokens.dtype();
+        if !crate::cuda::runs_on(&model.weights.embed_tokens) {
+            return Err(crate::error::ModelError::Input(format!(
+                "decoding on a GPU takes f32 or bf16 weights, not {dtype:?}"
+            )));
+        }
         let device = model.device();
         Ok(CudaDecoder {
             model,

@@ -113,7 +113,7 @@ impl Model {
         // The last token chosen is never fed back, so it needs no room.
         let positions = requests
             .iter()
-            .map(|r| r.prompt.len() + opts.max_new_tokens - 1)
+            .map(|r| (r.prompt.len() - 1).saturating_add(opts.max_new_tokens))
             .max()
             .unwrap_or(1);
         let room = schedule::Room {

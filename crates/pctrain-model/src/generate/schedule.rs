@@ -83,7 +83,7 @@ pub(crate) fn run(
             *slot = Some(Active {
                 request: next,
                 fed: 0,
-                out: Vec::with_capacity(opts.max_new_tokens),
+                out: Vec::with_capacity(opts.max_new_tokens.min(1 << 12)),
                 rng: Rng64::new(mix64(seed ^ mix64(r.stream))),
             });
             next += 1;

@@ -2,10 +2,10 @@
 //! packed samples never see each other. Training runs it in the flash-attention manner: the scores
 //! are never stored; the forward keeps each row's log-sum-exp and the backward recomputes the
 //! probabilities from it, one tile of keys at a time. The CPU kernels here and
-//! `cuda::attention_*` are twins; the dense form below (scores stored) is the reference that
-//! tests compare them with. Decoding attends over its cache in `layers::kv_cache`.
+//! `cuda::attention_*` are twins (tests/layer_grads.rs checks them against attention written with
+//! its scores stored). Decoding attends over its cache in `layers::kv_cache`.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::par::Out;
@@ -18,61 +18,6 @@ use crate::simd_fn;
 const TILE: usize = 32;
 /// Query rows per forward task.
 const QUERY_BLOCK: usize = 64;
-
-/// Additive mask `[B, 1, T, T]`: 0 where query `q` may attend key `k` (same segment, `k <= q`,
-/// and `q - k < window`), minus infinity elsewhere; the mask the fused kernels apply.
-pub fn attention_mask(
-    segment_ids: &[u32],
-    batch: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> Result<Tensor> {
-    let t = segment_ids.len() / batch;
-    let mut mask = vec![f32::NEG_INFINITY; batch * t * t];
-    for b in 0..batch {
-        let seg = &segment_ids[b * t..(b + 1) * t];
-        for q in 0..t {
-            for k in 0..=q {
-                let in_window = window.is_none_or(|w| q - k < w);
-                if seg[q] == seg[k] && in_window {
-                    mask[(b * t + q) * t + k] = 0.0;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(mask, (batch, 1, t, t), device)
-}
-
-/// `p`: `[B, heads, T, S]` probabilities, `v`: `[B, kv_heads, S, d]` -> `p v`: `[B, heads, T, d]`
-/// in f32.
-pub fn attention_output(p: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let (b, heads, t, _) = p.dims4()?;
-    let (kv_heads, d) = (v.dim(1)?, v.dim(3)?);
-    let out = grouped(p, kv_heads)?.matmul(&v.to_dtype(DType::F32)?)?;
-    out.reshape((b, heads, t, d))
-}
-
-/// Softmax of the masked, scaled scores: `[B, heads, T, S]` in f32 for `S` keys (the cached
-/// length when decoding).
-pub fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    let (b, heads, t, _) = q.dims4()?;
-    let (kv_heads, s) = (k.dim(1)?, k.dim(2)?);
-    let q = grouped(&q.to_dtype(DType::F32)?, kv_heads)?;
-    let k = k.to_dtype(DType::F32)?;
-    let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, heads, t, s))?;
-    let scores = scores.broadcast_add(mask)?;
-    let max = scores.max_keepdim(D::Minus1)?;
-    let e = scores.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// `[B, heads, T, X]` -> `[B, kv_heads, group*T, X]`: each group of query heads shares one
-/// key/value head (head `h` uses key/value head `h / group`, as transformers' `repeat_kv`).
-fn grouped(x: &Tensor, kv_heads: usize) -> Result<Tensor> {
-    let (b, heads, t, d) = x.dims4()?;
-    x.contiguous()?
-        .reshape((b, kv_heads, heads / kv_heads * t, d))
-}
 
 /// What the attention backward needs from the forward besides q, k and v: the output
 /// `[B, heads, T, d]` and the log-sum-exp of every score row, `[B, heads, T]` f32.

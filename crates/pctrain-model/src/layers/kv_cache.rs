@@ -35,7 +35,7 @@ impl CacheShape {
             layers,
             slots,
             kv_heads,
-            cap: positions.max(1).next_multiple_of(TILE),
+            cap: positions.clamp(1, usize::MAX / 2).next_multiple_of(TILE),
             d,
         }
     }
@@ -46,9 +46,12 @@ impl CacheShape {
         Self::new(c.num_layers, slots, c.num_kv_heads, positions, c.head_dim)
     }
 
-    /// Floats of the keys (and as many of the values).
+    /// Floats of the keys (and as many of the values); `usize::MAX` past what can be counted
+    /// (which no allocation gets).
     pub fn len(&self) -> usize {
-        self.layers * self.slots * self.kv_heads * self.cap * self.d
+        [self.slots, self.kv_heads, self.cap, self.d]
+            .iter()
+            .fold(self.layers, |n, &f| n.saturating_mul(f))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -417,17 +420,35 @@ mod tests {
 
     #[test]
     fn cached_attention_matches_attention_written_out_for_each_slot_and_window() {
-        let (layers, slots, kv_heads, heads, d) = (2, 3, 2, 4, 20);
-        let shape = CacheShape::new(layers, slots, kv_heads, 40, d);
-        assert_eq!(shape.cap, 48);
+        // (query heads, key/value heads, head size, positions written per step): groups of 2, 3
+        // and 8 take their own code, 5 the head-at-a-time one; sizes of 20, 40, 64 and 128 take
+        // the one-lane, two-vector and four-vector value sums; 100 positions take the four-tile
+        // score blocks.
+        for (heads, kv_heads, d, steps) in [
+            (4, 2, 20, [20usize, 16, 1]),
+            (6, 2, 64, [60, 39, 1]),
+            (8, 1, 40, [64, 5, 1]),
+            (5, 1, 32, [33, 3, 1]),
+            (16, 2, 128, [17, 2, 1]),
+        ] {
+            check_case(heads, kv_heads, d, steps);
+        }
+    }
+
+    /// Slot 1 of layer 1 of a 2-layer, 3-slot cache gets `steps` tokens a step, with slot 0's
+    /// tokens mixed in (NaN elsewhere shows any read past what was written); queries at the last
+    /// position, the middle one and 0 of slot 1, and one of slot 0, in one call, for windows 0,
+    /// 5 and 17, against attention written out in f64.
+    fn check_case(heads: usize, kv_heads: usize, d: usize, steps: [usize; 3]) {
+        let total: usize = steps.iter().sum();
+        let shape = CacheShape::new(2, 3, kv_heads, total + 3, d);
+        assert_eq!(shape.cap % TILE, 0);
         let mut keys = vec![f32::NAN; shape.len()];
         let mut values = vec![f32::NAN; shape.len()];
         let val = |i: usize| ((i * 7919 % 1009) as f32 - 504.0) / 300.0;
-        // Slot 1 of layer 1 gets 37 positions over three steps (one of 20 tokens, then 16, then
-        // 1), with slot 0's tokens mixed in; NaN elsewhere shows any read past what was written.
         let (mut hist_k, mut hist_v) = (Vec::new(), Vec::new());
         let mut written = 0;
-        for step in [20usize, 16, 1] {
+        for step in steps {
             let mut places_s = Vec::new();
             let mut places_p = Vec::new();
             for i in 0..step {
@@ -453,24 +474,25 @@ mod tests {
             cache_write_cpu(&shape, 1, places, &k, &v, &mut keys, &mut values);
             written += step;
         }
+        let scale = 2.0 / d as f32;
+        let positions = [total as u32 - 1, total as u32 / 2, 0];
+        let case = format!("{heads}/{kv_heads} heads of {d}");
         for window in [0, 5, 17] {
             let attn = CacheAttention {
                 heads,
                 window,
-                scale: 0.3,
+                scale,
             };
-            // Queries at three positions of slot 1, and one of slot 0 in the same call.
-            let positions = [36u32, 17, 0];
             let q: Vec<f32> = (0..4 * heads * d).map(|i| val(i + 11)).collect();
             let mut out = vec![0f32; q.len()];
+            let all = [positions[0], positions[1], positions[2], 0];
             let places = Places {
                 slots: &[1, 1, 1, 0],
-                positions: &[36, 17, 0, 0],
+                positions: &all,
             };
             cache_attention_cpu(&shape, 1, &attn, places, &q, &keys, &values, &mut out);
             for (t, &p) in positions.iter().enumerate() {
                 let p = p as usize;
-                let lo = attn.first(p);
                 let want = plain(
                     &q[t * heads * d..(t + 1) * heads * d],
                     &hist_k[..=p],
@@ -478,14 +500,14 @@ mod tests {
                     heads,
                     kv_heads,
                     d,
-                    lo,
-                    0.3,
+                    attn.first(p),
+                    scale,
                 );
                 let got = &out[t * heads * d..(t + 1) * heads * d];
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
-                        (g - w).abs() < 1e-5,
-                        "window {window}, position {p}: {g} vs {w}"
+                        (g - w).abs() < 2e-5,
+                        "{case}, window {window}, position {p}: {g} vs {w}"
                     );
                 }
             }
@@ -493,11 +515,11 @@ mod tests {
             let mut alone = vec![0f32; heads * d];
             let one = Places {
                 slots: &[1],
-                positions: &[17],
+                positions: &all[1..2],
             };
             let q1 = &q[heads * d..2 * heads * d];
             cache_attention_cpu(&shape, 1, &attn, one, q1, &keys, &values, &mut alone);
-            assert_eq!(alone, out[heads * d..2 * heads * d]);
+            assert_eq!(alone, out[heads * d..2 * heads * d], "{case}");
         }
     }
 }
