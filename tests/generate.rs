@@ -483,3 +483,76 @@ fn training_answers_ifeval_at_each_evaluation() {
         "the accuracy is drawn"
     );
 }
+
+#[test]
+fn generate_resumes_where_a_stop_left_off_and_keeps_each_records_constraints() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = task_file(dir.path());
+    let llama = llama_fixture();
+    let out = dir.path().join("answers.jsonl");
+    let run = || {
+        pctrain(&[
+            "generate",
+            "--base",
+            llama.to_str().unwrap(),
+            "--data",
+            task.to_str().unwrap(),
+            "--samples",
+            "3",
+            "--temperature",
+            "0.9",
+            "--max-new-tokens",
+            "12",
+            "--output",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let whole = std::fs::read_to_string(&out).unwrap();
+    let lines = read_lines(&out);
+    assert_eq!(lines.len(), 6);
+    // IFEval's line shape is read as a record: its key is the id, its constraints go along.
+    assert_eq!(lines[0]["id"], "1");
+    assert_eq!(
+        lines[0]["instruction_id_list"],
+        json!(["punctuation:no_comma"])
+    );
+    assert_eq!(
+        lines[5]["kwargs"],
+        json!([{}, {"end_phrase": "Is there anything else?"}])
+    );
+    // A stop leaves some answers, in the order they ended, and a line cut short.
+    let kept: Vec<&str> = whole.lines().collect();
+    let partial = format!("{}\n{}\n{}", kept[4], kept[1], &kept[2][..20]);
+    std::fs::write(&out, partial).unwrap();
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("(2 from an earlier run"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        whole,
+        "resumed != whole"
+    );
+    // The answers score as they are.
+    let o = pctrain(&ifeval_args(&out, &task, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"samples\":3"), "{}", stdout(&o));
+    // Answers of another run are not taken for this one's.
+    std::fs::write(
+        &out,
+        "{\"id\":\"77\",\"sample\":0,\"prompt\":\"x\",\"response\":\"y\"}\n",
+    )
+    .unwrap();
+    let o = run();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("answers.jsonl:1") && err.contains("not one of this run's"),
+        "{err}"
+    );
+}

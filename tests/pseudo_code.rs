@@ -443,3 +443,63 @@ fn the_output_may_be_a_bare_file_name() {
     assert_eq!(read_jsonl(&dir.path().join("out.jsonl")).len(), 11);
     assert!(dir.path().join("out.summary.json").is_file());
 }
+
+#[test]
+fn from_constraints_needs_no_teacher_and_names_bad_constraints_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ifeval.jsonl");
+    let good = json!({"key": 3, "prompt": "Write a limerick about tea. Use no commas.",
+                      "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
+                      "kwargs": [{}, {"num_words": 40, "relation": "less than"}]});
+    std::fs::write(&data, format!("{good}\n")).unwrap();
+    let run = |out: &str| {
+        common::pctrain_in(
+            dir.path(),
+            &[
+                "data",
+                "pseudo-code",
+                "--from-constraints",
+                "--data",
+                data.to_str().unwrap(),
+                "--output",
+                out,
+            ],
+            &[],
+        )
+    };
+    let o = run("pc.jsonl");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = read_jsonl(&dir.path().join("pc.jsonl"));
+    let pc = lines[0]["pseudo_code"][0].as_str().unwrap();
+    assert!(pc.starts_with("def write_limerick_tea("), "{pc}");
+    assert!(
+        pc.contains("words_below=40") && pc.contains("no_commas=True"),
+        "{pc}"
+    );
+    assert_eq!(lines[0]["kwargs"], good["kwargs"]);
+    let bad = json!({"key": 4, "prompt": "Write.", "instruction_id_list": ["detectable_format:title"],
+                     "kwargs": [{"title": "x"}]});
+    std::fs::write(&data, format!("{good}\n{bad}\n")).unwrap();
+    let o = run("pc.jsonl");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("ifeval.jsonl:2") && err.contains("takes no argument `title`"),
+        "{err}"
+    );
+    assert_eq!(
+        read_jsonl(&dir.path().join("pc.jsonl")).len(),
+        1,
+        "the output was kept"
+    );
+    let o = common::pctrain(&[
+        "data",
+        "pseudo-code",
+        "--data",
+        "x.jsonl",
+        "--output",
+        "y.jsonl",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--teacher"), "{}", stderr(&o));
+}

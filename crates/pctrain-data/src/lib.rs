@@ -1,4 +1,4 @@
-//! pctrain's data pipeline: records in Tulu or Alpaca shape, rendered in a pseudo-code mix
+//! pctrain's data pipeline: records in Tulu, Alpaca or IFEval shape, rendered in a pseudo-code mix
 //! (`nl`, `pc`, `nl-pc`, blends), through a chat template, to token ids with labels, packed into
 //! rows with per-sample positions and segment ids.
 //!
@@ -6,6 +6,7 @@
 //! JSONL -> Record -> Sample (mix) -> Rendered (template, spans) -> Encoded (ids, labels) -> rows
 //! ```
 
+pub mod constraints;
 pub mod error;
 pub mod hash;
 pub mod hub;
@@ -20,6 +21,7 @@ pub mod record;
 pub mod template;
 pub mod tokenizer;
 
+pub use constraints::Constraint;
 pub use error::{DataError, Result};
 pub use labels::{Encoded, IGNORE_INDEX};
 pub use loader::{Loader, LoaderConfig, Position};

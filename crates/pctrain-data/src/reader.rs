@@ -1,5 +1,6 @@
-//! Streaming readers for data files (JSONL, or Parquet with the same fields) in Tulu v2's and
-//! Alpaca's shapes.
+//! Streaming readers for data files (JSONL, or Parquet with the same fields) in Tulu v2's,
+//! Alpaca's and IFEval's shapes. Any shape may carry constraints (`instruction_id_list` and
+//! `kwargs`, as IFEval's lines do); they belong to the last user turn.
 //!
 //! A JSONL file is read one line at a time and a Parquet file one row group at a time, so a file's
 //! size does not matter. Each line (or row) becomes a [`Record`] or an error that names the file,
@@ -13,6 +14,7 @@ use parquet::file::reader::SerializedFileReader;
 use parquet::record::reader::RowIter;
 use serde_json::{Map, Value};
 
+use crate::constraints::read_constraints;
 use crate::error::{DataError, Result};
 use crate::record::{Message, Record, Role};
 
@@ -56,7 +58,8 @@ impl Iterator for RecordReader {
 }
 
 /// Reads records from one Parquet file, row by row; columns as in JSONL (`messages` a list of
-/// `{role, content}` structs, or `instruction`/`input`/`output`; optional `id`, `pseudo_code`).
+/// `{role, content}` structs, `instruction`/`input`/`output`, or `prompt`/`response`; optional
+/// `id`, `pseudo_code`, `instruction_id_list` + `kwargs`).
 pub struct ParquetReader {
     path: PathBuf,
     file_name: String,
@@ -103,6 +106,38 @@ impl Iterator for ParquetReader {
             Err(e) => Err(error(format!("unreadable row: {e}"))),
         })
     }
+}
+
+/// The JSON lines an earlier run appended to `path`, with their 1-based line numbers (none when
+/// there is no file). Whatever follows the last newline (a line cut short by a stop) is removed
+/// from the file; a malformed complete line is an error that says it is `what`.
+pub fn written_lines(path: &Path, what: &str) -> Result<Vec<(u64, Value)>> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut out = Vec::new();
+    for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(line).map_err(|e| DataError::Record {
+            path: path.to_path_buf(),
+            line: n as u64 + 1,
+            message: format!("{what}: {e}"),
+        })?;
+        out.push((n as u64 + 1, v));
+    }
+    if complete < bytes.len() {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| DataError::io(path, e))?;
+        f.set_len(complete as u64)
+            .map_err(|e| DataError::io(path, e))?;
+    }
+    Ok(out)
 }
 
 fn file_name(path: &Path) -> String {
@@ -203,17 +238,7 @@ pub fn parse_record(value: Value, fallback_id: String) -> std::result::Result<Re
     let Value::Object(obj) = value else {
         return Err(format!("expected a JSON object, found {}", kind(&value)));
     };
-    let id = match obj.get("id") {
-        None | Some(Value::Null) => fallback_id,
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(other) => {
-            return Err(format!(
-                "field `id`: expected a string, found {}",
-                kind(other)
-            ))
-        }
-    };
+    let id = record_id(&obj, fallback_id)?;
     let dataset = match obj.get("dataset") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -228,17 +253,45 @@ pub fn parse_record(value: Value, fallback_id: String) -> std::result::Result<Re
         tulu_messages(messages)?
     } else if obj.contains_key("instruction") {
         alpaca_messages(&obj)?
+    } else if obj.contains_key("prompt") && obj.contains_key("instruction_id_list") {
+        ifeval_messages(&obj)?
     } else {
-        return Err("record has neither `messages` (Tulu) nor `instruction` (Alpaca)".into());
+        return Err(
+            "record has neither `messages` (Tulu), `instruction` (Alpaca) nor `prompt` \
+                    with `instruction_id_list` (IFEval)"
+                .into(),
+        );
     };
     let user_turns = messages.iter().filter(|m| m.role == Role::User).count();
     let pseudo_code = pseudo_code(obj.get("pseudo_code"), user_turns)?;
+    let constraints = read_constraints(&obj)?;
+    if !constraints.is_empty() && user_turns == 0 {
+        return Err("the record has constraints but no user turn they apply to".into());
+    }
     Ok(Record {
         id,
         dataset,
         messages,
         pseudo_code,
+        constraints,
     })
+}
+
+/// The record's id: `id`, else IFEval's `key`, else `fallback`.
+fn record_id(obj: &Map<String, Value>, fallback: String) -> std::result::Result<String, String> {
+    let (field, value) = match (obj.get("id"), obj.get("key")) {
+        (Some(v), _) if !v.is_null() => ("id", v),
+        (_, Some(v)) if !v.is_null() => ("key", v),
+        _ => return Ok(fallback),
+    };
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        other => Err(format!(
+            "field `{field}`: expected a string, found {}",
+            kind(other)
+        )),
+    }
 }
 
 fn tulu_messages(value: &Value) -> std::result::Result<Vec<Message>, String> {
@@ -301,6 +354,24 @@ fn alpaca_messages(obj: &Map<String, Value>) -> std::result::Result<Vec<Message>
         Message::new(Role::User, user),
         Message::new(Role::Assistant, output),
     ])
+}
+
+/// IFEval's shape (`key`, `prompt`, `instruction_id_list`, `kwargs`): the user's `prompt`, and
+/// the answer's `response` when there is one.
+fn ifeval_messages(obj: &Map<String, Value>) -> std::result::Result<Vec<Message>, String> {
+    let prompt = string_field(obj, "prompt", "record")?;
+    if prompt.trim().is_empty() {
+        return Err("field `prompt` is empty".into());
+    }
+    let mut messages = vec![Message::new(Role::User, prompt)];
+    match obj.get("response") {
+        None | Some(Value::Null) => {}
+        Some(_) => messages.push(Message::new(
+            Role::Assistant,
+            string_field(obj, "response", "record")?,
+        )),
+    }
+    Ok(messages)
 }
 
 fn string_field(

@@ -153,3 +153,59 @@ fn line_numbers_count_blank_lines_and_span_batches() {
         "{err}"
     );
 }
+
+#[test]
+fn ifeval_lines_are_records_that_keep_their_constraints() {
+    let (_d, path) = jsonl(&[
+        r#"{"key": 1000, "prompt": "Write a haiku.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}"#,
+        r#"{"key": "k2", "prompt": "List two.", "response": "* a\n* b", "instruction_id_list": ["detectable_format:number_bullet_lists"], "kwargs": [{"num_bullets": 2}]}"#,
+        r#"{"id": "t", "messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "hi"}], "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}"#,
+    ]);
+    let records: Vec<_> = JsonlReader::open(&path)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(records[0].id, "1000");
+    assert_eq!(records[0].messages.len(), 1);
+    assert_eq!(records[0].constraints[0].id, "punctuation:no_comma");
+    assert_eq!(records[1].messages[1].content, "* a\n* b");
+    assert_eq!(records[1].constraints[0].kwargs["num_bullets"], 2);
+    assert_eq!(
+        records[2].constraints[0].id,
+        "change_case:english_lowercase"
+    );
+    let line = records[1].to_json();
+    assert_eq!(
+        line["instruction_id_list"][0],
+        "detectable_format:number_bullet_lists"
+    );
+    assert_eq!(line["kwargs"][0]["num_bullets"], 2);
+}
+
+#[test]
+fn bad_constraints_name_the_line_and_what_is_wrong() {
+    let e = error_on_line_2(
+        r#"{"key": 1, "prompt": "W.", "instruction_id_list": ["keywords:rhymes"], "kwargs": [{}]}"#,
+    );
+    assert!(
+        e.contains("unknown instruction id \"keywords:rhymes\""),
+        "{e}"
+    );
+    let e = error_on_line_2(
+        r#"{"key": 1, "prompt": "W.", "instruction_id_list": ["startend:end_checker"], "kwargs": [{}]}"#,
+    );
+    assert!(e.contains("needs the argument `end_phrase`"), "{e}");
+    let e = error_on_line_2(
+        r#"{"key": 1, "prompt": "W.", "instruction_id_list": ["detectable_format:number_bullet_lists"], "kwargs": [{"num_bullets": "two"}]}"#,
+    );
+    assert!(e.contains("`num_bullets` must be a whole number"), "{e}");
+    let e = error_on_line_2(
+        r#"{"key": 1, "prompt": "W.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": {}}"#,
+    );
+    assert!(e.contains("field `kwargs`: expected a list"), "{e}");
+    let e =
+        error_on_line_2(r#"{"key": 1, "prompt": " ", "instruction_id_list": [], "kwargs": []}"#);
+    assert!(e.contains("`prompt` is empty"), "{e}");
+    let e = error_on_line_2(r#"{"key": [1], "prompt": "W.", "instruction_id_list": []}"#);
+    assert!(e.contains("field `key`: expected a string"), "{e}");
+}

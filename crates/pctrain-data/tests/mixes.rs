@@ -16,6 +16,7 @@ fn single() -> Record {
         pseudo_code: vec![Some(
             "def haiku() -> str:\n    return write_haiku(lowercase=True)".into(),
         )],
+        constraints: Vec::new(),
     }
 }
 
@@ -33,6 +34,7 @@ fn multi() -> Record {
             Message::new(Role::Assistant, "APPLE, PEAR"),
         ],
         pseudo_code: vec![Some("pc_one()".into()), None, Some("pc_three()".into())],
+        constraints: Vec::new(),
     }
 }
 

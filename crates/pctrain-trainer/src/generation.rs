@@ -213,31 +213,60 @@ impl Generator<'_> {
         opts: &GenerateOptions,
         mut done: impl FnMut(usize),
     ) -> Result<Vec<Vec<Answer>>, GenerateError> {
-        let ids: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| self.prompt_ids(p))
-            .collect::<Result<_, _>>()?;
         let k = opts.samples.max(1);
-        let requests: Vec<Request> = (0..ids.len() * k)
-            .map(|j| Request {
-                prompt: &ids[j / k],
-                stream: GenerateOptions::stream(j / k, j % k),
+        let jobs: Vec<(usize, usize)> = (0..prompts.len() * k).map(|j| (j / k, j % k)).collect();
+        let mut answers: Vec<Option<Answer>> = vec![None; jobs.len()];
+        let mut finished = 0;
+        self.answer_jobs(prompts, &jobs, opts, |j, a| {
+            answers[j] = Some(a);
+            finished += 1;
+            done(finished);
+        })?;
+        let answers: Vec<Answer> = answers
+            .into_iter()
+            .map(|a| a.expect("every job is answered"))
+            .collect();
+        Ok(answers.chunks(k).map(<[Answer]>::to_vec).collect())
+    }
+
+    /// Answers `jobs`, each `(prompt, sample)`: an index into `prompts` and which of its samples
+    /// (its draws come from [`GenerateOptions::stream`], so an answer is the same whatever jobs
+    /// are decoded beside it). `done(job, answer)` gets each answer as it ends.
+    pub fn answer_jobs(
+        &self,
+        prompts: &[Vec<Message>],
+        jobs: &[(usize, usize)],
+        opts: &GenerateOptions,
+        mut done: impl FnMut(usize, Answer),
+    ) -> Result<(), GenerateError> {
+        let mut ids: Vec<Option<Vec<u32>>> = vec![None; prompts.len()];
+        for &(i, _) in jobs {
+            if ids[i].is_none() {
+                ids[i] = Some(self.prompt_ids(&prompts[i])?);
+            }
+        }
+        let requests: Vec<Request> = jobs
+            .iter()
+            .map(|&(i, s)| Request {
+                prompt: ids[i].as_deref().expect("tokenised above"),
+                stream: GenerateOptions::stream(i, s),
             })
             .collect();
-        let mut finished = 0;
-        let tokens = self
-            .model
-            .generate_all(&requests, &opts.decode(), &self.stop, |e| {
-                if let Event::Finished { .. } = e {
-                    finished += 1;
-                    done(finished);
+        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); jobs.len()];
+        let mut failed = None;
+        self.model
+            .generate_all(&requests, &opts.decode(), &self.stop, |e| match e {
+                Event::Token { request, token } => tokens[request].push(token),
+                Event::Finished { request } => {
+                    match self.answer(&std::mem::take(&mut tokens[request])) {
+                        Ok(a) => done(request, a),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
                 }
             })?;
-        let answers: Vec<Answer> = tokens
-            .iter()
-            .map(|t| self.answer(t))
-            .collect::<Result<_, _>>()?;
-        Ok(answers.chunks(k).map(<[Answer]>::to_vec).collect())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Answers one prompt, handing `text` each piece of the raw answer as it is decoded.
@@ -338,6 +367,7 @@ mod tests {
                 Message::new(Role::Assistant, "the answer to drop"),
             ],
             pseudo_code: vec![None, None],
+            constraints: Vec::new(),
         };
         let p = prompt_of(&record, Some("Be brief.")).unwrap();
         assert_eq!(p.len(), 4);

@@ -25,8 +25,8 @@ pub enum DataCommand {
 /// What turns data files into samples; shared by every command that reads data.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// JSONL or Parquet files in Tulu (`messages`) or Alpaca (`instruction`) shape; repeat or
-    /// list several.
+    /// JSONL or Parquet files in Tulu (`messages`), Alpaca (`instruction`) or IFEval (`prompt` with
+    /// `instruction_id_list`) shape; repeat or list several.
     #[arg(long = "data", num_args = 1.., default_value = "examples/tulu-pc.jsonl")]
     pub data: Vec<PathBuf>,
     /// nl | pc | nl-pc, a blend such as nl:0.5,nl-pc:0.5, or both renditions with nl+nl-pc.

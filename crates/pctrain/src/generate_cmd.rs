@@ -1,16 +1,21 @@
 //! `pctrain generate`: a model's answers to a prompt (streamed to stdout) or to every record of
 //! data files (one JSON line each, in input order).
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use pctrain_data::constraints::constraint_fields;
+use pctrain_data::reader::written_lines;
 use pctrain_data::{ChatTemplate, Message, PcJoin, RecordReader, Role, TemplateChoice};
 use pctrain_model::{LoraAdapter, Sampling};
 use pctrain_trainer::generation::{prompt_of, stop_tokens};
-use pctrain_trainer::{load_base, BaseModel, DType, GenerateOptions, Generator, TrainedWith};
+use pctrain_trainer::{
+    load_base, Answer, BaseModel, DType, GenerateOptions, Generator, TrainedWith,
+};
 
 /// The model to answer with.
 #[derive(Args, Debug, Clone)]
@@ -109,12 +114,15 @@ pub struct GenerateArgs {
     /// One prompt: its answer is printed to stdout as it is decoded.
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
-    /// Data files (JSONL or Parquet, Tulu or Alpaca shape, or a hub dataset owner/name): the
-    /// conversation up to each record's last user turn is its prompt.
+    /// Data files (JSONL or Parquet, Tulu, Alpaca or IFEval shape, or a hub dataset
+    /// owner/name): the conversation up to each record's last user turn is its prompt.
     #[arg(long, num_args = 1.., requires = "output")]
     data: Vec<PathBuf>,
     /// Where --data's answers go: one JSON line per record and sample, {"id", "prompt",
-    /// "sample", "response", "response_raw", "new_tokens"}.
+    /// "sample", "response", "response_raw", "new_tokens"}, with the record's constraints
+    /// ("instruction_id_list", "kwargs") when it has any. Answers are appended as they end; a
+    /// rerun with the same arguments skips those already written, and the finished file is in
+    /// input order.
     #[arg(long)]
     output: Option<PathBuf>,
     /// auto (the model's chat template, else tulu), hf, tulu, llama3, mistral, granite, chatml, or
@@ -258,47 +266,141 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .output
         .as_ref()
         .expect("clap requires --output with --data");
-    let mut ids = Vec::new();
-    let mut prompts = Vec::new();
+    answer_records(&args, &generator, &opts, output)
+}
+
+/// A record to answer: its id, prompt and constraints (IFEval's two fields, or none).
+struct ToAnswer {
+    id: String,
+    prompt: Vec<Message>,
+    constraints: Option<(serde_json::Value, serde_json::Value)>,
+}
+
+/// Answers every record of `--data` into `output`: each answer appended as it ends, answers an
+/// earlier run wrote skipped, and the whole file put in input order at the end.
+fn answer_records(
+    args: &GenerateArgs,
+    generator: &Generator,
+    opts: &GenerateOptions,
+    output: &Path,
+) -> Result<()> {
+    let mut records = Vec::new();
     for path in pctrain_data::hub::data_files(&args.data)? {
         for record in RecordReader::open(&path)? {
             let record = record?;
-            prompts.push(prompt_of(&record, args.decode.system.as_deref())?);
-            ids.push(record.id);
+            records.push(ToAnswer {
+                prompt: prompt_of(&record, args.decode.system.as_deref())?,
+                constraints: (!record.constraints.is_empty())
+                    .then(|| constraint_fields(&record.constraints)),
+                id: record.id,
+            });
         }
     }
-    if prompts.is_empty() {
+    if records.is_empty() {
         bail!("the data holds no record to answer");
     }
-    let bar = answers_bar(prompts.len() * opts.samples);
+    let index: HashMap<&str, usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i))
+        .collect();
+    let k = opts.samples;
+    let earlier = written_lines(output, "not an answer line of `pctrain generate`")?;
+    let mut done = HashSet::new();
+    for (line, v) in &earlier {
+        let id = v.get("id").and_then(|v| v.as_str());
+        let sample = v.get("sample").and_then(|v| v.as_u64());
+        let (Some(id), Some(sample)) = (id, sample) else {
+            bail!(
+                "{}:{line}: not an answer line of `pctrain generate` (no `id` or `sample`)",
+                output.display()
+            );
+        };
+        match index.get(id) {
+            Some(&i) if (sample as usize) < k => done.insert((i, sample as usize)),
+            _ => bail!(
+                "{}:{line}: holds an answer (id {id:?}, sample {sample}) that is not one of this \
+                 run's --data and --samples: give another --output, or remove it to start afresh",
+                output.display()
+            ),
+        };
+    }
+    if !earlier.is_empty() && index.len() < records.len() {
+        bail!(
+            "the data repeats record ids, so the answers in {} cannot be matched to them: give \
+             another --output",
+            output.display()
+        );
+    }
+    let jobs: Vec<(usize, usize)> = (0..records.len() * k)
+        .map(|j| (j / k, j % k))
+        .filter(|job| !done.contains(job))
+        .collect();
+    let bar = answers_bar(records.len() * k);
     bar.set_message("generating");
+    bar.set_position(done.len() as u64);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(output)
+        .with_context(|| format!("opening {}", output.display()))?;
+    let prompts: Vec<Vec<Message>> = records.iter().map(|r| r.prompt.clone()).collect();
     let started = std::time::Instant::now();
-    let answers = generator.answer_all(&prompts, &opts, |n| bar.set_position(n as u64))?;
+    let (mut tokens, mut failed) = (0, None);
+    generator.answer_jobs(&prompts, &jobs, opts, |j, a| {
+        let (i, sample) = jobs[j];
+        tokens += a.new_tokens;
+        let line = answer_line(&records[i], sample, &a) + "\n";
+        // One write an answer, so that a stop leaves at most one partial last line.
+        if failed.is_none() {
+            failed = file
+                .write_all(line.as_bytes())
+                .and_then(|_| file.flush())
+                .err();
+        }
+        bar.inc(1);
+    })?;
+    if let Some(e) = failed {
+        return Err(e).with_context(|| format!("writing {}", output.display()));
+    }
     let secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let mut tokens = 0;
-    let mut lines = Vec::with_capacity(prompts.len() * opts.samples);
-    for ((id, p), samples) in ids.iter().zip(&prompts).zip(&answers) {
-        let last = p.last().map_or("", |m| m.content.as_str());
-        for (sample, a) in samples.iter().enumerate() {
-            tokens += a.new_tokens;
-            lines.push(serde_json::json!({
-                "id": id,
-                "prompt": last,
-                "sample": sample,
-                "response": a.response,
-                "response_raw": a.response_raw,
-                "new_tokens": a.new_tokens,
-            }));
-        }
-    }
-    write_jsonl(output, &lines)?;
+    drop(file);
+    // In input order, each record's samples in order.
+    let mut lines = written_lines(output, "not an answer line of `pctrain generate`")?;
+    let key = |v: &serde_json::Value| {
+        let id = v["id"].as_str().unwrap_or_default();
+        (index.get(id).copied(), v["sample"].as_u64())
+    };
+    lines.sort_by_key(|(_, v)| key(v));
+    let sorted: Vec<serde_json::Value> = lines.into_iter().map(|(_, v)| v).collect();
+    write_jsonl(output, &sorted)?;
     eprintln!(
-        "wrote {} answer{} to {} ({tokens} tokens in {secs:.1} s, {:.1} tokens/s)",
-        lines.len(),
-        if lines.len() == 1 { "" } else { "s" },
+        "wrote {} answer{} to {} ({} from an earlier run; {tokens} tokens in {secs:.1} s, {:.1} \
+         tokens/s)",
+        sorted.len(),
+        if sorted.len() == 1 { "" } else { "s" },
         output.display(),
+        done.len(),
         tokens as f64 / secs.max(1e-9)
     );
     Ok(())
+}
+
+/// The output line of sample `sample` of `record`'s answers.
+fn answer_line(record: &ToAnswer, sample: usize, a: &Answer) -> String {
+    let last = record.prompt.last().map_or("", |m| m.content.as_str());
+    let mut line = serde_json::json!({
+        "id": record.id,
+        "prompt": last,
+        "sample": sample,
+        "response": a.response,
+        "response_raw": a.response_raw,
+        "new_tokens": a.new_tokens,
+    });
+    if let Some((ids, kwargs)) = &record.constraints {
+        line["instruction_id_list"] = ids.clone();
+        line["kwargs"] = kwargs.clone();
+    }
+    line.to_string()
 }

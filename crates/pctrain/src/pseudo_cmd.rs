@@ -1,5 +1,6 @@
 //! `pctrain data pseudo-code`: writes the pseudo-code of each instruction with a teacher LLM,
-//! checks and repairs it, and appends the records to `--output` (resumable).
+//! checks and repairs it, and appends the records to `--output` (resumable); or with
+//! `--from-constraints`, writes it from each record's verifiable constraints, without a teacher.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,20 +12,25 @@ use pctrain_data::pseudo::{self, ApiKey, OnFailure, Prompts, RunConfig, Teacher,
 
 #[derive(Args)]
 pub struct PseudoCodeArgs {
-    /// Input records: JSONL or Parquet, Tulu or Alpaca shape.
+    /// Input records: JSONL or Parquet, Tulu, Alpaca or IFEval shape.
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
+    /// Write the pseudo-code of each record from its constraints (`instruction_id_list` and
+    /// `kwargs`, IFEval's instruction types), without a teacher; records without constraints are
+    /// written unchanged.
+    #[arg(long, conflicts_with_all = ["teacher", "model", "prompts", "api_key_env"])]
+    from_constraints: bool,
     /// The JSONL file records are appended to (Tulu shape, `pseudo_code` per user turn); a rerun
     /// skips the ids it already holds.
     #[arg(long)]
     output: PathBuf,
     /// An OpenAI-compatible server: its base URL (http://localhost:8000/v1) or its
     /// /chat/completions endpoint.
-    #[arg(long)]
-    teacher: String,
+    #[arg(long, required_unless_present = "from_constraints")]
+    teacher: Option<String>,
     /// The model name the server knows the teacher by.
-    #[arg(long)]
-    model: String,
+    #[arg(long, required_unless_present = "from_constraints")]
+    model: Option<String>,
     /// The environment variable that holds the server's API key (none: no key is sent).
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
@@ -62,6 +68,22 @@ pub struct PseudoCodeArgs {
 }
 
 pub fn run(args: PseudoCodeArgs) -> Result<()> {
+    if args.from_constraints {
+        let s = pseudo::write_from_constraints(&args.data, &args.output)?;
+        eprintln!(
+            "{} records: pseudo-code written from the constraints of {}, {} had it already, {} \
+             have no constraints; wrote {}",
+            s.records,
+            s.written,
+            s.already_had_pseudo_code,
+            s.without_constraints,
+            args.output.display()
+        );
+        return Ok(());
+    }
+    let (Some(url), Some(model)) = (&args.teacher, &args.model) else {
+        bail!("--teacher and --model name the teacher (or give --from-constraints)");
+    };
     let on_failure = match args.on_failure.as_str() {
         "keep" => OnFailure::Keep,
         "drop" => OnFailure::Drop,
@@ -85,8 +107,8 @@ pub fn run(args: PseudoCodeArgs) -> Result<()> {
         None => Prompts::built_in()?,
     };
     let teacher = Teacher::new(TeacherConfig {
-        url: args.teacher.clone(),
-        model: args.model.clone(),
+        url: url.clone(),
+        model: model.clone(),
         api_key,
         temperature: args.temperature,
         max_tokens: args.max_tokens,

@@ -18,7 +18,8 @@ pub struct TrainArgs {
     /// A TOML file of settings (keys as these flags, with `_`); flags override it.
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
-    /// Training data: JSONL or Parquet, Tulu or Alpaca shape. Default: examples/tulu-pc.jsonl.
+    /// Training data: JSONL or Parquet, Tulu, Alpaca or IFEval shape. Default:
+    /// examples/tulu-pc.jsonl.
     #[arg(long, num_args = 1..)]
     data: Option<Vec<PathBuf>>,
     /// nl | pc | nl-pc, a blend (nl:0.5,nl-pc:0.5) or both renditions (nl+nl-pc). Default: nl-pc.

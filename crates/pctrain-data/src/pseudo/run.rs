@@ -17,7 +17,7 @@ use super::check::check_structure;
 use super::prompts::{Prompts, Stage};
 use super::teacher::{Teacher, TeacherError};
 use crate::error::{DataError, Result};
-use crate::reader::RecordReader;
+use crate::reader::{written_lines, RecordReader};
 use crate::record::{Record, Role};
 
 /// What happens to a record whose pseudo-code failed every round.
@@ -110,34 +110,12 @@ fn sibling(output: &Path, suffix: &str) -> PathBuf {
     output.with_file_name(format!("{stem}.{suffix}"))
 }
 
-/// The ids in a JSONL file written by an earlier run. Whatever follows the last newline (a line
-/// cut short by a stop) is removed from the file; a malformed complete line is an error.
+/// The ids in a JSONL file written by an earlier run (see [`written_lines`]).
 fn done_ids(path: &Path, ids: &mut HashSet<String>) -> Result<()> {
-    if !path.is_file() {
-        return Ok(());
-    }
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let v: Value = serde_json::from_slice(line).map_err(|e| DataError::Record {
-            path: path.to_path_buf(),
-            line: n as u64 + 1,
-            message: format!("not a record this pipeline wrote: {e}"),
-        })?;
+    for (_, v) in written_lines(path, "not a record this pipeline wrote")? {
         if let Some(id) = v.get("id").and_then(Value::as_str) {
             ids.insert(id.to_string());
         }
-    }
-    if complete < bytes.len() {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| DataError::io(path, e))?;
-        f.set_len(complete as u64)
-            .map_err(|e| DataError::io(path, e))?;
     }
     Ok(())
 }
@@ -286,7 +264,7 @@ fn fill_usage(summary: &mut Summary, teacher: &Teacher) {
     }
 }
 
-fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -336,14 +314,11 @@ fn process(
         turns.push(result);
     }
     let failed = turns.iter().any(|t| t.pseudo_code.is_none());
-    let mut line = json!({
-        "id": record.id,
-        "messages": record.messages,
-        "pseudo_code": pseudo_code,
-    });
-    if let Some(d) = &record.dataset {
-        line["dataset"] = d.as_str().into();
+    let mut line = Record {
+        pseudo_code,
+        ..record.clone()
     }
+    .to_json();
     if !turns.is_empty() {
         line["pseudo_code_meta"] = json!({"teacher": teacher.model(), "turns": meta});
     }

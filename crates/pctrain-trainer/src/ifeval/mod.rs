@@ -6,9 +6,6 @@
 //! samples a prompt: each is scored, the accuracies are those of each prompt's first sample, and
 //! pass@1 and pass@k say how often a sample, and any of k samples, passes.
 
-mod instructions;
-mod text;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -16,8 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-pub use instructions::{Instruction, IDS};
-pub use text::{count_sentences, detect_language};
+use pctrain_data::constraints::read_constraints;
+pub use pctrain_data::constraints::{count_sentences, detect_language, Instruction, IDS};
 
 /// Bad task data or responses, by file and line.
 #[derive(Debug, thiserror::Error)]
@@ -89,32 +86,19 @@ impl Task {
                 Some(Value::String(_)) => return Err(err("field `prompt` is empty".into())),
                 _ => return Err(err("field `prompt`: expected a string".into())),
             };
-            let ids: Vec<String> = match v.get("instruction_id_list") {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|i| i.as_str().map(str::to_string))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| err("field `instruction_id_list`: expected strings".into()))?,
-                _ => return Err(err("field `instruction_id_list`: expected a list".into())),
-            };
-            let kwargs = match v.get("kwargs") {
-                Some(Value::Array(k)) if k.len() == ids.len() => k.clone(),
-                Some(Value::Array(k)) => {
-                    return Err(err(format!(
-                        "field `kwargs` has {} entries for {} instructions",
-                        k.len(),
-                        ids.len()
-                    )))
-                }
-                None if ids.is_empty() => Vec::new(),
-                _ => return Err(err("field `kwargs`: expected a list".into())),
-            };
-            let instructions = ids
+            let obj = v
+                .as_object()
+                .ok_or_else(|| err("expected a JSON object".into()))?;
+            if !obj.contains_key("instruction_id_list") {
+                return Err(err("field `instruction_id_list`: expected a list".into()));
+            }
+            let constraints = read_constraints(obj).map_err(err)?;
+            let instructions = constraints
                 .iter()
-                .zip(&kwargs)
-                .map(|(id, kw)| Instruction::parse(id, kw))
+                .map(|c| c.instruction())
                 .collect::<Result<_, _>>()
                 .map_err(err)?;
+            let ids = constraints.into_iter().map(|c| c.id).collect();
             prompts.push(TaskPrompt {
                 key: v.get("key").cloned().unwrap_or(Value::Null),
                 prompt,

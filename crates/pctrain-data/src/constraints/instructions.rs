@@ -58,9 +58,9 @@ pub enum Instruction {
 }
 
 /// A pattern the reference builds from an argument with `re` (its text is a regular expression
-/// there too; text that is not a valid one here is matched literally).
+/// there too; text that is not a valid one here is matched literally), with the argument.
 #[derive(Debug, Clone)]
-pub struct Pattern(Regex);
+pub struct Pattern(Regex, String);
 
 impl Pattern {
     /// `before + text + after`, matched ignoring case (with `text` escaped if it is not a valid
@@ -75,7 +75,13 @@ impl Pattern {
             build(text).unwrap_or_else(|_| {
                 build(&regex::escape(text)).expect("an escaped pattern is valid")
             }),
+            text.to_string(),
         )
+    }
+
+    /// The argument the pattern was made from.
+    pub fn text(&self) -> &str {
+        &self.1
     }
 
     fn new(text: &str) -> Self {
@@ -113,7 +119,7 @@ pub const IDS: [&str; 25] = [
 ];
 
 /// The three answers `detectable_format:constrained_response` accepts.
-const CONSTRAINED: [&str; 3] = [
+pub const CONSTRAINED: [&str; 3] = [
     "My answer is yes.",
     "My answer is no.",
     "My answer is maybe.",
@@ -284,7 +290,7 @@ impl Instruction {
                     "P.S." => Pattern::around("", r"(?m)\s*p\.\s?s\..*$", "", false),
                     other => Pattern::around(r"(?m)\s*", &other.to_lowercase(), ".*$", false),
                 };
-                Instruction::Postscript(p)
+                Instruction::Postscript(Pattern(p.0, marker))
             }
             "detectable_format:number_bullet_lists" => {
                 Instruction::NumberBulletLists(a.count("num_bullets")?)

