@@ -595,3 +595,19 @@ fn a_run_whose_epochs_end_saves_its_last_step_and_goes_on_with_more_steps() {
     );
     assert!(dir.path().join(format!("checkpoint-{more:0>6}")).is_dir());
 }
+
+#[test]
+fn f16_is_refused_at_the_flag_for_what_it_is() {
+    for args in [
+        &["--dtype", "f16", "--max-steps", "1"][..],
+        &["--dtype", "float16", "--max-steps", "1"][..],
+    ] {
+        let err = fails(args);
+        assert!(
+            err.contains("not supported") && err.contains("bf16"),
+            "{err}"
+        );
+    }
+    let help = stdout(&pctrain(&["--help"]));
+    assert!(!help.contains("f16 (CUDA)"), "{help}");
+}

@@ -36,6 +36,11 @@ fn answer(stage: &str, instruction: &str, nth: usize, delay: Duration) -> (u16, 
         "generate" if marker("[html]") && nth == 0 => {
             (200, "<html><body>Bad gateway</body></html>".into())
         }
+        "generate" if marker("[toolong]") => (
+            400,
+            r#"{"error": {"message": "This model's maximum context length is 4096 tokens"}}"#
+                .into(),
+        ),
         "generate" if marker("[garbage]") || marker("[never]") => {
             (200, chat("def broken(:\n    pass", "stop"))
         }
@@ -502,4 +507,44 @@ fn from_constraints_needs_no_teacher_and_names_bad_constraints_by_line() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--teacher"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_request_the_teacher_refuses_fails_its_record_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("in.jsonl");
+    let lines = [
+        json!({"id": "ok", "messages": [{"role": "user", "content": "Sum up [good]."},
+                                        {"role": "assistant", "content": "Done."}]}),
+        json!({"id": "long", "messages": [{"role": "user", "content": "A very long text [toolong]."},
+                                          {"role": "assistant", "content": "Short."}]}),
+    ];
+    std::fs::write(
+        &data,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let (url, _) = teacher(Duration::ZERO);
+    let run = pctrain_env(
+        &args(data.to_str().unwrap(), out.to_str().unwrap(), &url, &[]),
+        &[("TEACHER_KEY", KEY)],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let r = by_id(&read_jsonl(&out));
+    assert_eq!(r["ok"]["pseudo_code"][0], good());
+    assert!(r["long"]["pseudo_code"][0].is_null());
+    let reasons = r["long"]["pseudo_code_meta"]["turns"][0]["reasons"].to_string();
+    assert!(
+        reasons.contains("refused") && reasons.contains("maximum context length"),
+        "{reasons}"
+    );
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out.summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (summary["failed"].as_u64(), summary["refused"].as_u64()),
+        (Some(1), Some(1))
+    );
 }

@@ -122,6 +122,20 @@ fn a_checkpoint_or_adapter_of_another_model_is_refused() {
 }
 
 #[test]
+fn epochs_past_what_a_step_count_holds_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = tiny_run(dir.path(), "2");
+    let steps = args.iter().position(|a| a == "--max-steps").unwrap();
+    args.drain(steps..steps + 2);
+    args.extend(["--epochs".into(), "9223372036854775807".into()]);
+    let err = fails(&run_args(&args));
+    assert!(
+        err.contains("--epochs 9223372036854775807") && err.contains("more steps"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_full_disk_while_saving_loses_no_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let args = tiny_run(dir.path(), "2");
@@ -177,6 +191,18 @@ fn resuming_needs_the_same_data_settings_and_replays_from_an_earlier_checkpoint(
     changed.push("--resume".into());
     let err = fails(&run_args(&changed));
     assert!(err.contains("seq_len"), "{err}");
+    // A checkpoint whose settings are gone cannot be checked: refused, not trusted.
+    let settings = dir.path().join("checkpoint-000004/settings.json");
+    let saved = std::fs::read(&settings).unwrap();
+    std::fs::remove_file(&settings).unwrap();
+    let mut unchecked = args.clone();
+    unchecked.push("--resume".into());
+    let err = fails(&run_args(&unchecked));
+    assert!(
+        err.contains("settings.json") && err.contains("cannot check"),
+        "{err}"
+    );
+    std::fs::write(&settings, saved).unwrap();
     // Resuming from step 2 replaces steps 3 and 4, and ends as the run that never stopped.
     let mut again = args.clone();
     again.push("--resume".into());

@@ -156,7 +156,7 @@ def chart(arms, path):
         out.append(f'<rect x="{left + b * 110}" y="{h - 24}" width="12" height="12" fill="{colors[a]}"/>')
         out.append(f'<text x="{left + b * 110 + 16}" y="{h - 14}">{a}</text>')
     out.append(f'<text x="{left}" y="18">IFEval accuracy of SmolLM2-135M-Instruct per arm, with 95% intervals '
-               f'(bootstrap over the 541 prompts)</text>')
+               f'(bootstrap over the prompts)</text>')
     out.append("</svg>")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

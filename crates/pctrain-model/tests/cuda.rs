@@ -1,8 +1,8 @@
 //! Each CUDA kernel against its CPU twin, on a GPU (`--features cuda`), at sizes where every
 //! strided loop runs more than once: RMS norm over 4096 features, cross-entropy over Llama 3's
 //! 128256-token vocabulary, attention with 8 query and 2 key/value heads over 300 packed
-//! positions (two blocks of query rows). Without a GPU every test says it was skipped and
-//! passes: the CPU twins are tested against transformers elsewhere.
+//! positions (two blocks of query rows). Every test needs a GPU, so each is ignored unless asked
+//! for (`--include-ignored`, as scripts/gpu-check.sh does); asked for without a GPU, it fails.
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -19,15 +19,9 @@ use pctrain_model::layers::rope::{rope_backward, rope_forward, rope_tables};
 use pctrain_model::rng::Rng64;
 use pctrain_model::{cuda, StepOptions, TrainMode};
 
-/// The first GPU, or `None` (after saying so) when there is none.
-fn gpu(test: &str) -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("{test}: skipped, no CUDA device ({e})");
-            None
-        }
-    }
+/// The first GPU; a test that runs without one fails.
+fn gpu() -> Device {
+    Device::new_cuda(0).unwrap_or_else(|e| panic!("no CUDA device ({e}): this test needs a GPU"))
 }
 
 /// A CPU tensor of normal(0, std) values.
@@ -94,8 +88,9 @@ fn cpu(t: &Tensor, dtype: DType) -> Tensor {
 /// 70 rows of 4096 features: 16 strides of a 256-thread block per row, and the weight
 /// gradient's two stages over two chunks of rows.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn rms_norm_matches_its_cpu_twin() {
-    let Some(dev) = gpu("rms_norm") else { return };
+    let dev = gpu();
     let h = 4096;
     for dtype in [DType::F32, DType::BF16] {
         let (x, w, dy) = (
@@ -140,8 +135,9 @@ fn rms_norm_matches_its_cpu_twin() {
 
 /// The kernel, and the cosine and sine tables the GPU makes from the positions.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn rope_matches_its_cpu_twin() {
-    let Some(dev) = gpu("rope") else { return };
+    let dev = gpu();
     let inv_freq: Vec<f32> = (0..16)
         .map(|i| 1.0 / 10000f32.powf(i as f32 / 16.0))
         .collect();
@@ -162,8 +158,9 @@ fn rope_matches_its_cpu_twin() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn swiglu_matches_its_cpu_twin() {
-    let Some(dev) = gpu("swiglu") else { return };
+    let dev = gpu();
     for dtype in [DType::F32, DType::BF16] {
         let (g, u, dz) = (
             randn(&[4, 77], 2.0, 5),
@@ -191,8 +188,9 @@ fn swiglu_matches_its_cpu_twin() {
 /// padding in one row and one sample in the other, with and without a sliding window; then
 /// plain heads over fewer positions than one block.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn blocked_attention_matches_its_cpu_twin() {
-    let Some(dev) = gpu("attention") else { return };
+    let dev = gpu();
     for (b, heads, kv, t, dims) in [(2, 8, 2, 300, &[64, 128][..]), (1, 3, 3, 7, &[40][..])] {
         for &d in dims {
             attention_case(&dev, b, heads, kv, t, d);
@@ -267,10 +265,9 @@ fn attention_case(dev: &Device, b: usize, heads: usize, kv: usize, t: usize, d: 
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn fused_cross_entropy_matches_its_cpu_twin() {
-    let Some(dev) = gpu("cross_entropy") else {
-        return;
-    };
+    let dev = gpu();
     // A few rows over Llama 3's vocabulary: 126 strides of a 1024-thread block per row.
     let (n, h, vocab) = (7, 64, 128256);
     let mut rng = Rng64::new(12);
@@ -339,8 +336,9 @@ fn fused_cross_entropy_matches_its_cpu_twin() {
 /// The global norm in one device reduction: tensors of one element, of one partial block, and of
 /// more elements than 256 blocks of 1024 cover; the clipping coefficient; a NaN loss refuses.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn the_device_grad_norm_matches_the_host_norm() {
-    let Some(dev) = gpu("grad norm") else { return };
+    let dev = gpu();
     for dtype in [DType::F32, DType::BF16] {
         let host: Vec<Tensor> = [1usize, 1000, 300_000, 4096 * 70]
             .iter()
@@ -393,8 +391,9 @@ fn the_device_grad_norm_matches_the_host_norm() {
 
 /// Rows written in place at their indices; the others keep their values.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn rows_are_written_in_place_at_their_indices() {
-    let Some(dev) = gpu("write_rows") else { return };
+    let dev = gpu();
     for dtype in [DType::F32, DType::BF16] {
         let dst = on(&randn(&[9, 300], 1.0, 30), &dev, dtype);
         let before = dst
@@ -427,8 +426,9 @@ fn rows_are_written_in_place_at_their_indices() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn gpu_dropout_masks_equal_the_cpu_masks() {
-    let Some(dev) = gpu("dropout") else { return };
+    let dev = gpu();
     for dtype in [DType::F32, DType::BF16] {
         let g = dropout_mask(0.1, 99, &[5, 301], dtype, &dev).unwrap();
         let c = dropout_mask(0.1, 99, &[5, 301], dtype, &Device::Cpu).unwrap();
@@ -449,10 +449,9 @@ fn llama(dtype: DType, device: &Device) -> pctrain_model::Model {
 /// A whole LoRA step of the llama fixture, with the base in bf16 as training on a GPU runs it:
 /// the GPU's loss and adapter gradients are the CPU's.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn a_bf16_lora_step_on_the_gpu_matches_the_cpu() {
-    let Some(dev) = gpu("bf16 lora step") else {
-        return;
-    };
+    let dev = gpu();
     let batch = common::batch(&common::reference("llama"));
     let opts = StepOptions {
         mode: TrainMode::Lora,
@@ -469,20 +468,20 @@ fn a_bf16_lora_step_on_the_gpu_matches_the_cpu() {
         .unwrap();
     let (lc, lg) = (lc.sum().unwrap(), lg.sum().unwrap());
     assert!((lc - lg).abs() < 1e-2 * lc.abs(), "{lc} vs {lg}");
-    for (a, b) in gc.layers.iter().zip(&gg.layers) {
-        for (x, y) in a.lora.iter().zip(&b.lora) {
-            let (Some((xa, xb)), Some((ya, yb))) = (x, y) else {
-                continue;
-            };
-            assert!(rel_err(ya, xa) < 5e-2 && rel_err(yb, xb) < 5e-2);
-        }
-    }
+    let compared = compare_adapter_grads(&gc, &gg, |l, t, (xa, xb), (ya, yb)| {
+        assert!(
+            rel_err(ya, xa) < 5e-2 && rel_err(yb, xb) < 5e-2,
+            "layer {l} target {t}"
+        );
+    });
+    assert!(compared > 0, "no adapter gradient was compared");
 }
 
 /// A whole LoRA step of the llama fixture: the GPU's loss and adapter gradients are the CPU's.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn a_lora_step_on_the_gpu_matches_the_cpu() {
-    let Some(dev) = gpu("lora step") else { return };
+    let dev = gpu();
     let reference = common::reference("llama");
     let batch = common::batch(&reference);
     let cpu_model = common::model("llama", true);
@@ -498,28 +497,47 @@ fn a_lora_step_on_the_gpu_matches_the_cpu() {
     let (lg, gg) = gpu_model.forward_backward(&batch, n, opts).unwrap();
     let (lc, lg) = (lc.sum().unwrap(), lg.sum().unwrap());
     assert!((lc - lg).abs() < 1e-5 * lc.abs(), "{lc} vs {lg}");
-    for (l, (a, b)) in gc.layers.iter().zip(&gg.layers).enumerate() {
+    let compared = compare_adapter_grads(&gc, &gg, |l, t, (xa, xb), (ya, yb)| {
+        assert!(rel_err(ya, xa) < 1e-4, "layer {l} target {t} dA");
+        assert!(rel_err(yb, xb) < 1e-4, "layer {l} target {t} dB");
+    });
+    assert!(compared > 0, "no adapter gradient was compared");
+}
+
+/// Calls `check(layer, target, cpu (dA, dB), gpu (dA, dB))` for each adapter gradient of `cpu`
+/// and `gpu`; one present on a side only fails. Returns how many were compared.
+fn compare_adapter_grads(
+    cpu: &pctrain_model::Grads,
+    gpu: &pctrain_model::Grads,
+    mut check: impl FnMut(usize, usize, (&Tensor, &Tensor), (&Tensor, &Tensor)),
+) -> usize {
+    assert_eq!(cpu.layers.len(), gpu.layers.len(), "layer counts differ");
+    let mut compared = 0;
+    for (l, (a, b)) in cpu.layers.iter().zip(&gpu.layers).enumerate() {
         for (t, (x, y)) in a.lora.iter().zip(&b.lora).enumerate() {
-            let (Some((xa, xb)), Some((ya, yb))) = (x, y) else {
-                continue;
-            };
-            assert!(rel_err(ya, xa) < 1e-4, "layer {l} target {t} dA");
-            assert!(rel_err(yb, xb) < 1e-4, "layer {l} target {t} dB");
+            match (x, y) {
+                (Some((xa, xb)), Some((ya, yb))) => {
+                    check(l, t, (xa, xb), (ya, yb));
+                    compared += 1;
+                }
+                (None, None) => {}
+                _ => panic!("layer {l} target {t}: an adapter gradient on one side only"),
+            }
         }
     }
+    compared
 }
 
 /// The cache written on the GPU holds what the CPU writes, and each token's attention over it
 /// (8 query and 2 key/value heads, a slot of 1100 positions so that a block takes two chunks of
 /// scores, windows 0 and 37) is the CPU twin's.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn cache_attention_matches_its_cpu_twin() {
     use pctrain_model::layers::kv_cache::{
         cache_attention_cpu, cache_write_cpu, CacheAttention, CacheShape, Places,
     };
-    let Some(dev) = gpu("cache_attention_matches_its_cpu_twin") else {
-        return;
-    };
+    let dev = gpu();
     for (dtype, d) in [(DType::F32, 64), (DType::BF16, 128)] {
         let (heads, kv) = (8, 2);
         let shape = CacheShape::new(2, 3, kv, 1100, d);
@@ -609,11 +627,10 @@ fn cache_attention_matches_its_cpu_twin() {
 /// The GPU's picks over Llama 3's vocabulary are the CPU twin's: greedy, and draws cut by top-k
 /// and top-p.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn picks_match_their_cpu_twin() {
     use pctrain_model::generate::{pick, Sampling};
-    let Some(dev) = gpu("picks_match_their_cpu_twin") else {
-        return;
-    };
+    let dev = gpu();
     let (rows, v) = (16, 128_256);
     let logits = randn(&[rows, v], 3.0, 21);
     let mut rng = Rng64::new(22);
@@ -656,11 +673,10 @@ fn picks_match_their_cpu_twin() {
 /// decoding fixture (32 prompts whose every step has a clear winner; Mistral's sliding window),
 /// at two batch sizes.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn greedy_decoding_on_the_gpu_matches_the_cpu() {
     use pctrain_model::{DecodeOptions, Request, Sampling};
-    let Some(dev) = gpu("greedy_decoding_on_the_gpu_matches_the_cpu") else {
-        return;
-    };
+    let dev = gpu();
     for name in ["llama", "mistral", "granite"] {
         let (prompts, want) = common::generate_batch(name);
         let new = want[0].len();

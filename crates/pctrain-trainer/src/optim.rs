@@ -86,7 +86,8 @@ impl AdamW {
         }
         self.step += 1;
         let c = self.config;
-        let t = self.step as i32;
+        // Past 2^31 steps beta^t is 0 in f64 already: clamping keeps it so rather than wrapping.
+        let t = self.step.min(i32::MAX as u64) as i32;
         let step = Step {
             wd_factor: (1.0 - lr * c.weight_decay) as f32,
             beta1: c.beta1 as f32,
@@ -320,6 +321,26 @@ mod tests {
             assert!((f64::from(*g) - w).abs() < 1e-6, "{g} vs {w}");
         }
         assert_eq!(opt.step, 4);
+    }
+
+    #[test]
+    fn a_step_count_past_two_to_the_31_updates_as_a_late_step_does() {
+        let update = |step: u64| {
+            let p = scalar_tensor(&[1.0]);
+            let mut opt = AdamW::new(AdamWConfig::default(), &[&p]).unwrap();
+            opt.step = step;
+            let grad = Gradients::from_tensors(vec![scalar_tensor(&[0.5])]).unwrap();
+            let clip = Clip::Host {
+                norm: 0.0,
+                ok: true,
+            };
+            opt.update(&[&p], &grad, 1e-2, &clip).unwrap();
+            p.to_vec1::<f32>().unwrap()[0]
+        };
+        let late = update(1 << 20);
+        assert!(late.is_finite() && late < 1.0, "{late}");
+        assert_eq!(update(i32::MAX as u64), late);
+        assert_eq!(update(u64::MAX - 1), late);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The optimizer step on a GPU against the CPU's (`--features cuda`): the fused AdamW kernel,
 //! clipping as a device-side scale, and a whole LoRA step of a 2-layer model with Llama-3-8B's
-//! layer shape (hidden 4096, 32 query and 8 key/value heads of 128, MLP 14336). Without a GPU
-//! each test says it was skipped and passes.
+//! layer shape (hidden 4096, 32 query and 8 key/value heads of 128, MLP 14336). Each test needs
+//! a GPU, so it is ignored unless asked for (`--include-ignored`, as scripts/gpu-check.sh does);
+//! asked for without a GPU, it fails.
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor};
@@ -13,14 +14,9 @@ use pctrain_model::{
 use pctrain_trainer::preset::random_weights;
 use pctrain_trainer::{clip_grad_norm, optimizer_step, AdamW, AdamWConfig, Clip, Decay, Schedule};
 
-fn gpu(test: &str) -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("{test}: skipped, no CUDA device ({e})");
-            None
-        }
-    }
+/// The first GPU; a test that runs without one fails.
+fn gpu() -> Device {
+    Device::new_cuda(0).unwrap_or_else(|e| panic!("no CUDA device ({e}): this test needs a GPU"))
 }
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -53,8 +49,9 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// scaling inside the kernel, the CPU scaling the gradients first); a refused clip changes
 /// nothing.
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn fused_adamw_matches_the_cpu_update() {
-    let Some(gpu) = gpu("adamw") else { return };
+    let gpu = gpu();
     let config = AdamWConfig {
         weight_decay: 0.1,
         ..AdamWConfig::default()
@@ -199,10 +196,9 @@ fn batch(vocab: u32) -> Batch {
 /// gradient smoothly (with a tiny eps a first step is the gradient's sign, which rounding flips
 /// where the gradient is near 0).
 #[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn a_llama3_8b_shaped_lora_step_on_the_gpu_matches_the_cpu() {
-    let Some(gpu) = gpu("8b-shaped lora step") else {
-        return;
-    };
+    let gpu = gpu();
     let (config, weights) = llama3_8b_layers(&gpu);
     let lora_config = LoraConfig {
         r: 16,

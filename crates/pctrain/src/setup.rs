@@ -52,8 +52,11 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
     Ok(match spec {
         "f32" | "float32" => DType::F32,
         "bf16" | "bfloat16" => DType::BF16,
-        "f16" | "float16" => DType::F16,
-        other => bail!("unknown dtype {other:?} (f32, bf16 or f16)"),
+        "f16" | "float16" => bail!(
+            "dtype {spec}: not supported (pctrain's kernels take f32 and bf16); use --dtype bf16 \
+             on a GPU, or f32"
+        ),
+        other => bail!("unknown dtype {other:?} (f32, or bf16 on a GPU)"),
     })
 }
 
@@ -61,7 +64,7 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
 pub fn dtype(spec: &str, device: &Device) -> Result<DType> {
     let dtype = parse_dtype(spec)?;
     if device.is_cpu() && dtype != DType::F32 {
-        bail!("dtype {spec}: on the CPU pctrain runs in f32; use --dtype f32 (bf16 and f16 are for CUDA)");
+        bail!("dtype {spec}: on the CPU pctrain runs in f32; use --dtype f32 (bf16 is for CUDA)");
     }
     Ok(dtype)
 }

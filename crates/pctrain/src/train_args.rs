@@ -92,7 +92,7 @@ pub struct TrainArgs {
     /// Start from a PEFT adapter folder; its r, alpha, dropout and targets are used.
     #[arg(long, value_name = "DIR")]
     init_adapter: Option<PathBuf>,
-    /// f32 (CPU), bf16 or f16 (CUDA): the base weights' type.
+    /// f32, or bf16 on a GPU (CUDA): the base weights' type.
     #[arg(long)]
     dtype: Option<String>,
     /// cpu or cuda:N.

@@ -101,7 +101,7 @@ impl Recipe {
         if samples.is_empty() {
             anyhow::bail!("no sample with a trained token in the data: nothing to train on");
         }
-        let cfg = plan(&settings, &samples, &run);
+        let cfg = plan(&settings, &samples, &run)?;
         let mut resolved = settings.clone();
         resolved.lr = Some(settings.lr());
         resolved.method = Some(settings.method());
@@ -283,7 +283,7 @@ impl Recipe {
 /// The optimisation plan: rows and steps (as in transformers, --max-steps overrides the epochs:
 /// the data repeats, each epoch shuffled anew, until the run has taken that many steps), the
 /// schedule over them, the optimizer and step options.
-fn plan(settings: &Settings, samples: &[Encoded], run: &Setup) -> TrainConfig {
+fn plan(settings: &Settings, samples: &[Encoded], run: &Setup) -> Result<TrainConfig> {
     let loader = LoaderConfig {
         seq_len: settings.seq_len,
         packing: settings.packing,
@@ -298,10 +298,19 @@ fn plan(settings: &Settings, samples: &[Encoded], run: &Setup) -> TrainConfig {
     };
     let rows_per_step = (settings.batch_size * settings.grad_accum) as u64;
     let rows = epoch_rows(samples, &loader, 0).len() as u64;
-    let max_steps = settings
-        .max_steps
-        .unwrap_or_else(|| (rows * settings.epochs).div_ceil(rows_per_step));
-    TrainConfig {
+    let max_steps = match settings.max_steps {
+        Some(steps) => steps,
+        None => rows
+            .checked_mul(settings.epochs)
+            .map(|all| all.div_ceil(rows_per_step))
+            .with_context(|| {
+                format!(
+                    "--epochs {}: {} epochs of {rows} rows are more steps than a run can count",
+                    settings.epochs, settings.epochs
+                )
+            })?,
+    };
+    Ok(TrainConfig {
         loader,
         batch_size: settings.batch_size,
         grad_accum: settings.grad_accum,
@@ -323,7 +332,7 @@ fn plan(settings: &Settings, samples: &[Encoded], run: &Setup) -> TrainConfig {
             loss_chunk: 1024,
             dropout_seed: settings.seed,
         },
-    }
+    })
 }
 
 /// The export folder a finished run writes: `adapter` (LoRA) or `model` (full).
@@ -342,10 +351,14 @@ fn adopt_checkpoint_settings(checkpoint: &Path, settings: &mut Settings) -> Resu
     if !checkpoint.join("state.json").is_file() {
         anyhow::bail!("--resume {}: not a checkpoint folder", checkpoint.display());
     }
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        // Checkpoints are checked tensor by tensor in any case.
-        return Ok(());
-    };
+    // Without them the data order the checkpoint's position points into cannot be checked.
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: the checkpoint's settings are unreadable, so a resume cannot check that the data \
+             order is the one it saved its position in",
+            path.display()
+        )
+    })?;
     let saved: Settings =
         serde_json::from_str(&text).with_context(|| format!("{}: malformed", path.display()))?;
     if saved.base != settings.base {

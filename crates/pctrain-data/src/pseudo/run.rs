@@ -54,6 +54,8 @@ pub struct Summary {
     pub repaired: u64,
     /// Turns that failed every round (or whose requests failed).
     pub failed: u64,
+    /// Of those, turns whose request the teacher refused (400, 413, 422: e.g. too long).
+    pub refused: u64,
     /// Records written with a failed turn left without pseudo-code.
     pub kept_without: u64,
     /// Records written to the rejects file.
@@ -79,6 +81,8 @@ struct TurnResult {
     pseudo_code: Option<String>,
     rounds: usize,
     reasons: Vec<String>,
+    /// The teacher refused the turn's request (it failed for that).
+    refused: bool,
 }
 
 /// What became of one record.
@@ -196,7 +200,10 @@ pub fn run(
                     summary.budget_exhausted = true;
                     stop.store(true, Ordering::SeqCst);
                 }
-                Some(Outcome::Unfinished(TeacherError::Failed(reason))) => {
+                // A refusal fails its turn in `pseudo_code_for`; none arrives here.
+                Some(Outcome::Unfinished(
+                    TeacherError::Failed(reason) | TeacherError::Refused(reason),
+                )) => {
                     summary.unfinished += 1;
                     summary.last_teacher_error = Some(reason);
                 }
@@ -223,6 +230,7 @@ pub fn run(
                             (Some(_), _) => summary.repaired += 1,
                             (None, _) => summary.failed += 1,
                         }
+                        summary.refused += u64::from(t.refused);
                     }
                     let failed = turns.iter().any(|t| t.pseudo_code.is_none());
                     let (file, path) = if dropped {
@@ -329,9 +337,9 @@ fn process(
     }
 }
 
-/// Generate, check, judge and repair one instruction's pseudo-code. A turn fails only on its
-/// pseudo-code (structure, faithfulness, a judge without a verdict); `Err` when the teacher could
-/// not be used.
+/// Generate, check, judge and repair one instruction's pseudo-code. A turn fails on its
+/// pseudo-code (structure, faithfulness, a judge without a verdict) or when the teacher refuses
+/// its request; `Err` when the teacher could not be used.
 fn pseudo_code_for(
     instruction: &str,
     teacher: &Teacher,
@@ -340,6 +348,36 @@ fn pseudo_code_for(
     salt: u64,
 ) -> std::result::Result<TurnResult, TeacherError> {
     let mut reasons: Vec<String> = Vec::new();
+    match rounds(
+        instruction,
+        teacher,
+        prompts,
+        max_repairs,
+        salt,
+        &mut reasons,
+    ) {
+        Err(TeacherError::Refused(why)) => {
+            reasons.push(format!("the teacher refused the request: {why}"));
+            Ok(TurnResult {
+                pseudo_code: None,
+                rounds: reasons.len(),
+                reasons,
+                refused: true,
+            })
+        }
+        other => other,
+    }
+}
+
+/// The rounds of [`pseudo_code_for`], each failed round's reason pushed to `reasons`.
+fn rounds(
+    instruction: &str,
+    teacher: &Teacher,
+    prompts: &Prompts,
+    max_repairs: usize,
+    salt: u64,
+    reasons: &mut Vec<String>,
+) -> std::result::Result<TurnResult, TeacherError> {
     let mut previous = String::new();
     for round in 1..=max_repairs + 1 {
         let (stage, code, why) = match reasons.last() {
@@ -368,7 +406,8 @@ fn pseudo_code_for(
                 return Ok(TurnResult {
                     pseudo_code: Some(checked.text),
                     rounds: round,
-                    reasons,
+                    reasons: std::mem::take(reasons),
+                    refused: false,
                 })
             }
             Verdict::Unfaithful(why) => {
@@ -379,7 +418,8 @@ fn pseudo_code_for(
                 return Ok(TurnResult {
                     pseudo_code: None,
                     rounds: round,
-                    reasons,
+                    reasons: std::mem::take(reasons),
+                    refused: false,
                 });
             }
         }
@@ -387,7 +427,8 @@ fn pseudo_code_for(
     Ok(TurnResult {
         pseudo_code: None,
         rounds: max_repairs + 1,
-        reasons,
+        reasons: std::mem::take(reasons),
+        refused: false,
     })
 }
 

@@ -66,6 +66,9 @@ pub enum TeacherError {
     /// The server refuses the run itself (401, 403, 404: a wrong key, URL or model name); the run
     /// stops.
     Fatal(String),
+    /// The server refuses this request (400, 413, 422: e.g. a record longer than the teacher's
+    /// context); the turn fails, the run goes on.
+    Refused(String),
 }
 
 /// Counts over a run.
@@ -96,7 +99,11 @@ enum Attempt {
         reason: String,
         after: Option<Duration>,
     },
-    Fail(String),
+    /// An answer no retry changes: its HTTP status and what it said.
+    Fail {
+        status: u16,
+        reason: String,
+    },
 }
 
 impl Teacher {
@@ -174,10 +181,14 @@ impl Teacher {
             }
             match self.attempt(&body) {
                 Attempt::Done(reply) => return Ok(reply),
-                Attempt::Fail(reason) if reason.starts_with("HTTP 40") => {
+                Attempt::Fail {
+                    status: 400 | 413 | 422,
+                    reason,
+                } => return Err(TeacherError::Refused(reason)),
+                Attempt::Fail { status, reason } if (400..410).contains(&status) => {
                     return Err(TeacherError::Fatal(reason))
                 }
-                Attempt::Fail(reason) => return Err(TeacherError::Failed(reason)),
+                Attempt::Fail { reason, .. } => return Err(TeacherError::Failed(reason)),
                 Attempt::Retry { reason, after } => {
                     last = reason;
                     if attempt < self.config.max_retries {
@@ -235,7 +246,10 @@ impl Teacher {
             };
         }
         if !status.is_success() {
-            return Attempt::Fail(format!("HTTP {status}: {}", self.excerpt(&text)));
+            return Attempt::Fail {
+                status: status.as_u16(),
+                reason: format!("HTTP {status}: {}", self.excerpt(&text)),
+            };
         }
         match self.parse(&text) {
             Some(reply) => Attempt::Done(reply),

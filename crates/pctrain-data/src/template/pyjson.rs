@@ -4,12 +4,22 @@
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Error, ErrorKind};
 
+/// The widest `indent` taken, in spaces (a wider one is surely a mistake, and its text would
+/// not fit in memory for long).
+const MAX_INDENT: i64 = 1024;
+
 /// The `tojson` filter: `x | tojson`, `x | tojson(indent=2)`, `x | tojson(2)`.
 pub fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<String, Error> {
     let indent = match kwargs.get::<Option<Value>>("indent")?.or(indent) {
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) => match v.as_i64() {
+            Some(n) if n > MAX_INDENT => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: indent {n} is more than {MAX_INDENT} spaces"),
+                ))
+            }
             Some(n) => Some(" ".repeat(n.max(0) as usize)),
             None => Some(v.as_str().unwrap_or_default().to_string()),
         },
@@ -180,6 +190,22 @@ fn python_float(f: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::python_float;
+
+    #[test]
+    fn an_indent_too_wide_is_an_error_not_an_abort() {
+        let t = crate::ChatTemplate::new(
+            "wide",
+            "{{ messages | tojson(indent=100000000000000) }}",
+            &[],
+        )
+        .unwrap();
+        let msgs = [crate::Message::new(crate::Role::User, "hi")];
+        let e = t
+            .render(&msgs, false, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("indent 100000000000000"), "{e}");
+    }
 
     #[test]
     fn floats_print_as_python_does() {

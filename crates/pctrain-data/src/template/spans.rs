@@ -136,7 +136,9 @@ fn ordered_search(text: &str, contents: &[&str]) -> Option<Vec<Range<usize>>> {
             .into_iter()
             .filter(|c| !c.is_empty())
             .find_map(|c| text[pos..].find(c).map(|i| (pos + i, c)))?;
-        if text[start + 1..].contains(c) {
+        // Another occurrence may overlap this one: look from its second character on.
+        let second = start + c.chars().next().map_or(1, char::len_utf8);
+        if text[second..].contains(c) {
             return None;
         }
         spans.push(start..start + c.len());
@@ -214,5 +216,11 @@ mod tests {
         // The answer also stands in the user's turn: ambiguous, so refused rather than guessed.
         let msgs = conv(&[(Role::User, "SAY ABC"), (Role::Assistant, "ABC")]);
         assert!(t.render_with_spans("rec-3", &msgs, &special()).is_err());
+        // An answer that starts with a character of several bytes.
+        for answer in ["ÉTÉ", "日本", "🙂OK"] {
+            let msgs = conv(&[(Role::User, "q"), (Role::Assistant, answer)]);
+            let r = t.render_with_spans("rec-4", &msgs, &special()).unwrap();
+            assert_eq!(&r.text[r.spans[0].clone()], answer);
+        }
     }
 }
