@@ -182,6 +182,7 @@ fn every_writing_command_takes_a_bare_file_name() {
         names,
         [
             "again.jsonl",
+            "answers.generate.json",
             "answers.jsonl",
             "report.jsonl",
             "report.responses.jsonl",
@@ -542,17 +543,83 @@ fn generate_resumes_where_a_stop_left_off_and_keeps_each_records_constraints() {
     let o = pctrain(&ifeval_args(&out, &task, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("\"samples\":3"), "{}", stdout(&o));
-    // Answers of another run are not taken for this one's.
-    std::fs::write(
-        &out,
-        "{\"id\":\"77\",\"sample\":0,\"prompt\":\"x\",\"response\":\"y\"}\n",
-    )
-    .unwrap();
-    let o = run();
+    // Answers of other settings, records or prompts are not taken for this one's.
+    let o = pctrain(&[
+        "generate",
+        "--base",
+        llama.to_str().unwrap(),
+        "--data",
+        task.to_str().unwrap(),
+        "--samples",
+        "3",
+        "--temperature",
+        "0.7",
+        "--max-new-tokens",
+        "12",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     let err = stderr(&o);
+    assert!(err.contains("other settings (temperature differ"), "{err}");
+    for (line, expected) in [
+        (
+            json!({"id": "77", "sample": 0, "prompt": "x", "response": "y"}),
+            "not one of this run's",
+        ),
+        (
+            json!({"id": "1", "sample": 0, "prompt": "x", "response": "y"}),
+            "answers another prompt",
+        ),
+    ] {
+        std::fs::write(&out, format!("{line}\n")).unwrap();
+        let o = run();
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(
+            err.contains("answers.jsonl:1") && err.contains(expected),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(dir.path().join("answers.generate.json")).unwrap();
+    let o = run();
     assert!(
-        err.contains("answers.jsonl:1") && err.contains("not one of this run's"),
+        stderr(&o).contains("answers.generate.json with the settings"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn generate_refuses_repeated_ids_and_an_empty_budget_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("twice.jsonl");
+    let line = json!({"key": 5, "prompt": "Hi.", "instruction_id_list": [], "kwargs": []});
+    std::fs::write(&data, format!("{line}\n{line}\n")).unwrap();
+    let llama = llama_fixture();
+    let out = dir.path().join("a.jsonl");
+    let err = fails(&[
+        "generate",
+        "--base",
+        llama.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("twice.jsonl:2") && err.contains("twice.jsonl:1") && err.contains("\"5\""),
         "{err}"
     );
+    assert!(!out.exists());
+    let err = fails(&[
+        "generate",
+        "--base",
+        llama.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "0",
+    ]);
+    assert!(err.contains("--max-new-tokens must be at least 1"), "{err}");
 }

@@ -527,7 +527,12 @@ fn a_request_the_teacher_refuses_fails_its_record_and_the_run_goes_on() {
     let out = dir.path().join("out.jsonl");
     let (url, _) = teacher(Duration::ZERO);
     let run = pctrain_env(
-        &args(data.to_str().unwrap(), out.to_str().unwrap(), &url, &[]),
+        &args(
+            data.to_str().unwrap(),
+            out.to_str().unwrap(),
+            &url,
+            &["--concurrency", "1"],
+        ),
         &[("TEACHER_KEY", KEY)],
     );
     assert!(run.status.success(), "{}", stderr(&run));

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The experiment's results from its work folder: IFEval's four accuracies per arm with 95%
-intervals (bootstrap over prompts), NL-PC minus NL by a paired bootstrap, seen and unseen
-instruction types apart, the table by type, answer lengths, the share of answers that hit the
+intervals (bootstrap over prompts; they cover which prompts were drawn, not the variance of
+training, since each arm is trained once), NL-PC minus NL by a paired bootstrap, instruction
+types seen in training and unseen apart (with intervals), the table by type, answer lengths, the share of answers that hit the
 token budget, held-out losses, pass rates of the sampling, the stages' times and the commands.
 
 Writes RESULTS.json, RESULTS.svg (the accuracies with their intervals) and, per arm, its IFEval
@@ -75,23 +76,44 @@ def paired(a, b, draws):
                 "share_of_resamples_at_most_0": sum(d[m] <= 0 for d in diffs) / len(diffs)} for m in METRICS}
 
 
-def split_seen(report):
-    """Instruction-level accuracy on seen and on held-out (unseen) types; prompt-level on prompts
-    with only seen types and on prompts with at least one unseen type."""
-    out = {}
-    for name, keep in [("seen", lambda i: i not in HELD_OUT), ("unseen", lambda i: i in HELD_OUT)]:
-        s = l = n = 0
-        for r in report:
-            for i, st, lo in zip(r["instruction_id_list"], r["strict"], r["loose"]):
-                if keep(i):
-                    s, l, n = s + st, l + lo, n + 1
-        out[f"{name}_instructions"] = {"count": n, "inst_strict": s / n if n else None, "inst_loose": l / n if n else None}
-    only_seen = [r for r in report if not set(r["instruction_id_list"]) & set(HELD_OUT)]
-    any_unseen = [r for r in report if set(r["instruction_id_list"]) & set(HELD_OUT)]
-    for name, rows in [("prompts_only_seen", only_seen), ("prompts_with_unseen", any_unseen)]:
-        out[name] = {"count": len(rows),
-                     "prompt_strict": sum(all(r["strict"]) for r in rows) / len(rows),
-                     "prompt_loose": sum(all(r["loose"]) for r in rows) / len(rows)}
+def type_accuracy(report, keep, index=None):
+    """Instruction-level strict and loose accuracy over the instructions whose type `keep`s."""
+    rows = report if index is None else [report[i] for i in index]
+    s = l = n = 0
+    for r in rows:
+        for i, st, lo in zip(r["instruction_id_list"], r["strict"], r["loose"]):
+            if keep(i):
+                s, l, n = s + st, l + lo, n + 1
+    return {"count": n, "inst_strict": s / n if n else None, "inst_loose": l / n if n else None}
+
+
+def split_seen(reports, trained_types, draws):
+    """Per arm, instruction-level accuracy on the types the training records hold (seen) and on
+    the rest (unseen: the held-out types, and any type no training record kept), each with its
+    interval; and NL-PC minus NL on each, paired."""
+    groups = {"seen": lambda i: i in trained_types, "unseen": lambda i: i not in trained_types}
+    out = {"seen_types": sorted(trained_types), "arms": {}, "nl-pc - nl": {}}
+    for arm, report in reports.items():
+        out["arms"][arm] = {}
+        for name, keep in groups.items():
+            point = type_accuracy(report, keep)
+            boots = [type_accuracy(report, keep, idx) for idx in draws]
+            for m in ["inst_strict", "inst_loose"]:
+                vals = [b[m] for b in boots if b[m] is not None]
+                point[m] = {"value": point[m], "ci95": [percentile(vals, 0.025), percentile(vals, 0.975)]
+                            if vals else None}
+            out["arms"][arm][name] = point
+    for name, keep in groups.items():
+        diffs = {m: [] for m in ["inst_strict", "inst_loose"]}
+        for idx in draws:
+            a, b = type_accuracy(reports["nl"], keep, idx), type_accuracy(reports["nl-pc"], keep, idx)
+            for m in diffs:
+                if a[m] is not None:
+                    diffs[m].append(b[m] - a[m])
+        a, b = type_accuracy(reports["nl"], keep), type_accuracy(reports["nl-pc"], keep)
+        out["nl-pc - nl"][name] = {m: {"difference": b[m] - a[m] if a[m] is not None else None,
+                                       "ci95": [percentile(v, 0.025), percentile(v, 0.975)] if v else None}
+                                   for m, v in diffs.items()}
     return out
 
 
@@ -117,6 +139,10 @@ def lengths(answers, budget):
         "mean_response_words": sum(len(a["response"].split()) for a in answers) / n,
         "share_hitting_budget": sum(a["new_tokens"] >= budget for a in answers) / n,
         "share_with_pseudo_code_stripped": sum(a["response"] != a["response_raw"] for a in answers) / n,
+        # Pseudo-code begun and never closed (the budget ran out in it): scored as it stands.
+        "share_with_pseudo_code_unclosed": sum(a["response"] == a["response_raw"]
+                                               and a["response_raw"].lstrip().startswith("```python")
+                                               for a in answers) / n,
     }
 
 
@@ -204,7 +230,6 @@ def main():
             "mix": meta["mixes"][arm],
             "adapter": meta["adapters"][arm],
             "ifeval": with_intervals(reports[arm], draws),
-            "seen_unseen": split_seen(reports[arm]),
             "by_type": by_type(reports[arm]),
             "lengths": lengths(answers[arm], budget),
             "heldout_loss": {k.split("@")[1]: v for k, v in losses.items() if k.split("@")[0] == arm},
@@ -215,6 +240,7 @@ def main():
                 f.write(json.dumps({"prompt": a["prompt"], "response": a["response"],
                                     "response_raw": a["response_raw"], "new_tokens": a["new_tokens"]}) + "\n")
         os.replace(path + ".tmp", path)
+    trained_types = {i for r in read_jsonl(os.path.join(work, "train.jsonl")) for i in r["instruction_id_list"]}
     comparisons = {f"{b} - {a}": paired(reports[a], reports[b], draws)
                    for a, b in [("nl", "nl-pc"), ("nl", "blend"), ("base", "nl"), ("base", "nl-pc")]}
     results = {
@@ -224,6 +250,7 @@ def main():
                       "intervals": f"percentile bootstrap over prompts, {BOOTSTRAP} resamples, seed 0"},
         "arms": arms,
         "comparisons": comparisons,
+        "seen_unseen": split_seen(reports, trained_types, draws),
         "prompts": read_json(os.path.join(work, "prompts.stats.json"), None),
         "sampling": read_json(os.path.join(work, "pass-rates.json"), None),
         "records": {"train": len(read_jsonl(os.path.join(work, "train.jsonl"))),

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from make_prompts import KINDS, TOPICS
+
 SAMPLES = 4
 TEMPERATURE = 0.8
 SAMPLE_TOKENS = 256
@@ -39,6 +41,13 @@ WARMUP = 10
 IFEVAL_TOKENS = 768
 ARMS = {"nl": "nl", "nl-pc": "nl-pc", "blend": "nl:0.5,nl-pc:0.5"}
 LORA = ["--lora-r", "16", "--lora-alpha", "32", "--lora-targets", "all"]
+# What a work folder's files depend on: a rerun with other values is refused.
+SETTINGS = {
+    "samples": SAMPLES, "temperature": TEMPERATURE, "sample_tokens": SAMPLE_TOKENS,
+    "held_out_records": HELD_OUT_RECORDS, "learning_rates": LEARNING_RATES, "max_epochs": MAX_EPOCHS,
+    "seq_len": SEQ_LEN, "batch": BATCH, "seed": SEED, "warmup": WARMUP, "ifeval_tokens": IFEVAL_TOKENS,
+    "arms": ARMS, "lora": LORA,
+}
 
 
 class Experiment:
@@ -51,6 +60,14 @@ class Experiment:
         os.makedirs(self.work, exist_ok=True)
         self.stages_path = self.path("stages.json")
         self.stages = read_json(self.stages_path, {})
+        settings = {"model": self.model, "ifeval": self.ifeval, "prompts": args.prompts, **SETTINGS}
+        saved = read_json(self.path("settings.json"), None)
+        if saved is None:
+            write_json(self.path("settings.json"), settings)
+        elif saved != settings:
+            changed = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
+            sys.exit(f"{self.work} holds a run with other settings ({', '.join(changed)} differ): "
+                     "give another --work folder, or remove it to start afresh")
 
     def path(self, name):
         return os.path.join(self.work, name)
@@ -70,8 +87,11 @@ class Experiment:
         shown = " ".join(quote(a) for a in argv)
         print(f"[{stage}] {shown}", file=sys.stderr, flush=True)
         started = time.time()
-        out = subprocess.run(argv, cwd=self.work, check=True, stdout=subprocess.PIPE, text=True)
-        self.record(stage, shown, time.time() - started)
+        try:
+            out = subprocess.run(argv, cwd=self.work, check=True, stdout=subprocess.PIPE, text=True)
+        finally:
+            # A sitting that is stopped counts too: the stage resumes and sums its sittings.
+            self.record(stage, shown, time.time() - started)
         lines = [l for l in out.stdout.splitlines() if l.strip()]
         return lines[-1] if lines else ""
 
@@ -109,7 +129,7 @@ class Experiment:
         failing = [p for p in prompts if p["key"] not in passed]
         if not os.path.exists(self.path("prompts-2.jsonl")):
             write_jsonl(self.path("prompts-2.jsonl"), failing)
-        answers2, scored2 = self.sample(2, "prompts-2.jsonl", SEED + 1)
+        answers2, scored2 = self.sample(2, "prompts-2.jsonl", SEED + 1) if failing else ([], [])
         passed2 = first_passing(answers2, scored2)
         rates = pass_rates(prompts, scored1, scored2)
         write_json(self.path("pass-rates.json"), rates)
@@ -119,13 +139,23 @@ class Experiment:
         for p in prompts:
             answer = passed.get(p["key"]) or passed2.get(p["key"])
             if answer is not None:
-                records.append({**p, "response": answer})
+                assert answer["prompt"] == p["prompt"], f"{p['key']}: the answer is to another prompt"
+                records.append({**p, "response": answer["response"]})
         if len(records) < MIN_TRAIN_RECORDS + HELD_OUT_RECORDS:
             sys.exit(f"only {len(records)} prompts have a passing answer; {MIN_TRAIN_RECORDS + HELD_OUT_RECORDS} "
                      "are needed: make more prompts (--prompts)")
-        random.Random(SEED).shuffle(records)
-        write_jsonl(self.path("heldout.jsonl"), records[:HELD_OUT_RECORDS])
-        write_jsonl(self.path("train.jsonl"), records[HELD_OUT_RECORDS:])
+        # Held out by base task, so that no held-out prompt shares its task with a trained one.
+        by_task = {}
+        for r in records:
+            by_task.setdefault(base_task(r["prompt"]), []).append(r)
+        tasks = sorted(by_task)
+        random.Random(SEED).shuffle(tasks)
+        heldout, train = [], []
+        for t in tasks:
+            (heldout if len(heldout) < HELD_OUT_RECORDS else train).extend(by_task[t])
+        random.Random(SEED).shuffle(train)
+        write_jsonl(self.path("heldout.jsonl"), heldout)
+        write_jsonl(self.path("train.jsonl"), train)
         for part in ["train", "heldout"]:
             self.run("pseudo-code", self.pc("data", "pseudo-code", "--from-constraints", "--data",
                                             f"{part}.jsonl", "--output", f"{part}-pc.jsonl"))
@@ -136,11 +166,9 @@ class Experiment:
         """Optimizer steps an epoch of the training records takes in `mix` (packed rows / batch)."""
         out = subprocess.run(self.pc("data", "stats", "--data", "train-pc.jsonl", "--mix", mix,
                                      "--tokenizer", self.model, "--seq-len", str(SEQ_LEN),
-                                     "--seed", str(SEED)),
-                             cwd=self.work, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True).stdout
-        rows = next(int(l.split()[3]) for l in out.splitlines() if l.startswith("rows of"))
-        return math.ceil(rows / BATCH)
+                                     "--seed", str(SEED), "--json"),
+                             cwd=self.work, check=True, stdout=subprocess.PIPE, text=True).stdout
+        return math.ceil(json.loads(out)["rows"] / BATCH)
 
     def train(self, stage, name, mix, lr, epochs):
         """Trains (or resumes) the run `runs/NAME`; its metrics lines."""
@@ -230,13 +258,24 @@ class Experiment:
 
 
 def first_passing(answers, scored):
-    """Per prompt key, the first sample whose every instruction passed strictly."""
+    """Per prompt key, the first answer that ended by itself (not at the token budget) and passed
+    every instruction strictly."""
+    assert len(answers) == len(scored), f"{len(answers)} answers but {len(scored)} scored"
     by_prompt = {}
-    for a, s in zip(answers, scored):
-        assert a["prompt"] == s["prompt"] and a["sample"] == s["sample"], "answers and report disagree"
-        if all(s["strict"]) and a["id"] not in by_prompt:
-            by_prompt[a["id"]] = a["response"]
+    for n, (a, s) in enumerate(zip(answers, scored)):
+        assert a["prompt"] == s["prompt"] and a["sample"] == s["sample"], \
+            f"answer {n + 1} ({a['id']}, sample {a['sample']}) and its score disagree"
+        if all(s["strict"]) and a["new_tokens"] < SAMPLE_TOKENS and a["id"] not in by_prompt:
+            by_prompt[a["id"]] = a
     return by_prompt
+
+
+def base_task(prompt):
+    """The base task a prompt of make_prompts.py starts with."""
+    tasks = [p.format(t=t) for t in TOPICS for ps in KINDS.values() for p in ps]
+    found = [t for t in tasks if prompt.startswith(t)]
+    assert found, f"no base task starts {prompt[:60]!r}"
+    return max(found, key=len)
 
 
 def pass_rates(prompts, scored1, scored2):
@@ -281,8 +320,15 @@ def count_lines(path):
 
 
 def read_jsonl(path):
+    rows = []
     with open(path) as f:
-        return [json.loads(l) for l in f if l.strip()]
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    sys.exit(f"{path}:{n}: not JSON: {e}")
+    return rows
 
 
 def write_jsonl(path, rows):

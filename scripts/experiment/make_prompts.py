@@ -384,11 +384,6 @@ def main():
             continue
         prompts.add(prompt)
         out.append({"key": f"pc-{len(out):05d}", "prompt": prompt, "instruction_id_list": ids, "kwargs": kwargs})
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        for r in out:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, args.output)
     by_type, by_count = {}, {}
     for r in out:
         by_count[len(r["instruction_id_list"])] = by_count.get(len(r["instruction_id_list"]), 0) + 1
@@ -408,9 +403,16 @@ def main():
         "constraints_per_prompt": by_count,
         "prompts_per_type": dict(sorted(by_type.items())),
     }
+    # The stats first: a stop between the two leaves no prompts, so a rerun writes both.
     with open(args.stats + ".tmp", "w") as f:
         json.dump(stats, f, indent=1)
     os.replace(args.stats + ".tmp", args.stats)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as f:
+        for r in out:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, args.output)
+
     print(f"{len(out)} prompts ({overlapping} draws shared 8 words with IFEval and were drawn again)", file=sys.stderr)
 
 

@@ -22,7 +22,7 @@ if [ ! -x "$WORK/bin/pctrain" ]; then
     cargo build --release
     cp target/release/pctrain "$WORK/bin/pctrain.tmp"
     mv "$WORK/bin/pctrain.tmp" "$WORK/bin/pctrain"
-    git rev-parse HEAD > "$WORK/bin/commit"
+    git describe --always --dirty --abbrev=40 > "$WORK/bin/commit"
 fi
 if [ ! -f "$MODEL/model.safetensors" ]; then
     "$PYTHON" scripts/get-smollm2.py "$MODEL"

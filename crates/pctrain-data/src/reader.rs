@@ -108,9 +108,10 @@ impl Iterator for ParquetReader {
     }
 }
 
-/// The JSON lines an earlier run appended to `path`, with their 1-based line numbers (none when
-/// there is no file). Whatever follows the last newline (a line cut short by a stop) is removed
-/// from the file; a malformed complete line is an error that says it is `what`.
+/// The complete JSON lines an earlier run appended to `path`, with their 1-based line numbers
+/// (none when there is no file); whatever follows the last newline (a line cut short by a stop)
+/// is not read: [`cut_torn_tail`] removes it once the caller knows the file is its own. A
+/// malformed complete line is an error that says it is `what`.
 pub fn written_lines(path: &Path, what: &str) -> Result<Vec<(u64, Value)>> {
     if !path.is_file() {
         return Ok(Vec::new());
@@ -129,6 +130,17 @@ pub fn written_lines(path: &Path, what: &str) -> Result<Vec<(u64, Value)>> {
         })?;
         out.push((n as u64 + 1, v));
     }
+    Ok(out)
+}
+
+/// Removes whatever follows the last newline of `path` (a line cut short by a stop), so that
+/// appending goes on from a whole line.
+pub fn cut_torn_tail(path: &Path) -> Result<()> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     if complete < bytes.len() {
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -137,7 +149,7 @@ pub fn written_lines(path: &Path, what: &str) -> Result<Vec<(u64, Value)>> {
         f.set_len(complete as u64)
             .map_err(|e| DataError::io(path, e))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn file_name(path: &Path) -> String {

@@ -341,6 +341,9 @@ fn goals_and_names_come_from_the_first_sentence() {
     assert_eq!(entry_name("2024 in review"), "task_2024_review");
     assert_eq!(entry_name("Что это?"), "answer_request");
     assert_eq!(entry_name("Pass."), "pass_task");
+    assert_eq!(entry_name("Translate."), "translate_task");
+    assert_eq!(entry_name("Response."), "response_task");
+    assert_eq!(goal_of("Say\u{0}hi\tnow. Then stop."), "Say hi now.");
     let odd = pseudo_code_from_constraints(
         "Quote \"\"\"this\"\"\" with a \\ backslash.",
         &[constraint("punctuation:no_comma", json!({}))],
@@ -449,5 +452,30 @@ fn bad_constraints_are_errors_with_file_line_and_nothing_is_written() {
             .to_string();
         assert!(e.contains("in.jsonl:2") && e.contains(expected), "{e}");
         assert_eq!(std::fs::read_to_string(&output).unwrap(), "kept\n");
+    }
+}
+
+#[test]
+fn every_pair_of_types_and_odd_arguments_pass_the_structure_check() {
+    let mut cases: Vec<(&str, Value)> = cases().into_iter().map(|(id, k, _)| (id, k)).collect();
+    let odd = "Line one\nline \"two\" with a \\ backslash, ''' and \"\"\" and 日本語 🙂";
+    cases.push(("startend:end_checker", json!({ "end_phrase": odd })));
+    cases.push((
+        "combination:repeat_prompt",
+        json!({ "prompt_to_repeat": odd }),
+    ));
+    cases.push((
+        "keywords:existence",
+        json!({ "keywords": [odd, "a\u{1}b"] }),
+    ));
+    for (a, ka) in &cases {
+        for (b, kb) in &cases {
+            let both = [constraint(a, ka.clone()), constraint(b, kb.clone())];
+            let code = pseudo_code_from_constraints(odd, &both).unwrap();
+            let checked =
+                check_structure(&code).unwrap_or_else(|e| panic!("{a} + {b}: {e}\n{code}"));
+            assert!(!checked.entry.is_empty());
+            assert_eq!(code.matches("\n    # ").count(), 3, "{a} + {b}\n{code}");
+        }
     }
 }

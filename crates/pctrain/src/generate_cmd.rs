@@ -87,6 +87,9 @@ impl DecodeArgs {
         if batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
+        if self.max_new_tokens == 0 {
+            bail!("--max-new-tokens must be at least 1");
+        }
         if self.samples == 0 {
             bail!("--samples must be at least 1");
         }
@@ -277,61 +280,22 @@ struct ToAnswer {
 }
 
 /// Answers every record of `--data` into `output`: each answer appended as it ends, answers an
-/// earlier run wrote skipped, and the whole file put in input order at the end.
+/// earlier run of the same settings wrote skipped, and the whole file put in input order at the
+/// end. The settings are kept beside the output ([`settings_path`]).
 fn answer_records(
     args: &GenerateArgs,
     generator: &Generator,
     opts: &GenerateOptions,
     output: &Path,
 ) -> Result<()> {
-    let mut records = Vec::new();
-    for path in pctrain_data::hub::data_files(&args.data)? {
-        for record in RecordReader::open(&path)? {
-            let record = record?;
-            records.push(ToAnswer {
-                prompt: prompt_of(&record, args.decode.system.as_deref())?,
-                constraints: (!record.constraints.is_empty())
-                    .then(|| constraint_fields(&record.constraints)),
-                id: record.id,
-            });
-        }
-    }
-    if records.is_empty() {
-        bail!("the data holds no record to answer");
-    }
+    let records = read_records(args)?;
     let index: HashMap<&str, usize> = records
         .iter()
         .enumerate()
         .map(|(i, r)| (r.id.as_str(), i))
         .collect();
     let k = opts.samples;
-    let earlier = written_lines(output, "not an answer line of `pctrain generate`")?;
-    let mut done = HashSet::new();
-    for (line, v) in &earlier {
-        let id = v.get("id").and_then(|v| v.as_str());
-        let sample = v.get("sample").and_then(|v| v.as_u64());
-        let (Some(id), Some(sample)) = (id, sample) else {
-            bail!(
-                "{}:{line}: not an answer line of `pctrain generate` (no `id` or `sample`)",
-                output.display()
-            );
-        };
-        match index.get(id) {
-            Some(&i) if (sample as usize) < k => done.insert((i, sample as usize)),
-            _ => bail!(
-                "{}:{line}: holds an answer (id {id:?}, sample {sample}) that is not one of this \
-                 run's --data and --samples: give another --output, or remove it to start afresh",
-                output.display()
-            ),
-        };
-    }
-    if !earlier.is_empty() && index.len() < records.len() {
-        bail!(
-            "the data repeats record ids, so the answers in {} cannot be matched to them: give \
-             another --output",
-            output.display()
-        );
-    }
+    let done = earlier_answers(output, &records, &index, k, &decode_settings(args))?;
     let jobs: Vec<(usize, usize)> = (0..records.len() * k)
         .map(|j| (j / k, j % k))
         .filter(|job| !done.contains(job))
@@ -385,6 +349,129 @@ fn answer_records(
         tokens as f64 / secs.max(1e-9)
     );
     Ok(())
+}
+
+/// The records of `--data` to answer, their ids distinct (answers are matched to them by id).
+fn read_records(args: &GenerateArgs) -> Result<Vec<ToAnswer>> {
+    let mut records = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for path in pctrain_data::hub::data_files(&args.data)? {
+        let mut reader = RecordReader::open(&path)?;
+        while let Some(record) = reader.next() {
+            let record = record?;
+            let here = format!("{}:{}", path.display(), reader.line());
+            if let Some(first) = seen.insert(record.id.clone(), here.clone()) {
+                bail!(
+                    "{here}: the id {:?} is also the id of {first}; answers are matched to records \
+                     by id, so each needs its own",
+                    record.id
+                );
+            }
+            records.push(ToAnswer {
+                prompt: prompt_of(&record, args.decode.system.as_deref())?,
+                constraints: (!record.constraints.is_empty())
+                    .then(|| constraint_fields(&record.constraints)),
+                id: record.id,
+            });
+        }
+    }
+    if records.is_empty() {
+        bail!("the data holds no record to answer");
+    }
+    Ok(records)
+}
+
+/// What decides the answers of `generate --data` (the batch size does not, on the CPU).
+fn decode_settings(args: &GenerateArgs) -> serde_json::Value {
+    let (m, d) = (&args.model, &args.decode);
+    serde_json::json!({
+        "base": m.base, "adapter": m.adapter, "device": m.device, "dtype": m.dtype,
+        "template": args.template, "pc_template": args.pc_template, "system": d.system,
+        "max_new_tokens": d.max_new_tokens, "temperature": d.temperature, "top_p": d.top_p,
+        "top_k": d.top_k, "samples": d.samples, "seed": args.seed, "strip_pc": d.strip_pc,
+        "no_strip_pc": d.no_strip_pc,
+    })
+}
+
+/// `OUT.jsonl` -> `OUT.generate.json`: the settings the answers in `OUT.jsonl` were made with.
+fn settings_path(output: &Path) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map_or_else(|| "answers".into(), |s| s.to_string_lossy().into_owned());
+    output.with_file_name(format!("{stem}.generate.json"))
+}
+
+/// The answers (record, sample) an earlier run of the same settings wrote to `output`; a line a
+/// stop cut short is removed. Answers of other settings or other records are an error. Without
+/// earlier answers, `settings` are written beside the output.
+fn earlier_answers(
+    output: &Path,
+    records: &[ToAnswer],
+    index: &HashMap<&str, usize>,
+    k: usize,
+    settings: &serde_json::Value,
+) -> Result<HashSet<(usize, usize)>> {
+    let what = "not an answer line of `pctrain generate`";
+    let earlier = written_lines(output, what)?;
+    let beside = settings_path(output);
+    let start_afresh = "give another --output, or remove it to start afresh";
+    if earlier.is_empty() {
+        let text = serde_json::to_string_pretty(settings)? + "\n";
+        pctrain_model::save::write_atomic(&beside, text.as_bytes())
+            .with_context(|| format!("writing {}", beside.display()))?;
+    } else {
+        let saved: Option<serde_json::Value> = std::fs::read_to_string(&beside)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        match saved {
+            None => bail!(
+                "{} holds answers, but not {} with the settings they were made with: {start_afresh}",
+                output.display(),
+                beside.display()
+            ),
+            Some(saved) if &saved != settings => {
+                let changed: Vec<&str> = settings
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(key, v)| saved.get(key.as_str()) != Some(v))
+                    .map(|(key, _)| key.as_str())
+                    .collect();
+                bail!(
+                    "{} holds answers made with other settings ({} differ, see {}): {start_afresh}",
+                    output.display(),
+                    changed.join(", "),
+                    beside.display()
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    let mut done = HashSet::new();
+    for (line, v) in &earlier {
+        let at = format!("{}:{line}", output.display());
+        let (Some(id), Some(sample), Some(prompt)) = (
+            v.get("id").and_then(|v| v.as_str()),
+            v.get("sample").and_then(|v| v.as_u64()),
+            v.get("prompt").and_then(|v| v.as_str()),
+        ) else {
+            bail!("{at}: {what} (no `id`, `sample` or `prompt`)");
+        };
+        let i = match index.get(id) {
+            Some(&i) if (sample as usize) < k => i,
+            _ => bail!(
+                "{at}: holds an answer (id {id:?}, sample {sample}) that is not one of this run's \
+                 --data and --samples: {start_afresh}"
+            ),
+        };
+        let asked = records[i].prompt.last().map_or("", |m| m.content.as_str());
+        if prompt != asked {
+            bail!("{at}: answers another prompt than record {id:?} of --data has: {start_afresh}");
+        }
+        done.insert((i, sample as usize));
+    }
+    pctrain_data::reader::cut_torn_tail(output)?;
+    Ok(done)
 }
 
 /// The output line of sample `sample` of `record`'s answers.

@@ -17,11 +17,14 @@ pub struct PseudoCodeArgs {
     data: Vec<PathBuf>,
     /// Write the pseudo-code of each record from its constraints (`instruction_id_list` and
     /// `kwargs`, IFEval's instruction types), without a teacher; records without constraints are
-    /// written unchanged.
-    #[arg(long, conflicts_with_all = ["teacher", "model", "prompts", "api_key_env"])]
+    /// written unchanged, and --output is written whole (replaced), at once.
+    #[arg(long, conflicts_with_all = [
+        "teacher", "model", "prompts", "api_key_env", "max_repairs", "on_failure", "concurrency",
+        "max_requests", "timeout", "max_retries", "retry_base_ms", "temperature", "max_tokens",
+    ])]
     from_constraints: bool,
     /// The JSONL file records are appended to (Tulu shape, `pseudo_code` per user turn); a rerun
-    /// skips the ids it already holds.
+    /// skips the ids it already holds (with --from-constraints: the file written whole).
     #[arg(long)]
     output: PathBuf,
     /// An OpenAI-compatible server: its base URL (http://localhost:8000/v1) or its

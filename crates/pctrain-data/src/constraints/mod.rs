@@ -25,8 +25,11 @@ impl Constraint {
     }
 }
 
-/// The constraints of a JSON record (its `instruction_id_list` and `kwargs`), each one checked:
-/// none when the record has no `instruction_id_list`. The error names the field and entry.
+/// The constraints of a JSON record (its `instruction_id_list` and `kwargs`): none when the
+/// record has no `instruction_id_list`. Only their shape is checked here (a list of ids, a list
+/// of as many argument objects); what each id and its arguments mean is checked where they are
+/// used ([`Constraint::instruction`], [`check_constraints`]), so that data for other checkers
+/// still trains. The error names the field and entry.
 pub fn read_constraints(obj: &Map<String, Value>) -> Result<Vec<Constraint>, String> {
     let ids: Vec<&str> = match obj.get("instruction_id_list") {
         None | Some(Value::Null) => {
@@ -76,14 +79,25 @@ pub fn read_constraints(obj: &Map<String, Value>) -> Result<Vec<Constraint>, Str
     ids.iter()
         .zip(kwargs)
         .enumerate()
-        .map(|(i, (id, kwargs))| {
-            let c = Constraint {
+        .map(|(i, (id, kwargs))| match kwargs {
+            Value::Object(_) | Value::Null => Ok(Constraint {
                 id: id.to_string(),
                 kwargs,
-            };
+            }),
+            other => Err(format!("kwargs[{i}]: expected an object, found {other}")),
+        })
+        .collect()
+}
+
+/// Each constraint as a checkable instruction; the error names the entry and what is wrong with
+/// its id or arguments.
+pub fn check_constraints(constraints: &[Constraint]) -> Result<Vec<Instruction>, String> {
+    constraints
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
             c.instruction()
-                .map_err(|e| format!("instruction_id_list[{i}] with kwargs[{i}]: {e}"))?;
-            Ok(c)
+                .map_err(|e| format!("instruction_id_list[{i}] with kwargs[{i}]: {e}"))
         })
         .collect()
 }
@@ -125,17 +139,20 @@ mod tests {
 
     #[test]
     fn bad_constraints_name_the_entry_and_what_is_wrong() {
-        let e =
-            read(json!({"instruction_id_list": ["keywords:rhymes"], "kwargs": [{}]})).unwrap_err();
+        let check = |v: Value| {
+            check_constraints(&read(v).unwrap())
+                .map(|_| ())
+                .unwrap_err()
+        };
+        let e = check(json!({"instruction_id_list": ["keywords:rhymes"], "kwargs": [{}]}));
         assert!(
             e.contains("instruction_id_list[0]") && e.contains("unknown instruction id"),
             "{e}"
         );
-        let e = read(json!({
+        let e = check(json!({
             "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
             "kwargs": [{}, {"num_words": "many", "relation": "at least"}],
-        }))
-        .unwrap_err();
+        }));
         assert!(
             e.contains("kwargs[1]") && e.contains("`num_words` must be"),
             "{e}"
@@ -146,7 +163,13 @@ mod tests {
         assert!(e.contains("2 instructions"), "{e}");
         let e = read(json!({"instruction_id_list": [3], "kwargs": [{}]})).unwrap_err();
         assert!(e.contains("expected a string"), "{e}");
+        let e = read(json!({"instruction_id_list": ["a"], "kwargs": [3]})).unwrap_err();
+        assert!(e.contains("kwargs[0]: expected an object"), "{e}");
         let e = read(json!({"kwargs": [{}]})).unwrap_err();
         assert!(e.contains("without `instruction_id_list`"), "{e}");
+        // Ids of other checkers are read as they are.
+        let other =
+            read(json!({"instruction_id_list": ["count:word_count_range"], "kwargs": [{}]}));
+        assert_eq!(other.unwrap()[0].id, "count:word_count_range");
     }
 }

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::check::check_structure;
 use super::run::write_file_atomically;
-use super::steps::{py_str, step_of, Names};
-use crate::constraints::Constraint;
+use super::steps::{self, py_str, step_of, Names};
+use crate::constraints::{check_constraints, Constraint};
 use crate::error::{DataError, Result};
 use crate::reader::RecordReader;
 use crate::record::Role;
@@ -33,10 +33,15 @@ const KEYWORDS: [&str; 35] = [
     "with", "yield",
 ];
 
-/// The task a prompt states: its first sentence (of its first line), cut to [`GOAL_CHARS`] at a
-/// word boundary.
+/// The task a prompt states: its first sentence (of its first line, control characters made
+/// spaces), cut to [`GOAL_CHARS`] at a word boundary.
 pub fn goal_of(prompt: &str) -> String {
-    let line = prompt.trim().lines().next().unwrap_or("").trim();
+    let first = prompt.trim().lines().next().unwrap_or("");
+    let line: String = first
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let line = line.trim();
     let mut end = line.len();
     let bytes = line.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
@@ -59,7 +64,8 @@ pub fn goal_of(prompt: &str) -> String {
     format!("{}...", cut.trim_end_matches([',', ';', ':']))
 }
 
-/// A Python name for the task: up to four of the goal's words, small words left out.
+/// A Python name for the task: up to four of the goal's words, small words left out (`_task`
+/// added to a name the code uses for something else).
 pub fn entry_name(goal: &str) -> String {
     let words: Vec<String> = goal
         .split(|c: char| !c.is_ascii_alphanumeric())
@@ -75,7 +81,7 @@ pub fn entry_name(goal: &str) -> String {
     if name.starts_with(|c: char| c.is_ascii_digit()) {
         name = format!("task_{name}");
     }
-    if KEYWORDS.contains(&name.as_str()) {
+    if KEYWORDS.contains(&name.as_str()) || steps::is_used_name(&name) {
         name.push_str("_task");
     }
     name
@@ -91,13 +97,10 @@ pub fn pseudo_code_from_constraints(
     let entry = entry_name(&goal);
     let mut names = Names::default();
     names.take("request");
-    let mut steps = Vec::with_capacity(constraints.len());
-    for (i, c) in constraints.iter().enumerate() {
-        let instruction = c
-            .instruction()
-            .map_err(|e| format!("constraint {i}: {e}"))?;
-        steps.push(step_of(&instruction, &mut names));
-    }
+    let mut steps: Vec<_> = check_constraints(constraints)?
+        .iter()
+        .map(|i| step_of(i, &mut names))
+        .collect();
     steps.sort_by_key(|s| s.order);
     let params: Vec<_> = steps.iter().flat_map(|s| &s.params).collect();
 

@@ -17,7 +17,7 @@ use super::check::check_structure;
 use super::prompts::{Prompts, Stage};
 use super::teacher::{Teacher, TeacherError};
 use crate::error::{DataError, Result};
-use crate::reader::{written_lines, RecordReader};
+use crate::reader::{cut_torn_tail, written_lines, RecordReader};
 use crate::record::{Record, Role};
 
 /// What happens to a record whose pseudo-code failed every round.
@@ -114,14 +114,15 @@ fn sibling(output: &Path, suffix: &str) -> PathBuf {
     output.with_file_name(format!("{stem}.{suffix}"))
 }
 
-/// The ids in a JSONL file written by an earlier run (see [`written_lines`]).
+/// The ids in a JSONL file written by an earlier run (see [`written_lines`]); a line a stop cut
+/// short is removed.
 fn done_ids(path: &Path, ids: &mut HashSet<String>) -> Result<()> {
     for (_, v) in written_lines(path, "not a record this pipeline wrote")? {
         if let Some(id) = v.get("id").and_then(Value::as_str) {
             ids.insert(id.to_string());
         }
     }
-    Ok(())
+    cut_torn_tail(path)
 }
 
 /// Runs the pipeline over `inputs` into `output`, calling `progress` after each record.

@@ -24,7 +24,8 @@ pub struct Step {
     /// The step's code lines (relative indentation kept), working on `response`.
     pub code: Vec<String>,
     /// Where the step stands among the others: content first, then structure, additions, case,
-    /// wrapping, and the end phrase last.
+    /// the end phrase, and wrapping (JSON, quotation marks: IFEval finds an end phrase inside
+    /// quotation marks) last.
     pub order: u8,
 }
 
@@ -44,6 +45,43 @@ impl Names {
         self.0.push(name.clone());
         name
     }
+}
+
+/// The local variables and helper functions the steps use.
+const USED_NAMES: [&str; 28] = [
+    "request",
+    "response",
+    "paragraphs",
+    "sections",
+    "second",
+    "draft_response",
+    "draft_different_response",
+    "add_placeholders",
+    "as_bullet_points",
+    "end_with",
+    "fit_sentences",
+    "fit_words",
+    "head_sections",
+    "highlight_sections",
+    "include_words",
+    "make_title",
+    "pick_one",
+    "remove_words",
+    "rephrase_without",
+    "set_capital_words",
+    "set_letter_count",
+    "set_word_uses",
+    "split_into_paragraphs",
+    "split_into_sections",
+    "start_with",
+    "to_json",
+    "translate",
+    "write_postscript",
+];
+
+/// Whether the steps use `name` for a variable or a helper.
+pub fn is_used_name(name: &str) -> bool {
+    USED_NAMES.contains(&name)
 }
 
 /// A Python string literal of `s`.
@@ -392,7 +430,7 @@ pub fn step_of(instruction: &Instruction, names: &mut Names) -> Step {
         I::JsonFormat => {
             let p = flag(names, "as_json", "the whole response is valid JSON");
             let code = if_flag(&p, "response = to_json(response)");
-            step(vec![p], "wrap the whole response in JSON".into(), code, 5)
+            step(vec![p], "wrap the whole response in JSON".into(), code, 6)
         }
         I::Title => {
             let p = flag(
@@ -459,7 +497,7 @@ pub fn step_of(instruction: &Instruction, names: &mut Names) -> Step {
                 vec![p],
                 "finish with the end phrase, nothing after it".into(),
                 code,
-                6,
+                5,
             )
         }
         I::CapitalWordFrequency(n, relation) => {
@@ -528,7 +566,7 @@ pub fn step_of(instruction: &Instruction, names: &mut Names) -> Step {
                 vec![p],
                 "wrap the whole response in double quotation marks".into(),
                 code,
-                5,
+                6,
             )
         }
     }

@@ -67,7 +67,7 @@ pub enum TeacherError {
     /// stops.
     Fatal(String),
     /// The server refuses this request (400, 413, 422: e.g. a record longer than the teacher's
-    /// context); the turn fails, the run goes on.
+    /// context) after it has answered others; the turn fails, the run goes on.
     Refused(String),
 }
 
@@ -78,6 +78,8 @@ pub struct Usage {
     pub retries: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Requests answered with a chat completion.
+    pub answered: AtomicU64,
     /// Whether the server reported token counts at least once.
     pub tokens_reported: AtomicBool,
 }
@@ -180,7 +182,20 @@ impl Teacher {
                 self.usage.retries.fetch_add(1, Ordering::Relaxed);
             }
             match self.attempt(&body) {
-                Attempt::Done(reply) => return Ok(reply),
+                Attempt::Done(reply) => {
+                    self.usage.answered.fetch_add(1, Ordering::Relaxed);
+                    return Ok(reply);
+                }
+                // Refusals before any answer are the run's settings', not a record's.
+                Attempt::Fail {
+                    status: 400 | 413 | 422,
+                    reason,
+                } if self.usage.answered.load(Ordering::Relaxed) == 0 => {
+                    return Err(TeacherError::Fatal(format!(
+                        "{reason} (the teacher has refused every request so far: --model or \
+                         --max-tokens may be what it refuses)"
+                    )))
+                }
                 Attempt::Fail {
                     status: 400 | 413 | 422,
                     reason,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use pctrain_data::constraints::read_constraints;
+use pctrain_data::constraints::{check_constraints, read_constraints};
 pub use pctrain_data::constraints::{count_sentences, detect_language, Instruction, IDS};
 
 /// Bad task data or responses, by file and line.
@@ -89,15 +89,11 @@ impl Task {
             let obj = v
                 .as_object()
                 .ok_or_else(|| err("expected a JSON object".into()))?;
-            if !obj.contains_key("instruction_id_list") {
+            if !matches!(obj.get("instruction_id_list"), Some(Value::Array(_))) {
                 return Err(err("field `instruction_id_list`: expected a list".into()));
             }
             let constraints = read_constraints(obj).map_err(err)?;
-            let instructions = constraints
-                .iter()
-                .map(|c| c.instruction())
-                .collect::<Result<_, _>>()
-                .map_err(err)?;
+            let instructions = check_constraints(&constraints).map_err(err)?;
             let ids = constraints.into_iter().map(|c| c.id).collect();
             prompts.push(TaskPrompt {
                 key: v.get("key").cloned().unwrap_or(Value::Null),
