@@ -60,7 +60,9 @@ class Experiment:
         os.makedirs(self.work, exist_ok=True)
         self.stages_path = self.path("stages.json")
         self.stages = read_json(self.stages_path, {})
-        settings = {"model": self.model, "ifeval": self.ifeval, "prompts": args.prompts, **SETTINGS}
+        # More prompts may be asked for later: the first ones are the same, so every stage
+        # resumes as if the run had started with all of them.
+        settings = {"model": self.model, "ifeval": self.ifeval, **SETTINGS}
         saved = read_json(self.path("settings.json"), None)
         if saved is None:
             write_json(self.path("settings.json"), settings)
@@ -101,12 +103,18 @@ class Experiment:
     # -- data -------------------------------------------------------------------------------
 
     def prompts(self):
-        if os.path.exists(self.path("prompts.jsonl")):
+        """The prompts; asked for more, the file grows (the generator's first prompts are the same
+        whatever the count, which is checked)."""
+        have = read_jsonl(self.path("prompts.jsonl")) if os.path.exists(self.path("prompts.jsonl")) else []
+        if len(have) == self.args.prompts:
             return
+        if len(have) > self.args.prompts:
+            sys.exit(f"{self.work} holds {len(have)} prompts, more than --prompts {self.args.prompts}")
         script = os.path.join(os.path.dirname(__file__), "make_prompts.py")
         self.run("prompts", [sys.executable, script, "--ifeval", self.ifeval, "--count",
                              str(self.args.prompts), "--seed", str(SEED), "--output", "prompts.jsonl",
                              "--stats", "prompts.stats.json"])
+        assert read_jsonl(self.path("prompts.jsonl"))[:len(have)] == have, "the prompts changed"
 
     def sample(self, round_, data, seed):
         """K sampled answers to each record of `data` (resumed when stopped), then scored."""
@@ -127,7 +135,10 @@ class Experiment:
         answers1, scored1 = self.sample(1, "prompts.jsonl", SEED)
         passed = first_passing(answers1, scored1)
         failing = [p for p in prompts if p["key"] not in passed]
-        if not os.path.exists(self.path("prompts-2.jsonl")):
+        # Grown prompts add failing ones at the end; earlier ones keep their places (and answers).
+        had = read_jsonl(self.path("prompts-2.jsonl")) if os.path.exists(self.path("prompts-2.jsonl")) else []
+        assert failing[:len(had)] == had, "the second round's prompts changed"
+        if len(failing) > len(had):
             write_jsonl(self.path("prompts-2.jsonl"), failing)
         answers2, scored2 = self.sample(2, "prompts-2.jsonl", SEED + 1) if failing else ([], [])
         passed2 = first_passing(answers2, scored2)
@@ -360,7 +371,8 @@ def main():
     ap.add_argument("--ifeval", required=True, help="IFEval's prompts (JSONL)")
     ap.add_argument("--work", required=True, help="where every stage's files go")
     ap.add_argument("--pctrain", required=True, help="the pctrain binary")
-    ap.add_argument("--prompts", type=int, default=2600, help="prompts to make")
+    ap.add_argument("--prompts", type=int, default=3600,
+                    help="prompts to make (may grow between sittings: the first ones stay the same)")
     Experiment(ap.parse_args()).main()
 
 
