@@ -491,7 +491,7 @@ fn generate_resumes_where_a_stop_left_off_and_keeps_each_records_constraints() {
     let task = task_file(dir.path());
     let llama = llama_fixture();
     let out = dir.path().join("answers.jsonl");
-    let run = || {
+    let run_at = |temperature: &str| {
         pctrain(&[
             "generate",
             "--base",
@@ -501,13 +501,14 @@ fn generate_resumes_where_a_stop_left_off_and_keeps_each_records_constraints() {
             "--samples",
             "3",
             "--temperature",
-            "0.9",
+            temperature,
             "--max-new-tokens",
             "12",
             "--output",
             out.to_str().unwrap(),
         ])
     };
+    let run = || run_at("0.9");
     let o = run();
     assert!(o.status.success(), "{}", stderr(&o));
     let whole = std::fs::read_to_string(&out).unwrap();
@@ -544,21 +545,7 @@ fn generate_resumes_where_a_stop_left_off_and_keeps_each_records_constraints() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("\"samples\":3"), "{}", stdout(&o));
     // Answers of other settings, records or prompts are not taken for this one's.
-    let o = pctrain(&[
-        "generate",
-        "--base",
-        llama.to_str().unwrap(),
-        "--data",
-        task.to_str().unwrap(),
-        "--samples",
-        "3",
-        "--temperature",
-        "0.7",
-        "--max-new-tokens",
-        "12",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let o = run_at("0.7");
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("other settings (temperature differ"), "{err}");
