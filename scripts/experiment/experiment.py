@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -373,6 +374,8 @@ def main():
     ap.add_argument("--pctrain", required=True, help="the pctrain binary")
     ap.add_argument("--prompts", type=int, default=3600,
                     help="prompts to make (may grow between sittings: the first ones stay the same)")
+    # A stop by SIGTERM ends the run as Ctrl-C does, so the sitting's time is recorded.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     Experiment(ap.parse_args()).main()
 
 
