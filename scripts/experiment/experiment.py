@@ -60,7 +60,6 @@ class Experiment:
         self.ifeval = os.path.abspath(args.ifeval)
         os.makedirs(self.work, exist_ok=True)
         self.stages_path = self.path("stages.json")
-        self.stages = read_json(self.stages_path, {})
         # More prompts may be asked for later: the first ones are the same, so every stage
         # resumes as if the run had started with all of them.
         settings = {"model": self.model, "ifeval": self.ifeval, **SETTINGS}
@@ -77,6 +76,7 @@ class Experiment:
 
     def record(self, stage, command, seconds):
         """Adds a sitting's time to a stage (a resumed stage sums its sittings)."""
+        self.stages = read_json(self.stages_path, {})
         s = self.stages.setdefault(stage, {"seconds": 0.0, "sittings": 0, "commands": []})
         s["seconds"] += seconds
         s["sittings"] += 1
