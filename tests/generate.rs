@@ -263,6 +263,26 @@ fn generate_refuses_bad_requests_clearly() {
         "{err}"
     );
     assert!(!out.exists(), "a failed run wrote its output");
+    // Decoding that fails before its first answer leaves no output and no settings behind.
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(
+        &good,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+    )
+    .unwrap();
+    let err = fails(&[
+        "generate",
+        "--base",
+        base,
+        "--data",
+        good.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "100000000000000",
+    ]);
+    assert!(err.contains("cannot allocate"), "{err}");
+    assert!(!out.exists() && !dir.path().join("out.generate.json").exists());
 }
 
 /// A two-prompt IFEval task file.

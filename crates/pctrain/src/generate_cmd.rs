@@ -310,10 +310,11 @@ fn answer_records(
         .with_context(|| format!("opening {}", output.display()))?;
     let prompts: Vec<Vec<Message>> = records.iter().map(|r| r.prompt.clone()).collect();
     let started = std::time::Instant::now();
-    let (mut tokens, mut failed) = (0, None);
-    generator.answer_jobs(&prompts, &jobs, opts, |j, a| {
+    let (mut tokens, mut written, mut failed) = (0, 0, None);
+    let decoded = generator.answer_jobs(&prompts, &jobs, opts, |j, a| {
         let (i, sample) = jobs[j];
         tokens += a.new_tokens;
+        written += 1;
         let line = answer_line(&records[i], sample, &a) + "\n";
         // One write an answer, so that a stop leaves at most one partial last line.
         if failed.is_none() {
@@ -323,7 +324,13 @@ fn answer_records(
                 .err();
         }
         bar.inc(1);
-    })?;
+    });
+    if decoded.is_err() && done.is_empty() && written == 0 {
+        // Nothing was answered: leave no empty output behind.
+        let _ = std::fs::remove_file(output);
+        let _ = std::fs::remove_file(settings_path(output));
+    }
+    decoded?;
     if let Some(e) = failed {
         return Err(e).with_context(|| format!("writing {}", output.display()));
     }
