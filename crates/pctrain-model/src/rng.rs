@@ -11,6 +11,11 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A uniform number in `[0, 1)` from 53 bits of `h`.
+pub fn unit_interval(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
 impl Rng64 {
     pub fn new(seed: u64) -> Self {
         // SplitMix64 spreads every bit of the seed; a zero state would stay zero.
@@ -27,7 +32,7 @@ impl Rng64 {
 
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        unit_interval(self.next_u64())
     }
 }
 

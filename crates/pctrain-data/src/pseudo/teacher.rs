@@ -317,7 +317,7 @@ impl Teacher {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let h = crate::hash::stable_hash(salt ^ u64::from(attempt), &nanos.to_le_bytes());
-        let jitter = 0.5 + (h >> 11) as f64 / (1u64 << 53) as f64;
+        let jitter = 0.5 + crate::hash::unit_interval(h);
         Duration::from_secs_f64(base.min(30.0) * jitter)
     }
 }

@@ -155,8 +155,7 @@ pub fn dropout_seed(step_seed: u64, layer: usize, target: crate::lora::Target) -
 pub fn dropout_factor(p: f64, seed: u64, i: usize) -> f32 {
     let h =
         crate::rng::mix64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)));
-    let unit = (h >> 11) as f64 / (1u64 << 53) as f64;
-    if unit < p {
+    if crate::rng::unit_interval(h) < p {
         0.0
     } else {
         (1.0 / (1.0 - p)) as f32
