@@ -5,7 +5,8 @@ training, since each arm is trained once), NL-PC minus NL by a paired bootstrap,
 types seen in training and unseen apart (with intervals), the table by type, answer lengths, the share of answers that hit the
 token budget, held-out losses, pass rates of the sampling, the stages' times and the commands.
 
-Writes RESULTS.json, RESULTS.svg (the accuracies with their intervals) and, per arm, its IFEval
+Writes RESULTS.json, RESULTS.svg (the accuracies with their intervals), RESULTS.md (the tables
+for the README) and, per arm, its IFEval
 answers as RESULTS/ifeval-ARM.jsonl.gz (`prompt`, `response`, `response_raw`, `new_tokens`).
 
     python3 scripts/experiment/analyze.py --work DIR --results bench/results/experiment-smollm2
@@ -146,6 +147,37 @@ def lengths(answers, budget):
     }
 
 
+def run_steps(work, adapter):
+    """The optimizer steps of the run an adapter folder was exported from (None for the base)."""
+    if adapter is None:
+        return None
+    settings = read_json(os.path.join(work, os.path.dirname(adapter), "settings.json"), {})
+    return settings.get("max_steps")
+
+
+def markdown(results):
+    """The README's table: each arm's accuracies with intervals, NL-PC minus NL, lengths, losses."""
+    pct = lambda r: f"{100 * r['value']:.1f} [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+    lines = ["| arm | steps | prompt strict | inst strict | prompt loose | inst loose | mean tokens | at budget | held-out loss (nl) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arm in ARM_ORDER:
+        a = results["arms"][arm]
+        loss = a["heldout_loss"].get("nl", {}).get("loss")
+        lines.append(f"| {arm} | {a['steps'] or '-'} | " + " | ".join(pct(a["ifeval"][m]) for m in METRICS)
+                     + f" | {a['lengths']['mean_new_tokens']:.0f} | {100 * a['lengths']['share_hitting_budget']:.1f}% | "
+                     + (f"{loss:.3f}" if loss is not None else "-") + " |")
+    d = results["comparisons"]["nl-pc - nl"]
+    diff = lambda r: f"{100 * r['difference']:+.1f} [{100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}]"
+    lines.append("| **nl-pc - nl** (paired) | | " + " | ".join(diff(d[m]) for m in METRICS) + " | | | |")
+    su = results["seen_unseen"]
+    lines += ["", "| arm | seen types, inst strict | unseen types, inst strict |", "|---|---|---|"]
+    for arm in ARM_ORDER:
+        g = su["arms"][arm]
+        lines.append(f"| {arm} | {pct(g['seen']['inst_strict'])} (n={g['seen']['count']}) | "
+                     f"{pct(g['unseen']['inst_strict'])} (n={g['unseen']['count']}) |")
+    return "\n".join(lines) + "\n"
+
+
 def chart(arms, path):
     """Grouped bars: a group per accuracy, a bar per arm, with 95% whiskers."""
     colors = {"base": "#9e9e9e", "nl": "#1f77b4", "nl-pc": "#d62728", "blend": "#2ca02c"}
@@ -233,6 +265,7 @@ def main():
             "by_type": by_type(reports[arm]),
             "lengths": lengths(answers[arm], budget),
             "heldout_loss": {k.split("@")[1]: v for k, v in losses.items() if k.split("@")[0] == arm},
+            "steps": run_steps(work, meta["adapters"][arm]),
         }
         path = os.path.join(args.results, f"ifeval-{arm}.jsonl.gz")
         with gzip.open(path + ".tmp", "wt") as f:
@@ -261,6 +294,9 @@ def main():
     }
     write_json(args.results + ".json", results)
     chart(arms, args.results + ".svg")
+    with open(args.results + ".md.tmp", "w") as f:
+        f.write(markdown(results))
+    os.replace(args.results + ".md.tmp", args.results + ".md")
     for arm in ARM_ORDER:
         acc = arms[arm]["ifeval"]
         print(f"{arm:6} " + "  ".join(f"{m} {acc[m]['value']:.3f} [{acc[m]['ci95'][0]:.3f}, {acc[m]['ci95'][1]:.3f}]"
