@@ -253,7 +253,8 @@ def main():
     for arm in ARM_ORDER:
         reports[arm] = read_jsonl(os.path.join(work, f"ifeval-{arm}.report.jsonl"))
         answers[arm] = read_jsonl(os.path.join(work, f"ifeval-{arm}.jsonl"))
-        assert [r["prompt"] for r in reports[arm]] == [r["prompt"] for r in reports["base"]]
+        if [r["prompt"] for r in reports[arm]] != [r["prompt"] for r in reports["base"]]:
+            sys.exit(f"{work}/ifeval-{arm}.report.jsonl scores other prompts than the base's report")
     draws = resamples(len(reports["base"]))
     losses = read_json(os.path.join(work, "heldout-losses.json"), {})
     arms = {}

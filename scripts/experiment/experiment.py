@@ -205,9 +205,9 @@ class Experiment:
     def sweep(self):
         """The nl arm at each learning rate; the (rate, epochs) with the lowest held-out loss."""
         results = []
+        every = self.steps_per_epoch("nl")
         for lr in LEARNING_RATES:
             metrics = self.train("sweep", f"sweep-nl-lr{lr:g}", "nl", lr, MAX_EPOCHS)
-            every = self.steps_per_epoch("nl")
             evals = [m for m in metrics if "eval_loss" in m]
             for m in evals:
                 epochs = m["step"] / every

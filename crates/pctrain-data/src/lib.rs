@@ -21,7 +21,6 @@ pub mod record;
 pub mod template;
 pub mod tokenizer;
 
-pub use constraints::Constraint;
 pub use error::{DataError, Result};
 pub use labels::{Encoded, IGNORE_INDEX};
 pub use loader::{Loader, LoaderConfig, Position};

@@ -200,6 +200,16 @@ fn events_report_every_token_and_each_end_once() {
     assert_eq!(out, seen);
     assert_eq!(ended, vec![1; ps.len()]);
     assert!(out.iter().all(|a| a.len() == 7));
+    // With no room for a token, every answer ends at once, empty.
+    let mut ended = vec![0; ps.len()];
+    let out = m
+        .generate_all(&requests, &greedy(2, 0), &[], |e| match e {
+            Event::Token { .. } => panic!("a token with no room for one"),
+            Event::Finished { request } => ended[request] += 1,
+        })
+        .unwrap();
+    assert_eq!(ended, vec![1; ps.len()]);
+    assert!(out.iter().all(Vec::is_empty));
 }
 
 #[test]

@@ -123,7 +123,7 @@ mod tests {
     }
 
     #[test]
-    fn constraints_are_read_checked_and_written_back() {
+    fn constraints_are_read_and_written_back() {
         let line = json!({
             "instruction_id_list": ["punctuation:no_comma", "keywords:existence"],
             "kwargs": [{}, {"keywords": ["tide"]}],

@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use super::check::check_structure;
 use super::run::write_file_atomically;
 use super::steps::{self, py_str, step_of, Names};
@@ -136,7 +134,7 @@ pub fn pseudo_code_from_constraints(
 }
 
 /// What `--from-constraints` did over its records.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConstraintSummary {
     pub records: u64,
     /// Records given pseudo-code from their constraints.

@@ -93,7 +93,7 @@ impl Model {
         requests: &[Request],
         opts: &DecodeOptions,
         stop: &[u32],
-        on_event: impl FnMut(Event),
+        mut on_event: impl FnMut(Event),
     ) -> Result<Vec<Vec<u32>>> {
         let vocab = self.config.vocab_size;
         for (i, r) in requests.iter().enumerate() {
@@ -107,6 +107,8 @@ impl Model {
             }
         }
         if requests.is_empty() || opts.max_new_tokens == 0 {
+            // Every answer is whole at once: empty.
+            (0..requests.len()).for_each(|request| on_event(Event::Finished { request }));
             return Ok(vec![Vec::new(); requests.len()]);
         }
         let slots = opts.slots.clamp(1, requests.len());
