@@ -247,45 +247,32 @@ fn generate_refuses_bad_requests_clearly() {
         assert!(err.contains(expected), "{err}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.jsonl");
-    std::fs::write(
-        &bad,
-        "{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}]}\n",
-    )
-    .unwrap();
     let out = dir.path().join("out.jsonl");
-    let err = fails(&[
-        "generate",
-        "--base",
-        base,
-        "--data",
-        bad.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    // `generate --data` of one record (`line`) into `out`, with `extra`: the error.
+    let generate_one = |name: &str, line: &str, extra: &[&str]| {
+        let data = dir.path().join(name);
+        std::fs::write(&data, format!("{line}\n")).unwrap();
+        let mut args = vec!["generate", "--base", base, "--data", data.to_str().unwrap()];
+        args.extend(["--output", out.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        fails(&args)
+    };
+    let err = generate_one(
+        "bad.jsonl",
+        "{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}]}",
+        &[],
+    );
     assert!(
         err.contains("bad.jsonl:1") && err.contains("no user turn"),
         "{err}"
     );
     assert!(!out.exists(), "a failed run wrote its output");
     // Decoding that fails before its first answer leaves no output and no settings behind.
-    let good = dir.path().join("good.jsonl");
-    std::fs::write(
-        &good,
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
-    )
-    .unwrap();
-    let err = fails(&[
-        "generate",
-        "--base",
-        base,
-        "--data",
-        good.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--max-new-tokens",
-        "100000000000000",
-    ]);
+    let err = generate_one(
+        "good.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}",
+        &["--max-new-tokens", "100000000000000"],
+    );
     assert!(err.contains("cannot allocate"), "{err}");
     assert!(!out.exists() && !dir.path().join("out.generate.json").exists());
 }
