@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::{files_under, llama_fixture, pctrain, pctrain_env, read_f32, stderr, tiny_run};
-use pctrain_data::hub::loopback::LoopbackHub;
+use pctrain_testkit::hub::LoopbackHub;
 use serde_json::Value;
 
 /// Three LoRA steps from the fixture adapter on the first three evaluation samples, as

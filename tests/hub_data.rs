@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{pctrain_env, stderr, stdout, tiny_run};
-use pctrain_data::hub::loopback::{LoopbackHub, COMMIT};
+use pctrain_testkit::hub::{LoopbackHub, COMMIT};
 use serde_json::{json, Value};
 
 const PROMPT: &str = "Write a short note. Do not use any commas.";

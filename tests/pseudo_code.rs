@@ -5,13 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{files_under, pctrain_env, stderr};
+use pctrain_testkit::http::{self, Response};
 use serde_json::{json, Value};
 
 const KEY: &str = "sk-loopback-teacher-secret-42";
@@ -72,84 +71,56 @@ fn answer(stage: &str, instruction: &str, nth: usize, delay: Duration) -> (u16, 
 
 /// A loopback chat-completions server; returns its base URL and the count of requests.
 fn teacher(delay: Duration) -> (String, Arc<Mutex<usize>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let seen: Arc<Mutex<HashMap<(String, String), usize>>> = Arc::default();
+    let seen: Mutex<HashMap<(String, String), usize>> = Mutex::default();
     let total: Arc<Mutex<usize>> = Arc::default();
     let count = total.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (seen, total) = (seen.clone(), total.clone());
-            std::thread::spawn(move || serve(stream, &seen, &total, delay));
+    let url = http::serve(usize::MAX, move |r: http::Request| {
+        *total.lock().unwrap() += 1;
+        let (status, reply) = reply(&r, &seen, delay);
+        let response = Response::new(status, reply).header("Content-Type", "application/json");
+        if status == 429 {
+            response.header("Retry-After", "0")
+        } else {
+            response
         }
-    });
-    (url, count)
+    })
+    .unwrap();
+    (format!("{url}/v1"), count)
 }
 
-fn serve(
-    mut stream: TcpStream,
+/// The teacher's answer to one request: the scripted one for its stage and instruction.
+fn reply(
+    r: &http::Request,
     seen: &Mutex<HashMap<(String, String), usize>>,
-    total: &Mutex<usize>,
     delay: Duration,
-) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
+) -> (u16, String) {
+    if r.method != "POST" || r.path != "/v1/chat/completions" {
+        return (404, "not found".to_string());
     }
-    let (mut length, mut auth) = (0, String::new());
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                "authorization" => auth = v.trim().to_string(),
-                _ => {}
-            }
-        }
+    if r.header("authorization") != Some(&format!("Bearer {KEY}")) {
+        return (401, r#"{"error":"bad key"}"#.to_string());
     }
-    let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
-    *total.lock().unwrap() += 1;
-    let (status, reply) = if !line.starts_with("POST /v1/chat/completions ") {
-        (404, "not found".to_string())
-    } else if auth != format!("Bearer {KEY}") {
-        (401, r#"{"error":"bad key"}"#.to_string())
+    let request: Value = serde_json::from_slice(&r.body).unwrap();
+    let messages = request["messages"].as_array().unwrap();
+    let system = messages[0]["content"].as_str().unwrap();
+    let stage = if system.starts_with("You rewrite") {
+        "generate"
+    } else if system.starts_with("You judge") {
+        "judge"
     } else {
-        let request: Value = serde_json::from_slice(&body).unwrap();
-        let messages = request["messages"].as_array().unwrap();
-        let system = messages[0]["content"].as_str().unwrap();
-        let stage = if system.starts_with("You rewrite") {
-            "generate"
-        } else if system.starts_with("You judge") {
-            "judge"
-        } else {
-            "repair"
-        };
-        let user = messages.last().unwrap()["content"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let nth = {
-            let mut seen = seen.lock().unwrap();
-            let n = seen.entry((stage.to_string(), user.clone())).or_insert(0);
-            *n += 1;
-            *n - 1
-        };
-        answer(stage, &user, nth, delay)
+        "repair"
     };
-    let head = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
-        reply.len(),
-        if status == 429 { "Retry-After: 0\r\n" } else { "" }
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(reply.as_bytes());
+    let user = messages.last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nth = {
+        let mut seen = seen.lock().unwrap();
+        let n = seen.entry((stage.to_string(), user.clone())).or_insert(0);
+        *n += 1;
+        *n - 1
+    };
+    answer(stage, &user, nth, delay)
 }
 
 /// Eleven records: one per scripted behaviour, one that has pseudo-code already, one with two turns.

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fails, llama_fixture, pctrain, root, stderr, tiny_run};
+use common::{fails, llama_fixture, pctrain, refused, root, stderr, tiny_run};
 
 fn run_args(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
@@ -38,7 +38,8 @@ fn bad_settings_are_named() {
         err.contains("llama9-70b") && err.contains("llama3-8b"),
         "{err}"
     );
-    let err = fails(&["--schedule", "step"]);
+    // A value the flag's type refuses is a usage error, as every such flag's.
+    let err = refused(&["--schedule", "step"]);
     assert!(err.contains("step") && err.contains("cosine"), "{err}");
     let err = fails(&["--dtype", "bf16"]);
     assert!(err.contains("bf16") && err.contains("CPU"), "{err}");

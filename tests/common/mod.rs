@@ -36,6 +36,17 @@ pub fn fails(args: &[&str]) -> String {
     err
 }
 
+/// Runs a command whose arguments the command line itself refuses (a usage error, exit code 2);
+/// returns its stderr.
+pub fn refused(args: &[&str]) -> String {
+    let o = pctrain(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(err.lines().any(|l| l.starts_with("error: ")), "{err}");
+    err
+}
+
 /// The arguments of a short training run of the tiny preset into `out`.
 pub fn tiny_run(out: &Path, steps: &str) -> Vec<String> {
     [

@@ -16,6 +16,9 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// A file whose contents are not what they should be.
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
     /// A record is malformed: bad JSON, a missing or mistyped field, an unknown role, bad UTF-8.
     #[error("{path}:{line}: {message}")]
     Record {
@@ -43,14 +46,8 @@ pub enum DataError {
         message: String,
     },
     /// A download from the Hugging Face hub failed.
-    #[error("hub repo {repo}: {message}")]
-    Hub { repo: String, message: String },
-    /// A prompt file of the pseudo-code pipeline that is malformed or missing a value.
-    #[error("prompt {path}: {message}")]
-    Prompt { path: String, message: String },
-    /// The teacher of the pseudo-code pipeline could not be used at all.
-    #[error("teacher {url}: {message}")]
-    Teacher { url: String, message: String },
+    #[error(transparent)]
+    Hub(#[from] pctrain_hub::HubError),
     /// A setting outside its valid range.
     #[error("{0}")]
     Config(String),

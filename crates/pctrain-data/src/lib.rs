@@ -8,18 +8,16 @@
 
 pub mod constraints;
 pub mod error;
-pub mod hash;
-pub mod hub;
 pub mod labels;
 pub mod loader;
 pub mod mix;
 pub mod pack;
 pub mod pipeline;
-pub mod pseudo;
 pub mod reader;
 pub mod record;
 pub mod template;
 pub mod tokenizer;
+pub mod trained_with;
 
 pub use error::{DataError, Result};
 pub use labels::{Encoded, IGNORE_INDEX};
@@ -31,3 +29,4 @@ pub use reader::{JsonlReader, ParquetReader, RecordReader};
 pub use record::{Message, Record, Role};
 pub use template::{ChatTemplate, Rendered, SpecialTokens, TemplateChoice};
 pub use tokenizer::{TextTokenizer, Tokens};
+pub use trained_with::TrainedWith;

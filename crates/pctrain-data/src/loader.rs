@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
-use crate::hash::{stable_hash, SplitMix64};
 use crate::labels::Encoded;
 use crate::pack::{one_per_row, pack_best_fit, PackedRow, Row};
+use pctrain_core::hash::{stable_hash, SplitMix64};
 
 /// Where iteration stands: the next row to yield is row `index` of epoch `epoch` (both from 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

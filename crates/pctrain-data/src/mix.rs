@@ -6,8 +6,8 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::error::{DataError, Result};
-use crate::hash::{stable_hash, unit_interval};
 use crate::record::{Message, Record, Role};
+use pctrain_core::hash::{stable_hash, unit_interval};
 
 /// How one sample presents a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -105,7 +105,7 @@ impl Pipeline {
         mut visit: impl FnMut(Prepared) -> ControlFlow<()>,
     ) -> Result<Stats> {
         let mut stats = Stats::default();
-        for path in &crate::hub::data_files(files)? {
+        for path in &pctrain_hub::data_files(files)? {
             let mut reader = RecordReader::open(path)?;
             loop {
                 // Each record with its line.

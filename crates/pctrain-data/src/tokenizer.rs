@@ -7,8 +7,8 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::error::{DataError, Result};
-use crate::hub::{self, HubRepo};
 use crate::template::SpecialTokens;
+use pctrain_hub::{self as hub, HubRepo};
 
 /// The `tiny` preset's `tokenizer.json`.
 pub const TINY_TOKENIZER: &[u8] = include_bytes!("../../../assets/tiny/tokenizer.json");

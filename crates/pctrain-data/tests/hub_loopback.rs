@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use pctrain_data::hub::loopback::{LoopbackHub, COMMIT};
 use pctrain_data::TextTokenizer;
+use pctrain_testkit::hub::{LoopbackHub, COMMIT};
 
 const TOKEN: &str = "hf_loopback_secret_token";
 

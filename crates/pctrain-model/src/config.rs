@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 
@@ -72,6 +72,59 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// The fields of a Hugging Face `config.json` the decoder reads (the others are ignored).
+#[derive(Deserialize)]
+struct HfConfig {
+    hidden_size: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    rms_norm_eps: f64,
+    /// transformers 4 and model repos: `rope_theta` and `rope_scaling`.
+    rope_theta: Option<f64>,
+    rope_scaling: Option<RopeFields>,
+    /// transformers 5: both in `rope_parameters`.
+    rope_parameters: Option<RopeFields>,
+    max_position_embeddings: Option<usize>,
+    sliding_window: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    embedding_multiplier: Option<f64>,
+    attention_multiplier: Option<f64>,
+    residual_multiplier: Option<f64>,
+    logits_scaling: Option<f64>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<TokenIds>,
+}
+
+/// `architectures`, read first: an unsupported model is named before its other fields are read.
+#[derive(Deserialize)]
+struct HfArchitectures {
+    architectures: Vec<String>,
+}
+
+/// `eos_token_id`: one id or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// `rope_scaling` / `rope_parameters`.
+#[derive(Deserialize)]
+struct RopeFields {
+    #[serde(alias = "type")]
+    rope_type: Option<String>,
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+}
+
 impl ModelConfig {
     /// Reads `DIR/config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
@@ -89,35 +142,36 @@ impl ModelConfig {
             path: path.to_path_buf(),
             message,
         };
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| err(format!("malformed JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| err("expected a JSON object".into()))?;
-        let f = Fields { obj, err: &err };
-        let class = obj
-            .get("architectures")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-            .ok_or_else(|| err("missing field `architectures`".into()))?;
+        let malformed = |e: serde_json::Error| {
+            if e.is_syntax() || e.is_eof() {
+                err(format!("malformed JSON: {e}"))
+            } else {
+                err(e.to_string())
+            }
+        };
+        let head: HfArchitectures = serde_json::from_str(text).map_err(malformed)?;
+        let class = head
+            .architectures
+            .first()
+            .ok_or_else(|| err("field `architectures` is empty".into()))?;
         let architecture = Architecture::from_class(class).ok_or_else(|| {
             err(format!(
                 "unsupported architecture {class:?} (pctrain builds LlamaForCausalLM, \
                  MistralForCausalLM and GraniteForCausalLM)"
             ))
         })?;
-        let hidden_size = f.usize("hidden_size")?;
-        let num_heads = f.usize("num_attention_heads")?;
-        let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
-        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        let f: HfConfig = serde_json::from_str(text).map_err(malformed)?;
+        let num_heads = f.num_attention_heads;
+        let num_kv_heads = f.num_key_value_heads.unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(err(format!(
                 "num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
             )));
         }
-        let head_dim = match f.opt_usize("head_dim")? {
+        let hidden_size = f.hidden_size;
+        let head_dim = match f.head_dim {
             Some(d) => d,
-            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None if hidden_size.is_multiple_of(num_heads) => hidden_size / num_heads,
             None => {
                 return Err(err(format!(
                     "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads} and no head_dim is given"
@@ -130,54 +184,47 @@ impl ModelConfig {
             )));
         }
         let granite = architecture == Architecture::Granite;
-        let multiplier = |key: &str| -> Result<f64> {
-            if granite {
-                f.f64(key)
-            } else {
-                Ok(1.0)
+        let multiplier = |key: &str, value: Option<f64>| -> Result<f64> {
+            match (granite, value) {
+                (false, _) => Ok(1.0),
+                (true, Some(v)) => Ok(v),
+                (true, None) => Err(err(format!("missing field `{key}`"))),
             }
         };
+        let rope = rope(&f).map_err(err)?;
         Ok(ModelConfig {
             architecture,
-            vocab_size: f.usize("vocab_size")?,
+            vocab_size: f.vocab_size,
             hidden_size,
-            intermediate_size: f.usize("intermediate_size")?,
-            num_layers: f.usize("num_hidden_layers")?,
+            intermediate_size: f.intermediate_size,
+            num_layers: f.num_hidden_layers,
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: f.f64("rms_norm_eps")?,
-            rope: rope(&f)?,
-            max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(4096),
-            sliding_window: match architecture {
-                Architecture::Mistral => match f.opt_usize("sliding_window")? {
-                    Some(0) => return Err(err("field `sliding_window` must be at least 1".into())),
-                    w => w,
-                },
+            rms_norm_eps: f.rms_norm_eps,
+            rope,
+            max_position_embeddings: f.max_position_embeddings.unwrap_or(4096),
+            sliding_window: match (architecture, f.sliding_window) {
+                (Architecture::Mistral, Some(0)) => {
+                    return Err(err("field `sliding_window` must be at least 1".into()))
+                }
+                (Architecture::Mistral, w) => w,
                 _ => None,
             },
-            tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            embedding_multiplier: multiplier("embedding_multiplier")?,
+            tie_word_embeddings: f.tie_word_embeddings.unwrap_or(false),
+            embedding_multiplier: multiplier("embedding_multiplier", f.embedding_multiplier)?,
             attention_scale: if granite {
-                f.f64("attention_multiplier")?
+                multiplier("attention_multiplier", f.attention_multiplier)?
             } else {
                 1.0 / (head_dim as f64).sqrt()
             },
-            residual_multiplier: multiplier("residual_multiplier")?,
-            logits_scaling: multiplier("logits_scaling")?,
-            bos_token_id: f.opt_usize("bos_token_id")?.map(|i| i as u32),
-            eos_token_ids: match obj.get("eos_token_id") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Number(n)) => vec![n
-                    .as_u64()
-                    .ok_or_else(|| err("eos_token_id: expected a token id".into()))?
-                    as u32],
-                Some(Value::Array(ids)) => ids
-                    .iter()
-                    .map(|i| i.as_u64().map(|i| i as u32))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| err("eos_token_id: expected token ids".into()))?,
-                Some(_) => return Err(err("eos_token_id: expected an id or a list of ids".into())),
+            residual_multiplier: multiplier("residual_multiplier", f.residual_multiplier)?,
+            logits_scaling: multiplier("logits_scaling", f.logits_scaling)?,
+            bos_token_id: f.bos_token_id,
+            eos_token_ids: match f.eos_token_id {
+                None => Vec::new(),
+                Some(TokenIds::One(id)) => vec![id],
+                Some(TokenIds::Many(ids)) => ids,
             },
         })
     }
@@ -188,115 +235,50 @@ impl ModelConfig {
     }
 }
 
-/// Reads `rope_theta`/`rope_scaling` (transformers 4 and model repos) or `rope_parameters`
-/// (transformers 5).
-fn rope(f: &Fields) -> Result<RopeConfig> {
-    let params = match f.obj.get("rope_parameters") {
-        Some(Value::Object(p)) => Some(p),
-        _ => None,
-    };
-    let theta = match params.and_then(|p| p.get("rope_theta")) {
-        Some(v) => v
-            .as_f64()
-            .ok_or_else(|| (f.err)("rope_parameters.rope_theta: expected a number".into()))?,
-        None => f.opt_f64("rope_theta")?.unwrap_or(10_000.0),
-    };
-    let scaling = match (params, f.obj.get("rope_scaling")) {
-        (Some(p), _) => Some(p),
-        (None, Some(Value::Object(s))) => Some(s),
-        _ => None,
-    };
-    let Some(scaling) = scaling else {
+/// The rope settings: `rope_parameters` (transformers 5) or `rope_theta` and `rope_scaling`
+/// (transformers 4 and model repos); an error says what is wrong.
+fn rope(f: &HfConfig) -> std::result::Result<RopeConfig, String> {
+    let params = f.rope_parameters.as_ref();
+    let theta = params
+        .and_then(|p| p.rope_theta)
+        .or(f.rope_theta)
+        .unwrap_or(10_000.0);
+    let Some(scaling) = params.or(f.rope_scaling.as_ref()) else {
         return Ok(RopeConfig {
             theta,
             llama3: None,
         });
     };
-    let kind = scaling
-        .get("rope_type")
-        .or_else(|| scaling.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let s = Fields {
-        obj: scaling,
-        err: f.err,
-    };
-    let llama3 = match kind {
+    let llama3 = match scaling.rope_type.as_deref().unwrap_or("default") {
         "default" => None,
         "llama3" => {
+            let need =
+                |key: &str, v: Option<f64>| v.ok_or(format!("rope scaling: missing field `{key}`"));
             let scaling = Llama3Scaling {
-                factor: s.f64("factor")?,
-                low_freq_factor: s.f64("low_freq_factor")?,
-                high_freq_factor: s.f64("high_freq_factor")?,
-                original_max_position_embeddings: s.usize("original_max_position_embeddings")?,
+                factor: need("factor", scaling.factor)?,
+                low_freq_factor: need("low_freq_factor", scaling.low_freq_factor)?,
+                high_freq_factor: need("high_freq_factor", scaling.high_freq_factor)?,
+                original_max_position_embeddings: scaling
+                    .original_max_position_embeddings
+                    .ok_or("rope scaling: missing field `original_max_position_embeddings`")?,
             };
             let valid = scaling.factor > 0.0
                 && scaling.low_freq_factor > 0.0
                 && scaling.high_freq_factor > scaling.low_freq_factor
                 && scaling.original_max_position_embeddings > 0;
             if !valid {
-                return Err((f.err)(format!(
+                return Err(format!(
                     "llama3 rope scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor \
                      and original_max_position_embeddings > 0, got {scaling:?}"
-                )));
+                ));
             }
             Some(scaling)
         }
         other => {
-            return Err((f.err)(format!(
+            return Err(format!(
                 "unsupported rope scaling {other:?} (supported: default, llama3)"
-            )))
+            ))
         }
     };
     Ok(RopeConfig { theta, llama3 })
-}
-
-/// Typed access to a JSON object's fields, with errors that name the field.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    err: &'a dyn Fn(String) -> ModelError,
-}
-
-impl Fields<'_> {
-    fn get(&self, key: &str) -> Option<&Value> {
-        self.obj.get(key).filter(|v| !v.is_null())
-    }
-
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.get(key)
-            .map(|v| {
-                v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                    (self.err)(format!("field `{key}`: expected a non-negative integer"))
-                })
-            })
-            .transpose()
-    }
-
-    fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?
-            .ok_or_else(|| (self.err)(format!("missing field `{key}`")))
-    }
-
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        self.get(key)
-            .map(|v| {
-                v.as_f64()
-                    .ok_or_else(|| (self.err)(format!("field `{key}`: expected a number")))
-            })
-            .transpose()
-    }
-
-    fn f64(&self, key: &str) -> Result<f64> {
-        self.opt_f64(key)?
-            .ok_or_else(|| (self.err)(format!("missing field `{key}`")))
-    }
-
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.get(key)
-            .map(|v| {
-                v.as_bool()
-                    .ok_or_else(|| (self.err)(format!("field `{key}`: expected true or false")))
-            })
-            .transpose()
-    }
 }

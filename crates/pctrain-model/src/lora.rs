@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -166,23 +166,23 @@ impl LoraAdapter {
         }
         write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)?;
         let c = &self.config;
-        let config = serde_json::json!({
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": base_model,
-            "r": c.r,
-            "lora_alpha": c.alpha,
-            "lora_dropout": c.dropout,
-            "target_modules": c.targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
-            "bias": "none",
-            "use_rslora": c.rslora,
-            "use_dora": false,
-            "fan_in_fan_out": false,
-            "init_lora_weights": true,
-            "inference_mode": true,
-            "modules_to_save": null,
-        });
-        let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises") + "\n";
+        let config = PeftConfig {
+            peft_type: "LORA".into(),
+            task_type: Some("CAUSAL_LM".into()),
+            base_model_name_or_path: base_model.map(String::from),
+            r: c.r,
+            lora_alpha: c.alpha,
+            lora_dropout: c.dropout,
+            target_modules: c.targets.iter().map(|t| t.module().to_string()).collect(),
+            bias: "none".into(),
+            use_rslora: c.rslora,
+            use_dora: false,
+            fan_in_fan_out: false,
+            init_lora_weights: true.into(),
+            inference_mode: true,
+            modules_to_save: None,
+        };
+        let text = serde_json::to_string_pretty(&config).expect("a config serialises") + "\n";
         write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
     }
 
@@ -232,6 +232,37 @@ impl LoraAdapter {
     }
 }
 
+/// PEFT's `adapter_config.json` for a LoRA adapter: what pctrain writes, and reads back (fields
+/// it does not use are ignored).
+#[derive(Serialize, Deserialize)]
+struct PeftConfig {
+    peft_type: String,
+    #[serde(default)]
+    task_type: Option<String>,
+    #[serde(default)]
+    base_model_name_or_path: Option<String>,
+    r: usize,
+    lora_alpha: f64,
+    #[serde(default)]
+    lora_dropout: f64,
+    target_modules: Vec<String>,
+    #[serde(default)]
+    bias: String,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    /// `true`, or the name of an initialisation (`"gaussian"`, `"pissa"`, ...).
+    #[serde(default)]
+    init_lora_weights: serde_json::Value,
+    #[serde(default)]
+    inference_mode: bool,
+    #[serde(default)]
+    modules_to_save: Option<Vec<String>>,
+}
+
 /// Reads r, alpha, dropout, rsLoRA and target modules from PEFT's `adapter_config.json`.
 pub fn read_adapter_config(path: &Path) -> Result<LoraConfig> {
     let err = |message: String| ModelError::Config {
@@ -242,53 +273,34 @@ pub fn read_adapter_config(path: &Path) -> Result<LoraConfig> {
         path: path.to_path_buf(),
         source,
     })?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("malformed JSON: {e}")))?;
-    match v.get("peft_type").and_then(Value::as_str) {
-        Some("LORA") => {}
-        other => return Err(err(format!("peft_type {other:?} is not LORA"))),
+    let c: PeftConfig = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    if c.peft_type != "LORA" {
+        return Err(err(format!("peft_type {:?} is not LORA", c.peft_type)));
     }
-    if v.get("use_dora").and_then(Value::as_bool) == Some(true) {
+    if c.use_dora {
         return Err(err("DoRA adapters are not supported".into()));
     }
-    let r = v
-        .get("r")
-        .and_then(Value::as_u64)
-        .filter(|&r| r > 0)
-        .ok_or_else(|| err("field `r`: expected a positive integer".into()))? as usize;
-    let alpha = v
-        .get("lora_alpha")
-        .and_then(Value::as_f64)
-        .ok_or_else(|| err("field `lora_alpha`: expected a number".into()))?;
-    let targets = match v.get("target_modules") {
-        Some(Value::Array(names)) => {
-            let mut targets = names
-                .iter()
-                .map(|n| {
-                    n.as_str().and_then(Target::from_module).ok_or_else(|| {
-                        err(format!(
-                            "target module {n} is not one of q, k, v, o, gate, up, down_proj"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            targets.sort();
-            targets.dedup();
-            targets
-        }
-        _ => {
-            return Err(err(
-                "field `target_modules`: expected a list of module names".into(),
-            ))
-        }
-    };
+    if c.r == 0 {
+        return Err(err("field `r`: expected a positive integer".into()));
+    }
+    let mut targets = c
+        .target_modules
+        .iter()
+        .map(|n| {
+            Target::from_module(n).ok_or_else(|| {
+                err(format!(
+                    "target module {n:?} is not one of q, k, v, o, gate, up, down_proj"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    targets.sort();
+    targets.dedup();
     Ok(LoraConfig {
-        r,
-        alpha,
-        dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
-        rslora: v
-            .get("use_rslora")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        r: c.r,
+        alpha: c.lora_alpha,
+        dropout: c.lora_dropout,
+        rslora: c.use_rslora,
         targets,
     })
 }

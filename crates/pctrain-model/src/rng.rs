@@ -1,26 +1,16 @@
 //! A small seeded generator (xorshift64*) for initialisation and sampling: the same numbers for a
 //! seed on every platform and version.
 
+pub use pctrain_core::hash::{mix64, unit_interval, GOLDEN};
+
 #[derive(Debug, Clone)]
 pub struct Rng64(u64);
-
-/// SplitMix64's finaliser: every bit of `z` affects every bit of the result.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A uniform number in `[0, 1)` from 53 bits of `h`.
-pub fn unit_interval(h: u64) -> f64 {
-    (h >> 11) as f64 / (1u64 << 53) as f64
-}
 
 impl Rng64 {
     pub fn new(seed: u64) -> Self {
         // SplitMix64 spreads every bit of the seed; a zero state would stay zero.
-        let z = mix64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
-        Rng64(if z == 0 { 0x9e37_79b9_7f4a_7c15 } else { z })
+        let z = mix64(seed.wrapping_add(GOLDEN));
+        Rng64(if z == 0 { GOLDEN } else { z })
     }
 
     pub fn next_u64(&mut self) -> u64 {

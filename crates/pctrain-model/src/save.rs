@@ -1,9 +1,7 @@
 //! Writing safetensors the way transformers and PEFT expect them (metadata `{"format": "pt"}`),
-//! atomically: a temporary file in the same folder, renamed over the target, so a crash leaves
-//! either the old file or the new one.
+//! atomically, so a crash leaves either the old file or the new one.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -29,34 +27,11 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` (a bare file name, a relative or an absolute path) through a
-/// temporary file and a rename, both made durable.
+/// Writes `bytes` to `path` (a bare file name, a relative or an absolute path) whole or not at
+/// all ([`pctrain_core::fs::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| ModelError::Io {
+    pctrain_core::fs::write_atomic(path, bytes).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    // A bare name's parent is the empty path, which names no folder to open.
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    })
 }

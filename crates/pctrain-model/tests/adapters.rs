@@ -167,3 +167,54 @@ fn merging_folds_the_adapter_into_the_weights() {
         .unwrap();
     assert!(max_diff(&with_adapter, &merged) < 1e-5 * scale);
 }
+
+#[test]
+fn adapter_config_errors_name_the_file_and_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adapter_config.json");
+    let read = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        pctrain_model::lora::read_adapter_config(&path)
+    };
+    let good = r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["v_proj", "q_proj"],
+        "init_lora_weights": "gaussian", "some_newer_field": 1}"#;
+    let c = read(good).unwrap();
+    assert_eq!((c.r, c.alpha, c.dropout, c.rslora), (4, 8.0, 0.0, false));
+    assert_eq!(c.targets, vec![Target::Q, Target::V]);
+    for (text, what) in [
+        (
+            r#"{"peft_type": "IA3", "r": 4, "lora_alpha": 8, "target_modules": []}"#,
+            "peft_type \"IA3\" is not LORA",
+        ),
+        (
+            r#"{"peft_type": "LORA", "lora_alpha": 8, "target_modules": []}"#,
+            "missing field `r`",
+        ),
+        (
+            r#"{"peft_type": "LORA", "r": "4", "lora_alpha": 8, "target_modules": []}"#,
+            "invalid type: string \"4\"",
+        ),
+        (
+            r#"{"peft_type": "LORA", "r": 0, "lora_alpha": 8, "target_modules": []}"#,
+            "field `r`: expected a positive integer",
+        ),
+        (
+            r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["fc1"]}"#,
+            "target module \"fc1\"",
+        ),
+        (
+            r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": "all-linear"}"#,
+            "expected a sequence",
+        ),
+        (
+            r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": [], "use_dora": true}"#,
+            "DoRA",
+        ),
+    ] {
+        let e = read(text).unwrap_err().to_string();
+        assert!(
+            e.contains("adapter_config.json") && e.contains(what),
+            "{text}: {e}"
+        );
+    }
+}

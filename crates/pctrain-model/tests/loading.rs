@@ -82,6 +82,22 @@ fn config_errors_name_what_is_wrong() {
     );
     assert!(e.contains("missing field `embedding_multiplier`"), "{e}");
     assert!(config_error("{").contains("malformed JSON"));
+    let e = config_error(
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 10,\n\"hidden_size\": \"8\"}",
+    );
+    assert!(
+        e.contains("invalid type: string \"8\", expected usize at line 2"),
+        "{e}"
+    );
+    let e = config_error(
+        r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+        "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "rms_norm_eps": 1e-5, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#,
+    );
+    assert!(
+        e.contains("rope scaling: missing field `low_freq_factor`"),
+        "{e}"
+    );
 }
 
 /// A copy of the llama fixture folder, so tests can break it.

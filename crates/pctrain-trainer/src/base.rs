@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use pctrain_data::hub::{self, HubRepo};
 use pctrain_data::TextTokenizer;
+use pctrain_hub::{self as hub, HubRepo};
 use pctrain_model::{Model, ModelConfig, ModelWeights};
 
 /// Errors while finding or loading a base model.
@@ -14,6 +14,8 @@ pub enum BaseError {
     Data(#[from] pctrain_data::DataError),
     #[error(transparent)]
     Model(#[from] pctrain_model::ModelError),
+    #[error(transparent)]
+    Hub(#[from] pctrain_hub::HubError),
     #[error("{0}: no such model folder, and not a hub id (owner/name)")]
     NotFound(String),
     #[error("{path}: {message}")]

@@ -11,7 +11,7 @@ use pctrain_model::save::{write_atomic, write_safetensors};
 use pctrain_model::{Model, ModelError, TrainMode};
 use serde_json::{json, Value};
 
-use crate::generation::TrainedWith;
+use pctrain_data::TrainedWith;
 
 /// transformers' default `max_shard_size` ("5GB"), in bytes.
 pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
@@ -73,7 +73,7 @@ pub fn export_adapter(model: &Model, meta: &ExportMeta, out: &Path) -> Result<()
         .as_ref()
         .ok_or_else(|| ExportError::Invalid("the model has no LoRA adapter to export".into()))?;
     // PEFT resolves `base_model_name_or_path` as a hub id or a folder: no `@revision`.
-    let base = pctrain_data::hub::HubRepo::parse(&meta.base).map_or(meta.base.clone(), |r| r.id);
+    let base = pctrain_hub::HubRepo::parse(&meta.base).map_or(meta.base.clone(), |r| r.id);
     build_folder(out, |dir| {
         adapter.save(dir, Some(&base))?;
         write_common(dir, meta, true)
@@ -197,7 +197,7 @@ fn write_common(dir: &Path, meta: &ExportMeta, adapter: bool) -> Result<(), Expo
 fn model_card(meta: &ExportMeta, adapter: bool) -> String {
     // The hub's `base_model` names a hub repository, never a local folder.
     let hub_base = (!Path::new(&meta.base).exists())
-        .then(|| pctrain_data::hub::HubRepo::parse(&meta.base).map(|r| r.id))
+        .then(|| pctrain_hub::HubRepo::parse(&meta.base).map(|r| r.id))
         .flatten();
     let mut header = String::from("---\n");
     if let Some(id) = &hub_base {

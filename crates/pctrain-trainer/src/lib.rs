@@ -1,12 +1,10 @@
 //! pctrain's trainer: loading a base model, the optimizer and learning-rate schedule, the training
-//! loop, checkpoints, evaluation and export in the Hugging Face layouts.
+//! loop, checkpoints, held-out loss and export in the Hugging Face layouts.
 
 pub mod base;
 pub mod checkpoint;
 pub mod eval;
 pub mod export;
-pub mod generation;
-pub mod ifeval;
 pub mod optim;
 pub mod preset;
 pub mod schedule;
@@ -19,7 +17,6 @@ pub use checkpoint::{
     checkpoints, load_checkpoint, remove_unfinished, save_checkpoint, CheckpointError,
 };
 pub use eval::{evaluate, EvalResult};
-pub use generation::{Answer, GenerateError, GenerateOptions, Generator, TrainedWith};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, Clip};
 pub use preset::tiny_model;
 pub use schedule::{Decay, Schedule};

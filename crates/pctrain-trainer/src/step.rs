@@ -68,7 +68,7 @@ pub fn optimizer_step(
         let opts = StepOptions {
             dropout_seed: opts
                 .dropout_seed
-                .wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                .wrapping_add((i as u64).wrapping_mul(pctrain_model::rng::GOLDEN)),
             ..opts
         };
         let part = model.accumulate_gradients(batch, normalizer.max(1) as f64, opts, grads)?;

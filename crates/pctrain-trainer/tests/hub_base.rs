@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use pctrain_data::hub::loopback::LoopbackHub;
 use pctrain_model::Batch;
+use pctrain_testkit::hub::LoopbackHub;
 use pctrain_trainer::{load_base, DType, Device};
 
 #[test]

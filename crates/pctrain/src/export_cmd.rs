@@ -41,7 +41,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let out = export_run(&args.run, &args.out, args.merged, Some(args.max_shard_size))?;
     eprintln!("exported {}", out.display());
     if let Some(repo) = &args.push_to_hub {
-        let url = pctrain_data::hub::upload_folder(repo, &out, args.private, "Upload with pctrain")
+        let url = pctrain_hub::upload_folder(repo, &out, args.private, "Upload with pctrain")
             .with_context(|| format!("uploading {} to {repo}", out.display()))?;
         eprintln!("uploaded to {url}");
     }

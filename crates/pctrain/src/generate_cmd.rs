@@ -10,12 +10,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pctrain_data::constraints::constraint_fields;
 use pctrain_data::reader::written_lines;
+use pctrain_data::TrainedWith;
 use pctrain_data::{ChatTemplate, Message, PcJoin, RecordReader, Role, TemplateChoice};
+use pctrain_eval::generation::{prompt_of, stop_tokens};
+use pctrain_eval::{Answer, GenerateOptions, Generator};
 use pctrain_model::{LoraAdapter, Sampling};
-use pctrain_trainer::generation::{prompt_of, stop_tokens};
-use pctrain_trainer::{
-    load_base, Answer, BaseModel, DType, GenerateOptions, Generator, TrainedWith,
-};
+use pctrain_trainer::{load_base, BaseModel, DType};
 
 /// The model to answer with.
 #[derive(Args, Debug, Clone)]
@@ -362,7 +362,7 @@ fn answer_records(
 fn read_records(args: &GenerateArgs) -> Result<Vec<ToAnswer>> {
     let mut records = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
-    for path in pctrain_data::hub::data_files(&args.data)? {
+    for path in pctrain_hub::data_files(&args.data)? {
         let mut reader = RecordReader::open(&path)?;
         while let Some(record) = reader.next() {
             let record = record?;

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use pctrain_data::hub::{dataset_files, HubDataset};
 use pctrain_data::{Message, Role};
-use pctrain_trainer::ifeval::{read_responses, score, summarize, table, Scored, Summary, Task};
-use pctrain_trainer::{GenerateOptions, Generator};
+use pctrain_eval::ifeval::{read_responses, score, summarize, table, Scored, Summary, Task};
+use pctrain_eval::{GenerateOptions, Generator};
+use pctrain_hub::{dataset_files, HubDataset};
 
 use crate::generate_cmd::{answers_bar, write_jsonl};
 

@@ -18,7 +18,7 @@ mod train_eval;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -71,7 +71,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let cli = Cli::parse();
+    // The matches stay: training tells the flags given from the defaults by them.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Some(Command::Data(cmd)) => data_cmd::run(cmd),
         Some(Command::Eval(args)) => eval_cmd::run(args),
@@ -79,7 +81,7 @@ fn main() -> ExitCode {
         Some(Command::Generate(args)) => generate_cmd::run(args),
         Some(Command::Bench(args)) => bench_cmd::run(args),
         Some(Command::Presets { name }) => presets::run(name.as_deref()),
-        None => train_cmd::run(cli.train),
+        None => train_cmd::run(cli.train, &matches),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -82,11 +82,10 @@ impl MetricsLog {
                 ifeval.push((step, acc));
             }
         }
-        let svg = plot::loss_svg(&[
-            ("train", &train),
-            ("eval", &eval),
-            ("ifeval prompt strict", &ifeval),
-        ]);
+        let svg = plot::run_chart(
+            &[("train", &train), ("eval", &eval)],
+            &[("ifeval prompt strict", &ifeval)],
+        )?;
         write_atomic(&self.svg, svg.as_bytes())?;
         Ok(())
     }

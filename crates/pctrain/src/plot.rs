@@ -1,115 +1,176 @@
-//! A loss curve as a small self-contained SVG: one polyline per series over shared axes.
+//! A run's chart as a small self-contained SVG: losses by step on the left axis, accuracies
+//! (fractions) by step on their own axis on the right.
 
-use std::fmt::Write;
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
 
-const WIDTH: f64 = 640.0;
-const HEIGHT: f64 = 360.0;
-/// Margins: left (tick labels), right, top, bottom (tick labels).
-const LEFT: f64 = 56.0;
-const RIGHT: f64 = 16.0;
-const TOP: f64 = 28.0;
-const BOTTOM: f64 = 36.0;
-const COLORS: [&str; 3] = ["#1f77b4", "#d62728", "#2ca02c"];
+const SIZE: (u32, u32) = (640, 360);
+const COLORS: [RGBColor; 4] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+];
 
-/// Draws `series` (name, points of (step, loss)); empty series are left out.
-pub fn loss_svg(series: &[(&str, &[(f64, f64)])]) -> String {
-    let points = series.iter().flat_map(|(_, p)| p.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in points.filter(|(_, y)| y.is_finite()) {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
-    }
-    if y1 - y0 < 1e-12 {
-        (y0, y1) = (y0 - 0.5, y1 + 0.5);
-    }
-    let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT);
-    let sy = |y: f64| TOP + (y1 - y) / (y1 - y0) * (HEIGHT - TOP - BOTTOM);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
-         viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+/// A named line of (step, value) points.
+pub type Series<'a> = (&'a str, &'a [(f64, f64)]);
+
+/// Draws `losses` against the left axis and `accuracies` (0 to 1) against the right one; empty
+/// series are left out, points that are not finite skipped.
+pub fn run_chart(losses: &[Series], accuracies: &[Series]) -> Result<String> {
+    let finite = |s: &[Series]| -> Vec<(f64, f64)> {
+        s.iter()
+            .flat_map(|(_, p)| p.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect()
+    };
+    let (loss_points, all) = (
+        finite(losses),
+        [finite(losses), finite(accuracies)].concat(),
     );
-    let (bottom, right) = (HEIGHT - BOTTOM, WIDTH - RIGHT);
-    let _ = writeln!(
-        svg,
-        "<path d=\"M{LEFT},{TOP}V{bottom}H{right}\" fill=\"none\" stroke=\"#444\"/>"
-    );
-    for i in 0..=4 {
-        let f = f64::from(i) / 4.0;
-        let (x, y) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{x:.0}</text>\n\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{y:.3}</text>",
-            sx(x),
-            bottom + 16.0,
-            LEFT - 6.0,
-            sy(y) + 4.0
-        );
-    }
-    let _ = writeln!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">step</text>",
-        (LEFT + right) / 2.0,
-        HEIGHT - 4.0
-    );
-    let mut legend_x = LEFT;
-    for (k, (name, pts)) in series
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, p))| !p.is_empty())
+    let steps = span(all.iter().map(|p| p.0));
+    let loss = span(loss_points.iter().map(|p| p.1));
+    let mut svg = String::new();
     {
-        let color = COLORS[k % COLORS.len()];
-        let coords: Vec<String> = pts
-            .iter()
-            .filter(|(_, y)| y.is_finite())
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-            .collect();
-        let _ = writeln!(
-            svg,
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>\n\
-             <text x=\"{legend_x:.1}\" y=\"18\" fill=\"{color}\">{name} loss</text>",
-            coords.join(" ")
-        );
-        legend_x += 90.0;
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(draw)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .right_y_label_area_size(if accuracies.iter().any(|s| !s.1.is_empty()) {
+                56
+            } else {
+                0
+            })
+            .build_cartesian_2d(steps.clone(), loss)
+            .map_err(draw)?
+            .set_secondary_coord(steps, 0f64..1f64);
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .y_label_formatter(&|y| format!("{y:.3}"))
+            .draw()
+            .map_err(draw)?;
+        let shown = |s: &&Series| !s.1.is_empty();
+        let mut colors = COLORS.iter().cycle();
+        for (name, points) in losses.iter().filter(shown) {
+            let color = *colors.next().expect("cycled");
+            let line = points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite());
+            chart
+                .draw_series(LineSeries::new(line, color.stroke_width(2)))
+                .map_err(draw)?
+                .label(format!("{name} loss"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        }
+        if accuracies.iter().any(|s| shown(&s)) {
+            chart
+                .configure_secondary_axes()
+                .y_desc("accuracy")
+                .draw()
+                .map_err(draw)?;
+        }
+        for (name, points) in accuracies.iter().filter(shown) {
+            let color = *colors.next().expect("cycled");
+            let line = points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite());
+            chart
+                .draw_secondary_series(LineSeries::new(line, color.stroke_width(2)))
+                .map_err(draw)?
+                .label(format!("{name} (right axis)"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(draw)?;
+        root.present().map_err(draw)?;
     }
-    svg.push_str("</svg>\n");
-    svg
+    Ok(svg)
+}
+
+/// The range the values cover, widened when they are one value (or none).
+fn span(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi {
+        0.0..1.0
+    } else if hi - lo < 1e-12 {
+        lo - 0.5..hi + 0.5
+    } else {
+        lo..hi
+    }
+}
+
+fn draw<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
+    anyhow!("drawing the chart: {e}")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::loss_svg;
+    use super::run_chart;
 
-    #[test]
-    fn the_curve_falls_on_the_page_as_the_loss_falls() {
-        let train = [(1.0, 4.0), (2.0, 3.0), (3.0, 2.0)];
-        let svg = loss_svg(&[("train", &train), ("eval", &[])]);
+    /// The y coordinates of the line drawn in the `n`th series colour.
+    fn line_ys(svg: &str, n: usize) -> Vec<f64> {
+        let c = super::COLORS[n];
+        let stroke = format!("stroke=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
         let points = svg
+            .lines()
+            .find(|l| l.starts_with("<polyline") && l.contains(&stroke))
+            .unwrap()
             .split("points=\"")
             .nth(1)
             .unwrap()
             .split('"')
             .next()
             .unwrap();
-        let ys: Vec<f64> = points
-            .split(' ')
+        points
+            .split_whitespace()
             .map(|p| p.split(',').nth(1).unwrap().parse().unwrap())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn the_curve_falls_on_the_page_as_the_loss_falls() {
+        let train = [(1.0, 4.0), (2.0, 3.0), (3.0, 2.0)];
+        let svg = run_chart(&[("train", &train), ("eval", &[])], &[]).unwrap();
+        let ys = line_ys(&svg, 0);
         // SVG's y grows downwards: a falling loss has rising y.
         assert!(ys.windows(2).all(|w| w[1] > w[0]), "{ys:?}");
-        assert_eq!(
-            svg.matches("<polyline").count(),
-            1,
-            "an empty series is left out"
+        assert!(svg.contains("train loss") && !svg.contains("eval loss"));
+        assert!(
+            !svg.contains("accuracy"),
+            "no right axis without accuracies"
         );
+    }
+
+    #[test]
+    fn accuracies_have_their_own_axis() {
+        // Losses near 4, accuracies near 0.5: on one axis the accuracy would sit far below the
+        // losses; on its own (0 to 1) it sits between the plot's top and bottom.
+        let train = [(1.0, 4.0), (3.0, 3.0)];
+        let acc = [(1.0, 0.0), (3.0, 1.0)];
+        let svg = run_chart(&[("train", &train)], &[("ifeval prompt strict", &acc)]).unwrap();
+        let loss = line_ys(&svg, 0);
+        let accuracy = line_ys(&svg, 1);
+        // Accuracy 0 at the bottom (the loss axis' 3), 1 at the top (its 4).
+        assert!(
+            (accuracy[0] - loss[1]).abs() <= 1.5,
+            "{accuracy:?} {loss:?}"
+        );
+        assert!(
+            (accuracy[1] - loss[0]).abs() <= 1.5,
+            "{accuracy:?} {loss:?}"
+        );
+        assert!(svg.contains("accuracy") && svg.contains("ifeval prompt strict (right axis)"));
     }
 }

@@ -87,7 +87,7 @@ mod tests {
             let s = Settings::resolve(None, flags).unwrap();
             assert_eq!(s.preset.as_deref(), Some(p.name));
             assert!(
-                s.tiny() || pctrain_data::hub::HubRepo::parse(&s.base).is_some(),
+                s.tiny() || pctrain_hub::HubRepo::parse(&s.base).is_some(),
                 "{}: base {:?} is neither tiny nor a hub id",
                 p.name,
                 s.base

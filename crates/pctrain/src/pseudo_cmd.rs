@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use pctrain_data::pseudo::{self, ApiKey, OnFailure, Prompts, RunConfig, Teacher, TeacherConfig};
+use pctrain_pseudo::{ApiKey, OnFailure, Prompts, RunConfig, Teacher, TeacherConfig};
 
 #[derive(Args)]
 pub struct PseudoCodeArgs {
@@ -72,7 +72,7 @@ pub struct PseudoCodeArgs {
 
 pub fn run(args: PseudoCodeArgs) -> Result<()> {
     if args.from_constraints {
-        let s = pseudo::write_from_constraints(&args.data, &args.output)?;
+        let s = pctrain_pseudo::write_from_constraints(&args.data, &args.output)?;
         eprintln!(
             "{} records: pseudo-code written from the constraints of {}, {} had it already, {} \
              have no constraints; wrote {}",
@@ -129,7 +129,7 @@ pub fn run(args: PseudoCodeArgs) -> Result<()> {
         ProgressStyle::with_template("{spinner} {pos} records {msg} [{elapsed}]")
             .expect("valid template"),
     );
-    let summary = pseudo::run(&args.data, &args.output, &teacher, &prompts, &cfg, |s| {
+    let summary = pctrain_pseudo::run(&args.data, &args.output, &teacher, &prompts, &cfg, |s| {
         bar.set_position(s.records);
         bar.set_message(format!(
             "passed {} repaired {} failed {} requests {}",
@@ -166,6 +166,9 @@ pub fn run(args: PseudoCodeArgs) -> Result<()> {
             summary.deferred
         );
     }
-    eprintln!("summary: {}", pseudo::summary_path(&args.output).display());
+    eprintln!(
+        "summary: {}",
+        pctrain_pseudo::summary_path(&args.output).display()
+    );
     Ok(())
 }

@@ -12,73 +12,127 @@ use serde::{Deserialize, Serialize};
 
 use crate::presets;
 
-/// Everything a training run is made of. Field names are the config file's keys and, with `-`
-/// for `_`, the command line's flags.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything a training run is made of, declared once: field names are the config file's keys,
+/// and (with `-` for `_`, `lora-` before the adapter's) the command line's flags; the `arg`
+/// defaults are the built-in defaults ([`Settings::default`] parses an empty command line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The preset the run started from, if any (set by resolution, not by hand).
+    #[arg(skip)]
     pub preset: Option<String>,
-    /// `tiny` (built in), a model folder, or a hub id (`owner/name[@revision]`).
+    /// A preset (`pctrain presets` lists them; `tiny` is built in and needs no download), a model
+    /// folder, or a hub id (owner/name[@revision]).
+    #[arg(long, default_value = "tiny")]
     pub base: String,
-    /// Training data: JSONL or Parquet files.
+    /// Training data: JSONL or Parquet, Tulu, Alpaca or IFEval shape.
+    #[arg(long, num_args = 1.., default_value = "examples/tulu-pc.jsonl")]
     pub data: Vec<PathBuf>,
-    /// Held-out data scored every `eval_every` steps and at the end (none: no evaluation).
+    /// Held-out data, scored every --eval-every steps and at the end (none: no evaluation).
+    #[arg(long, num_args = 1..)]
     pub eval_data: Vec<PathBuf>,
     /// Optimizer steps between evaluations; 0 evaluates only at the end.
+    #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
-    /// A benchmark the model answers at each evaluation: `ifeval` (none: no benchmark).
+    /// A benchmark the model answers at each evaluation, its scores into metrics.jsonl (none: no
+    /// benchmark).
+    #[arg(long, value_enum)]
     pub eval_task: Option<EvalTaskName>,
     /// The benchmark's prompts answered at each evaluation, from its first (0: all).
+    #[arg(long, default_value_t = 0)]
     pub eval_limit: usize,
-    /// The benchmark's prompts from this file instead of the hub (IFEval's JSONL shape).
+    /// The benchmark's prompts from this file (IFEval's JSONL shape) instead of the hub.
+    #[arg(long)]
     pub eval_task_data: Option<PathBuf>,
     /// Most tokens of each benchmark answer.
+    #[arg(long, default_value_t = 256)]
     pub eval_max_new_tokens: usize,
+    /// nl | pc | nl-pc, a blend (nl:0.5,nl-pc:0.5) or both renditions (nl+nl-pc).
+    #[arg(long, default_value = "nl-pc")]
     pub mix: String,
+    /// auto (the model's chat template, else tulu), tulu, llama3, mistral, granite, chatml, or a
+    /// .jinja file.
+    #[arg(long, default_value = "auto")]
     pub template: String,
+    /// How pseudo-code and response are joined in nl-pc answers.
+    #[arg(long, default_value = PcJoin::DEFAULT)]
     pub pc_template: String,
-    /// Default: the base model's tokenizer.
+    /// A tokenizer other than the base's (tokenizer.json, folder, hub id, or tiny).
+    #[arg(long)]
     pub tokenizer: Option<String>,
+    /// Drop samples whose format needs pseudo-code the record lacks (otherwise they fall back to
+    /// nl).
+    #[arg(long)]
     pub require_pc: bool,
+    /// Skip malformed records (they are counted) instead of stopping at the first.
+    #[arg(long)]
     pub skip_invalid: bool,
+    /// Tokens per packed row (longer samples are cut).
+    #[arg(long, default_value_t = 2048)]
     pub seq_len: usize,
+    /// Pack samples into rows (--no-packing: one sample a row).
+    #[arg(long = "no-packing", action = clap::ArgAction::SetFalse)]
     pub packing: bool,
+    /// Shuffle the samples each epoch (--no-shuffle: in file order).
+    #[arg(long = "no-shuffle", action = clap::ArgAction::SetFalse)]
     pub shuffle: bool,
     /// Rows per micro-batch.
+    #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
+    /// Passes over the data.
+    #[arg(long, default_value_t = 1)]
     pub epochs: u64,
     /// Optimizer steps (default: what the epochs give).
+    #[arg(long)]
     pub max_steps: Option<u64>,
     /// Peak learning rate (default by method: 3e-3 for `tiny`, 2e-4 LoRA, 2e-5 full).
+    #[arg(long)]
     pub lr: Option<f64>,
+    /// Optimizer steps of linear warmup.
+    #[arg(long, default_value_t = 0)]
     pub warmup_steps: u64,
+    /// cosine, linear or constant after warmup.
+    #[arg(long, default_value = "cosine")]
     pub schedule: Decay,
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// Global gradient norm bound; 0 turns clipping off.
+    #[arg(long, default_value_t = 1.0)]
     pub clip_norm: f64,
-    /// `lora` or `full` (default: full for `tiny`, whose weights are random; else lora).
+    /// lora or full (default: full for `tiny`, whose weights are random; else lora).
+    #[arg(long, value_enum)]
     pub method: Option<Method>,
+    #[command(flatten)]
     pub lora: LoraSettings,
-    /// A PEFT adapter to start from; its rank, alpha, dropout and targets replace `lora`'s.
+    /// Start from a PEFT adapter folder; its rank, alpha, dropout and targets replace `lora`'s.
+    #[arg(long, value_name = "DIR")]
     pub init_adapter: Option<PathBuf>,
-    /// Storage and compute type of the base weights: `f32` (CPU), `bf16` (CUDA).
+    /// Storage and compute type of the base weights: f32, or bf16 on a GPU (CUDA).
+    #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// `cpu` or `cuda:N`.
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Seed of initialisation, data order, blends and dropout.
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Recompute each layer's activations in backward (less memory, more compute).
+    #[arg(long)]
     pub recompute: bool,
+    /// Save a checkpoint every N optimizer steps (and at the end).
+    #[arg(long, default_value_t = 100)]
     pub save_every: u64,
     /// Checkpoints kept (0 keeps all).
+    #[arg(long, default_value_t = 2)]
     pub keep_last: usize,
     /// The run folder (default: runs/BASE-MIX).
+    #[arg(long)]
     pub output: Option<PathBuf>,
 }
 
-/// What trains.
 /// A benchmark a run can answer while it trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -86,80 +140,86 @@ pub enum EvalTaskName {
     Ifeval,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     Lora,
     Full,
 }
 
-/// The adapter of a LoRA run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The adapter of a LoRA run (the `[lora]` table; flags `--lora-KEY`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoraSettings {
+    /// LoRA rank.
+    #[arg(id = "lora_r", long = "lora-r", default_value_t = 16)]
     pub r: usize,
+    /// LoRA alpha (the update is scaled by alpha / r).
+    #[arg(id = "lora_alpha", long = "lora-alpha", default_value_t = 32.0)]
     pub alpha: f64,
+    /// Dropout on the adapters' input.
+    #[arg(id = "lora_dropout", long = "lora-dropout", default_value_t = 0.05)]
     pub dropout: f64,
-    /// `all`, or some of q, k, v, o, gate, up, down.
+    /// `all`, or a comma list of q, k, v, o, gate, up, down.
+    #[arg(
+        id = "lora_targets",
+        long = "lora-targets",
+        value_delimiter = ',',
+        default_value = "all"
+    )]
     pub targets: Vec<String>,
     /// Scale by alpha / sqrt(r) instead of alpha / r.
+    #[arg(id = "lora_rslora", long = "rslora")]
     pub rslora: bool,
 }
 
 impl Default for LoraSettings {
     fn default() -> Self {
-        LoraSettings {
-            r: 16,
-            alpha: 32.0,
-            dropout: 0.05,
-            targets: vec!["all".into()],
-            rslora: false,
-        }
+        declared_defaults()
     }
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            preset: None,
-            base: "tiny".into(),
-            data: vec![PathBuf::from("examples/tulu-pc.jsonl")],
-            eval_data: Vec::new(),
-            eval_every: 0,
-            eval_task: None,
-            eval_limit: 0,
-            eval_task_data: None,
-            eval_max_new_tokens: 256,
-            mix: "nl-pc".into(),
-            template: "auto".into(),
-            pc_template: PcJoin::DEFAULT.into(),
-            tokenizer: None,
-            require_pc: false,
-            skip_invalid: false,
-            seq_len: 2048,
-            packing: true,
-            shuffle: true,
-            batch_size: 1,
-            grad_accum: 1,
-            epochs: 1,
-            max_steps: None,
-            lr: None,
-            warmup_steps: 0,
-            schedule: Decay::Cosine,
-            weight_decay: 0.0,
-            clip_norm: 1.0,
-            method: None,
-            lora: LoraSettings::default(),
-            init_adapter: None,
-            dtype: "f32".into(),
-            device: "cpu".into(),
-            seed: 42,
-            recompute: false,
-            save_every: 100,
-            keep_last: 2,
-            output: None,
-        }
+        declared_defaults()
     }
+}
+
+/// What the `arg` attributes declare when no flag is given.
+fn declared_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults"));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("the declared defaults parse");
+    T::from_arg_matches(&matches).expect("the declared defaults parse")
+}
+
+/// The keys of `settings` whose flags were given on the command line (`matches`), as a settings
+/// layer: a nested table's key `KEY` is the flag id `TABLE_KEY`.
+pub fn given_on_command_line(
+    settings: &Settings,
+    matches: &clap::ArgMatches,
+) -> Result<toml::Table> {
+    fn keep(table: toml::Table, matches: &clap::ArgMatches, prefix: &str) -> toml::Table {
+        table
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let id = format!("{prefix}{key}");
+                match value {
+                    toml::Value::Table(t) => {
+                        let t = keep(t, matches, &format!("{id}_"));
+                        (!t.is_empty()).then(|| (key, t.into()))
+                    }
+                    value => (matches.value_source(&id)
+                        == Some(clap::parser::ValueSource::CommandLine))
+                    .then_some((key, value)),
+                }
+            })
+            .collect()
+    }
+    let all = toml::Table::try_from(settings).context("settings as TOML")?;
+    Ok(keep(all, matches, ""))
 }
 
 /// Parses one layer (a TOML file's text), checking its keys and types against [`Settings`] so a
@@ -190,6 +250,24 @@ fn merge(under: &mut toml::Table, over: toml::Table) {
 }
 
 impl Settings {
+    /// The keys that decide which rows each step trains on: a resumed run must keep them, or the
+    /// data position saved in its checkpoint would point elsewhere.
+    pub const DATA_ORDER: [&str; 13] = [
+        "data",
+        "mix",
+        "template",
+        "pc_template",
+        "tokenizer",
+        "require_pc",
+        "skip_invalid",
+        "seq_len",
+        "packing",
+        "shuffle",
+        "seed",
+        "batch_size",
+        "grad_accum",
+    ];
+
     /// Resolves a run's settings from an optional config file and the command line's overrides:
     /// when the base they name is a preset, the preset's config goes underneath, and `base`
     /// becomes the preset's model.
@@ -340,7 +418,7 @@ impl Settings {
         if self.data.is_empty() {
             bail!("data: no training file given");
         }
-        let is_hub_id = pctrain_data::hub::HubRepo::parse(&self.base).is_some();
+        let is_hub_id = pctrain_hub::HubRepo::parse(&self.base).is_some();
         if !self.tiny() && !Path::new(&self.base).exists() && !is_hub_id {
             bail!(
                 "base {:?}: not a preset ({}), a model folder, or a hub id (owner/name)",
@@ -412,6 +490,38 @@ mod tests {
         ] {
             let err = format!("{:#}", Settings::resolve(None, flags(text)).unwrap_err());
             assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_those_the_flags_declare() {
+        let d = Settings::default();
+        assert_eq!(d.base, "tiny");
+        assert_eq!(d.data, vec![PathBuf::from("examples/tulu-pc.jsonl")]);
+        assert_eq!(
+            (d.seq_len, d.batch_size, d.save_every, d.keep_last),
+            (2048, 1, 100, 2)
+        );
+        assert!(d.packing && d.shuffle && !d.recompute && !d.require_pc);
+        assert_eq!(d.schedule, Decay::Cosine);
+        assert_eq!((d.lora.r, d.lora.alpha, d.lora.dropout), (16, 32.0, 0.05));
+        assert_eq!(d.lora.targets, vec!["all".to_string()]);
+        assert_eq!((d.lr, d.method, d.preset.as_deref()), (None, None, None));
+        // An empty file is the defaults, and the defaults read back as themselves.
+        assert_eq!(toml::from_str::<Settings>("").unwrap(), d);
+        let text = toml::to_string(&d).unwrap();
+        assert_eq!(toml::from_str::<Settings>(&text).unwrap(), d);
+    }
+
+    #[test]
+    fn the_data_order_keys_are_settings() {
+        let table = toml::Table::try_from(Settings {
+            tokenizer: Some("t".into()),
+            ..Settings::default()
+        })
+        .unwrap();
+        for key in Settings::DATA_ORDER {
+            assert!(table.contains_key(key), "{key}");
         }
     }
 

@@ -1,136 +1,26 @@
-//! The training command's flags, and the settings layer they make (each flag given overrides the
-//! config file, the preset and the defaults).
+//! The training command's flags: the settings' own (declared on [`Settings`]), and those that
+//! say what to do with a run folder. Each settings flag given overrides the config file, the
+//! preset and the defaults.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use serde::Serialize;
 
-/// Flags of the training command. Each one left out keeps the value of `--config`, of the
-/// preset, or the built-in default, in that order.
-#[derive(Args, Debug, Default)]
+use crate::settings::{given_on_command_line, Settings};
+
+/// Flags of the training command. Each settings flag left out keeps the value of `--config`, of
+/// the preset, or the built-in default, in that order.
+#[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A preset (`pctrain presets` lists them; `tiny` is built in and needs no download), a model
-    /// folder, or a hub id (owner/name[@revision]). Default: tiny.
-    #[arg(long)]
-    base: Option<String>,
     /// A TOML file of settings (keys as these flags, with `_`); flags override it.
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
-    /// Training data: JSONL or Parquet, Tulu, Alpaca or IFEval shape. Default:
-    /// examples/tulu-pc.jsonl.
-    #[arg(long, num_args = 1..)]
-    data: Option<Vec<PathBuf>>,
-    /// nl | pc | nl-pc, a blend (nl:0.5,nl-pc:0.5) or both renditions (nl+nl-pc). Default: nl-pc.
-    #[arg(long)]
-    mix: Option<String>,
-    /// auto (the model's chat template, else tulu), tulu, llama3, mistral, granite, chatml, or a
-    /// .jinja file.
-    #[arg(long)]
-    template: Option<String>,
-    /// How pseudo-code and response are joined in nl-pc answers.
-    #[arg(long)]
-    pc_template: Option<String>,
-    /// A tokenizer other than the base's (tokenizer.json, folder, hub id, or tiny).
-    #[arg(long)]
-    tokenizer: Option<String>,
-    /// Drop samples whose format needs pseudo-code the record lacks (default: fall back to nl).
-    #[arg(long)]
-    require_pc: bool,
-    /// Skip malformed records (they are counted) instead of stopping at the first.
-    #[arg(long)]
-    skip_invalid: bool,
-    /// Tokens per packed row (longer samples are cut).
-    #[arg(long)]
-    seq_len: Option<usize>,
-    /// One sample a row instead of packing.
-    #[arg(long)]
-    no_packing: bool,
-    #[arg(long)]
-    no_shuffle: bool,
-    /// Rows per micro-batch.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
-    #[arg(long)]
-    grad_accum: Option<usize>,
-    /// Passes over the data.
-    #[arg(long)]
-    epochs: Option<u64>,
-    /// Optimizer steps (default: what the epochs give).
-    #[arg(long)]
-    max_steps: Option<u64>,
-    /// Peak learning rate (default: 3e-3 for tiny, 2e-4 with LoRA, 2e-5 full).
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long)]
-    warmup_steps: Option<u64>,
-    /// cosine, linear or constant after warmup.
-    #[arg(long)]
-    schedule: Option<String>,
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    /// Global gradient norm bound; 0 turns clipping off.
-    #[arg(long)]
-    clip_norm: Option<f64>,
-    /// Train every weight instead of a LoRA adapter.
-    #[arg(long)]
+    #[command(flatten)]
+    settings: Settings,
+    /// Train every weight instead of a LoRA adapter (as --method full).
+    #[arg(long, conflicts_with = "method")]
     full: bool,
-    #[arg(long)]
-    lora_r: Option<usize>,
-    #[arg(long)]
-    lora_alpha: Option<f64>,
-    #[arg(long)]
-    lora_dropout: Option<f64>,
-    /// `all`, or a comma list of q, k, v, o, gate, up, down.
-    #[arg(long, value_delimiter = ',')]
-    lora_targets: Option<Vec<String>>,
-    /// Scale LoRA by alpha / sqrt(r).
-    #[arg(long)]
-    rslora: bool,
-    /// Start from a PEFT adapter folder; its r, alpha, dropout and targets are used.
-    #[arg(long, value_name = "DIR")]
-    init_adapter: Option<PathBuf>,
-    /// f32, or bf16 on a GPU (CUDA): the base weights' type.
-    #[arg(long)]
-    dtype: Option<String>,
-    /// cpu or cuda:N.
-    #[arg(long)]
-    device: Option<String>,
-    /// Seed of initialisation, data order, blends and dropout.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Recompute each layer's activations in backward (less memory, more compute).
-    #[arg(long)]
-    recompute: bool,
-    /// Held-out data, scored every --eval-every steps and at the end.
-    #[arg(long, num_args = 1..)]
-    eval_data: Option<Vec<PathBuf>>,
-    /// Steps between evaluations (0: only at the end).
-    #[arg(long)]
-    eval_every: Option<u64>,
-    /// Answer a benchmark at each evaluation (ifeval), its scores into metrics.jsonl.
-    #[arg(long, value_enum)]
-    eval_task: Option<crate::settings::EvalTaskName>,
-    /// Prompts of --eval-task answered at each evaluation, from its first (0: all).
-    #[arg(long)]
-    eval_limit: Option<usize>,
-    /// --eval-task's prompts from this file (IFEval's JSONL shape) instead of the hub.
-    #[arg(long)]
-    eval_task_data: Option<PathBuf>,
-    /// Most tokens of each --eval-task answer.
-    #[arg(long)]
-    eval_max_new_tokens: Option<usize>,
-    /// Save a checkpoint every N optimizer steps (and at the end).
-    #[arg(long)]
-    save_every: Option<u64>,
-    /// Checkpoints kept (0 keeps all).
-    #[arg(long)]
-    keep_last: Option<usize>,
-    /// The run folder (default: runs/BASE-MIX).
-    #[arg(long)]
-    output: Option<PathBuf>,
     /// Continue from the newest checkpoint in the run folder, or from the one given.
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "CHECKPOINT")]
     pub resume: Option<String>,
@@ -140,69 +30,85 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The flags given, as a settings layer.
-    pub fn overrides(&self) -> Result<toml::Table> {
-        fn put<T: Serialize>(t: &mut toml::Table, key: &str, v: &Option<T>) -> Result<()> {
-            if let Some(v) = v {
-                t.insert(key.into(), toml::Value::try_from(v)?);
-            }
-            Ok(())
-        }
-        let mut t = toml::Table::new();
-        put(&mut t, "base", &self.base)?;
-        put(&mut t, "data", &self.data)?;
-        put(&mut t, "mix", &self.mix)?;
-        put(&mut t, "template", &self.template)?;
-        put(&mut t, "pc_template", &self.pc_template)?;
-        put(&mut t, "tokenizer", &self.tokenizer)?;
-        put(&mut t, "seq_len", &self.seq_len)?;
-        put(&mut t, "batch_size", &self.batch_size)?;
-        put(&mut t, "grad_accum", &self.grad_accum)?;
-        put(&mut t, "epochs", &self.epochs)?;
-        put(&mut t, "max_steps", &self.max_steps)?;
-        put(&mut t, "lr", &self.lr)?;
-        put(&mut t, "warmup_steps", &self.warmup_steps)?;
-        put(&mut t, "schedule", &self.schedule)?;
-        put(&mut t, "weight_decay", &self.weight_decay)?;
-        put(&mut t, "clip_norm", &self.clip_norm)?;
-        put(&mut t, "init_adapter", &self.init_adapter)?;
-        put(&mut t, "dtype", &self.dtype)?;
-        put(&mut t, "device", &self.device)?;
-        put(&mut t, "seed", &self.seed)?;
-        put(&mut t, "eval_data", &self.eval_data)?;
-        put(&mut t, "eval_every", &self.eval_every)?;
-        put(&mut t, "eval_task", &self.eval_task)?;
-        put(&mut t, "eval_limit", &self.eval_limit)?;
-        put(&mut t, "eval_task_data", &self.eval_task_data)?;
-        put(&mut t, "eval_max_new_tokens", &self.eval_max_new_tokens)?;
-        put(&mut t, "save_every", &self.save_every)?;
-        put(&mut t, "keep_last", &self.keep_last)?;
-        put(&mut t, "output", &self.output)?;
-        for (flag, key, value) in [
-            (self.require_pc, "require_pc", true),
-            (self.skip_invalid, "skip_invalid", true),
-            (self.no_packing, "packing", false),
-            (self.no_shuffle, "shuffle", false),
-            (self.recompute, "recompute", true),
-        ] {
-            if flag {
-                t.insert(key.into(), value.into());
-            }
-        }
+    /// The settings flags given in `matches` (the command line these arguments came from), as a
+    /// settings layer.
+    pub fn overrides(&self, matches: &clap::ArgMatches) -> Result<toml::Table> {
+        let mut layer = given_on_command_line(&self.settings, matches)?;
         if self.full {
-            t.insert("method".into(), "full".into());
+            layer.insert("method".into(), "full".into());
         }
-        let mut lora = toml::Table::new();
-        put(&mut lora, "r", &self.lora_r)?;
-        put(&mut lora, "alpha", &self.lora_alpha)?;
-        put(&mut lora, "dropout", &self.lora_dropout)?;
-        put(&mut lora, "targets", &self.lora_targets)?;
-        if self.rslora {
-            lora.insert("rslora".into(), true.into());
+        Ok(layer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, FromArgMatches};
+
+    use super::*;
+
+    fn parse(argv: &[&str]) -> (TrainArgs, clap::ArgMatches) {
+        let command = TrainArgs::augment_args(clap::Command::new("pctrain"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("pctrain").chain(argv.iter().copied()))
+            .unwrap();
+        (TrainArgs::from_arg_matches(&matches).unwrap(), matches)
+    }
+
+    #[test]
+    fn only_the_flags_given_make_the_layer() {
+        let (args, matches) = parse(&[
+            "--seq-len",
+            "512",
+            "--no-packing",
+            "--lora-r",
+            "8",
+            "--lora-targets",
+            "q,v",
+            "--data",
+            "a.jsonl",
+            "b.jsonl",
+            "--full",
+        ]);
+        let layer = args.overrides(&matches).unwrap();
+        let expected: toml::Table = toml::from_str(
+            "seq_len = 512\npacking = false\ndata = [\"a.jsonl\", \"b.jsonl\"]\n\
+             method = \"full\"\n[lora]\nr = 8\ntargets = [\"q\", \"v\"]\n",
+        )
+        .unwrap();
+        assert_eq!(layer, expected);
+        let (args, matches) = parse(&[]);
+        assert!(args.overrides(&matches).unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_settings_key_has_its_flag() {
+        let command = TrainArgs::augment_args(clap::Command::new("pctrain"));
+        let ids: Vec<String> = command
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let table = toml::Table::try_from(Settings::default()).unwrap();
+        let mut keys = Vec::new();
+        for (key, value) in table {
+            match value {
+                toml::Value::Table(t) => keys.extend(t.keys().map(|k| format!("{key}_{k}"))),
+                _ => keys.push(key),
+            }
         }
-        if !lora.is_empty() {
-            t.insert("lora".into(), lora.into());
+        // Keys whose default is none are absent from the table; they have flags too.
+        keys.extend(["method", "lr", "max_steps", "output", "tokenizer"].map(String::from));
+        for key in keys {
+            assert!(ids.contains(&key), "no flag for the key {key}");
         }
-        Ok(t)
+    }
+
+    #[test]
+    fn full_conflicts_with_method() {
+        let command = TrainArgs::augment_args(clap::Command::new("pctrain"));
+        let err = command
+            .try_get_matches_from(["pctrain", "--full", "--method", "lora"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

@@ -39,8 +39,8 @@ impl std::error::Error for Interrupted {}
 
 /// A training run, as the steps it goes through: set up, prepare the run folder, train
 /// (logging, evaluating and checkpointing as it goes), export.
-pub fn run(args: TrainArgs) -> Result<()> {
-    let mut recipe = Recipe::set_up(&args)?;
+pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let mut recipe = Recipe::set_up(&args, matches)?;
     let resume = recipe.prepare_output(&args)?;
     let evaluations = Evaluations::set_up(&recipe.settings, &recipe.run)?;
     match recipe.train(resume, &evaluations)? {
@@ -78,8 +78,8 @@ struct Recipe {
 impl Recipe {
     /// Resolves the settings (a resumed run adopts its checkpoint's), opens the device, builds
     /// the model and the data pipeline, reads the data and plans the steps.
-    fn set_up(args: &TrainArgs) -> Result<Recipe> {
-        let mut settings = Settings::resolve(args.config.as_deref(), args.overrides()?)?;
+    fn set_up(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<Recipe> {
+        let mut settings = Settings::resolve(args.config.as_deref(), args.overrides(matches)?)?;
         let output = settings.output();
         let resume_from = match args.resume.as_deref() {
             None => None,
@@ -371,25 +371,11 @@ fn adopt_checkpoint_settings(checkpoint: &Path, settings: &mut Settings) -> Resu
     }
     let json = |s: &Settings| serde_json::to_value(s).expect("settings serialise");
     let (was, now) = (json(&saved), json(settings));
-    let changed: Vec<String> = [
-        "data",
-        "mix",
-        "template",
-        "pc_template",
-        "tokenizer",
-        "require_pc",
-        "skip_invalid",
-        "seq_len",
-        "packing",
-        "shuffle",
-        "seed",
-        "batch_size",
-        "grad_accum",
-    ]
-    .iter()
-    .filter(|k| was[**k] != now[**k])
-    .map(|k| format!("{k} (checkpoint {}, now {})", was[*k], now[*k]))
-    .collect();
+    let changed: Vec<String> = Settings::DATA_ORDER
+        .iter()
+        .filter(|k| was[**k] != now[**k])
+        .map(|k| format!("{k} (checkpoint {}, now {})", was[*k], now[*k]))
+        .collect();
     if !changed.is_empty() {
         anyhow::bail!(
             "{}: resuming needs the data settings the run had; changed: {}",

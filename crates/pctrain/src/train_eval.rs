@@ -2,11 +2,13 @@
 //! held-out data, and a benchmark's accuracy on the answers of the model as it trains.
 
 use anyhow::{Context, Result};
+use pctrain_data::TrainedWith;
 use pctrain_data::{Encoded, Pipeline};
+use pctrain_eval::generation::stop_tokens;
+use pctrain_eval::ifeval::{summarize, Task};
+use pctrain_eval::{GenerateOptions, Generator};
 use pctrain_model::{Model, Sampling};
-use pctrain_trainer::generation::stop_tokens;
-use pctrain_trainer::ifeval::{summarize, Task};
-use pctrain_trainer::{evaluate, GenerateOptions, Generator, TrainedWith};
+use pctrain_trainer::evaluate;
 use serde_json::Value;
 
 use crate::ifeval_cmd;

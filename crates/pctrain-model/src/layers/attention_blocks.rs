@@ -558,7 +558,7 @@ mod tests {
     fn random(n: usize, seed: u64) -> Vec<f32> {
         (0..n)
             .map(|i| {
-                let h = crate::rng::mix64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let h = crate::rng::mix64(seed ^ (i as u64).wrapping_mul(crate::rng::GOLDEN));
                 (h >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
             })
             .collect()

@@ -147,14 +147,13 @@ pub fn dropout_mask(
 
 /// The seed of the dropout mask of layer `layer`'s `target` adapter in a pass seeded `step_seed`.
 pub fn dropout_seed(step_seed: u64, layer: usize, target: crate::lora::Target) -> u64 {
-    step_seed ^ ((layer as u64) << 8 | target as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    step_seed ^ ((layer as u64) << 8 | target as u64).wrapping_mul(crate::rng::GOLDEN)
 }
 
 /// Element `i` of [`dropout_mask`]: 0 or `1/(1-p)`.
 #[inline(always)]
 pub fn dropout_factor(p: f64, seed: u64, i: usize) -> f32 {
-    let h =
-        crate::rng::mix64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)));
+    let h = crate::rng::mix64(seed.wrapping_add(crate::rng::GOLDEN.wrapping_mul(i as u64 + 1)));
     if crate::rng::unit_interval(h) < p {
         0.0
     } else {

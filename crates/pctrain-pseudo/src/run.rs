@@ -16,9 +16,9 @@ use serde_json::{json, Value};
 use super::check::check_structure;
 use super::prompts::{Prompts, Stage};
 use super::teacher::{Teacher, TeacherError};
-use crate::error::{DataError, Result};
-use crate::reader::{cut_torn_tail, written_lines, RecordReader};
-use crate::record::{Record, Role};
+use crate::error::{PseudoError, Result};
+use pctrain_data::reader::{cut_torn_tail, written_lines, RecordReader};
+use pctrain_data::record::{Record, Role};
 
 /// What happens to a record whose pseudo-code failed every round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +122,7 @@ fn done_ids(path: &Path, ids: &mut HashSet<String>) -> Result<()> {
             ids.insert(id.to_string());
         }
     }
-    cut_torn_tail(path)
+    Ok(cut_torn_tail(path)?)
 }
 
 /// Runs the pipeline over `inputs` into `output`, calling `progress` after each record.
@@ -134,7 +134,7 @@ pub fn run(
     cfg: &RunConfig,
     mut progress: impl FnMut(&Summary),
 ) -> Result<Summary> {
-    let inputs = crate::hub::data_files(inputs)?;
+    let inputs = pctrain_hub::data_files(inputs)?;
     let rejects = rejects_path(output);
     let mut done = HashSet::new();
     done_ids(output, &mut done)?;
@@ -144,7 +144,7 @@ pub fn run(
             .create(true)
             .append(true)
             .open(p)
-            .map_err(|e| DataError::io(p, e))
+            .map_err(|e| PseudoError::io(p, e))
     };
     let (mut out, mut rej) = (open(output)?, open(&rejects)?);
     let mut summary = Summary {
@@ -152,8 +152,9 @@ pub fn run(
         ..Summary::default()
     };
     let source = Mutex::new(inputs.iter().flat_map(|p| match RecordReader::open(p) {
-        Ok(r) => Box::new(r) as Box<dyn Iterator<Item = Result<Record>> + Send>,
-        Err(e) => Box::new(std::iter::once(Err(e))),
+        Ok(r) => Box::new(r.map(|r| r.map_err(PseudoError::from)))
+            as Box<dyn Iterator<Item = Result<Record>> + Send>,
+        Err(e) => Box::new(std::iter::once(Err(e.into()))),
     }));
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<Result<(Record, Option<Outcome>)>>();
@@ -183,7 +184,7 @@ pub fn run(
         drop(tx);
         // After an error, records still in flight are written as they finish; then it is
         // returned.
-        let mut failure: Option<DataError> = None;
+        let mut failure: Option<PseudoError> = None;
         for message in rx {
             let (record, outcome) = match message {
                 Ok(m) => m,
@@ -211,7 +212,7 @@ pub fn run(
                 Some(Outcome::Unfinished(TeacherError::Fatal(reason))) => {
                     summary.unfinished += 1;
                     stop.store(true, Ordering::SeqCst);
-                    failure.get_or_insert(DataError::Teacher {
+                    failure.get_or_insert(PseudoError::Teacher {
                         url: teacher.shown_url().to_string(),
                         message: format!("{reason}; check --teacher, --model and the API key"),
                     });
@@ -245,7 +246,7 @@ pub fn run(
                     let text = line.to_string() + "\n";
                     if let Err(e) = file.write_all(text.as_bytes()).and_then(|_| file.flush()) {
                         stop.store(true, Ordering::SeqCst);
-                        failure.get_or_insert(DataError::io(path, e));
+                        failure.get_or_insert(PseudoError::io(path, e));
                     }
                 }
             }
@@ -274,17 +275,7 @@ fn fill_usage(summary: &mut Summary, teacher: &Teacher) {
 }
 
 pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        DataError::io(path, e)
-    })
+    pctrain_core::fs::write_atomic(path, bytes).map_err(|e| PseudoError::io(path, e))
 }
 
 /// Pseudo-code for every user turn of `record` that lacks it.
@@ -308,7 +299,7 @@ fn process(
         if pseudo_code[i].is_some() {
             continue;
         }
-        let salt = crate::hash::stable_hash(worker, record.id.as_bytes()) ^ i as u64;
+        let salt = pctrain_core::hash::stable_hash(worker, record.id.as_bytes()) ^ i as u64;
         let result = match pseudo_code_for(instruction, teacher, prompts, cfg.max_repairs, salt) {
             Ok(r) => r,
             Err(e) => return Outcome::Unfinished(e),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use pctrain_data::{ChatTemplate, Message, PcJoin, Record, Role, TextTokenizer};
 use pctrain_model::{DecodeOptions, Event, Model, Request, Sampling};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Errors while generating.
 #[derive(Debug, thiserror::Error)]
@@ -60,46 +60,6 @@ pub struct Answer {
     pub response_raw: String,
     /// Tokens generated, the end token included.
     pub new_tokens: usize,
-}
-
-/// What a model folder or adapter trained by pctrain says of its training (`pctrain.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainedWith {
-    /// The mix (`nl-pc`, `nl:0.5,nl-pc:0.5`, ...).
-    pub mix: String,
-    /// The template joining pseudo-code and response.
-    pub pc_template: String,
-}
-
-impl TrainedWith {
-    pub const FILE: &'static str = "pctrain.json";
-
-    /// `pctrain.json` of `dir`, if it has one.
-    pub fn read(dir: &Path) -> Result<Option<TrainedWith>, GenerateError> {
-        let path = dir.join(Self::FILE);
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let err = |message: String| GenerateError::File {
-            path: path.clone(),
-            message,
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| err(format!("malformed: {e}")))
-    }
-
-    /// The join to strip from answers: the pc template when the mix trains answers that start
-    /// with pseudo-code.
-    pub fn strip(&self) -> Result<Option<PcJoin>, GenerateError> {
-        let mix: pctrain_data::Mix = self.mix.parse()?;
-        Ok(if mix.answers_with_pseudo_code() {
-            Some(PcJoin::parse(&self.pc_template)?)
-        } else {
-            None
-        })
-    }
 }
 
 /// A model with what turns its tokens into answers.
@@ -322,7 +282,7 @@ mod tests {
         let tokenizer = TextTokenizer::tiny().unwrap();
         let template =
             ChatTemplate::from_builtin(pctrain_data::template::builtin("tulu").unwrap()).unwrap();
-        let model = crate::tiny_model(0, &candle_core::Device::Cpu).unwrap();
+        let model = pctrain_trainer::tiny_model(0, &candle_core::Device::Cpu).unwrap();
         let stop = stop_tokens(None, &tokenizer, &template).unwrap();
         let eos = tokenizer.token_to_id("<|end_of_text|>").unwrap();
         assert_eq!(stop, [eos]);
@@ -341,18 +301,6 @@ mod tests {
         assert_eq!(a.response, "Hello there.");
         assert_eq!(a.response_raw, text);
         assert_eq!(a.new_tokens, tokens.len());
-    }
-
-    #[test]
-    fn only_mixes_with_nl_pc_answers_strip() {
-        let with = |mix: &str| TrainedWith {
-            mix: mix.into(),
-            pc_template: PcJoin::DEFAULT.into(),
-        };
-        assert!(with("nl").strip().unwrap().is_none());
-        assert!(with("pc").strip().unwrap().is_none());
-        assert!(with("nl:0.7,nl-pc:0.3").strip().unwrap().is_some());
-        assert!(with("nl+nl-pc").strip().unwrap().is_some());
     }
 
     #[test]

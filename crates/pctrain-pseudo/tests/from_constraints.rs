@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use pctrain_data::constraints::{Constraint, IDS};
-use pctrain_data::pseudo::from_constraints::{entry_name, goal_of};
-use pctrain_data::pseudo::{check_structure, pseudo_code_from_constraints, write_from_constraints};
 use pctrain_data::RecordReader;
+use pctrain_pseudo::from_constraints::{entry_name, goal_of};
+use pctrain_pseudo::{check_structure, pseudo_code_from_constraints, write_from_constraints};
 use serde_json::{json, Value};
 
 fn constraint(id: &str, kwargs: Value) -> Constraint {

@@ -5,13 +5,30 @@
 
 use std::path::{Path, PathBuf};
 
-pub mod loopback;
-
 use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 use hf_hub::{HFClientSync, HFError, RepoTypeModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::error::{DataError, Result};
+/// What can go wrong talking to the hub, or finding what a name points to.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// A repository that cannot be reached, read or written.
+    #[error("hub repo {repo}: {message}")]
+    Repo { repo: String, message: String },
+    /// A file of the cache that cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A data argument that is neither a file nor a hub dataset.
+    #[error("{0}: no such file, and not a hub dataset (owner/name[@revision][:files])")]
+    NotData(String),
+}
+
+/// Result alias for the hub crate.
+pub type Result<T> = std::result::Result<T, HubError>;
 
 /// A hub repository id, `owner/name`, with an optional revision (`owner/name@rev`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,16 +164,24 @@ pub fn dataset_files(dataset: &HubDataset) -> Result<Vec<PathBuf>> {
         .iter()
         .map(|p| globset::Glob::new(p).map(|g| g.compile_matcher()))
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| DataError::Hub {
+        .map_err(|e| HubError::Repo {
             repo: dataset.to_string(),
             message: format!("not a valid glob: {e}"),
         })?;
     let mut files = Vec::new();
     let mut dirs = vec![snapshot.clone()];
     while let Some(dir) = dirs.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir, e))?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| HubError::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
         for entry in entries {
-            let path = entry.map_err(|e| DataError::io(&dir, e))?.path();
+            let path = entry
+                .map_err(|e| HubError::Io {
+                    path: dir.clone(),
+                    source: e,
+                })?
+                .path();
             if path.is_dir() {
                 dirs.push(path);
                 continue;
@@ -173,7 +198,7 @@ pub fn dataset_files(dataset: &HubDataset) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     if files.is_empty() {
-        return Err(DataError::Hub {
+        return Err(HubError::Repo {
             repo: dataset.to_string(),
             message: "the dataset has no JSONL or Parquet file matching this (give the files \
                       after a colon: owner/name:data/*.parquet)"
@@ -195,11 +220,7 @@ pub fn data_files(specs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         let text = spec.to_string_lossy();
         match HubDataset::parse(&text) {
             Some(dataset) => files.extend(dataset_files(&dataset)?),
-            None => {
-                return Err(DataError::Config(format!(
-                    "{text}: no such file, and not a hub dataset (owner/name[@revision][:files])"
-                )))
-            }
+            None => return Err(HubError::NotData(text.into_owned())),
         }
     }
     Ok(files)
@@ -254,12 +275,12 @@ impl ProgressHandler for DownloadBar {
 pub fn upload_folder(repo_id: &str, folder: &Path, private: bool, message: &str) -> Result<String> {
     let repo = HubRepo::parse(repo_id)
         .filter(|r| r.revision.is_none())
-        .ok_or_else(|| DataError::Hub {
+        .ok_or_else(|| HubError::Repo {
             repo: repo_id.to_string(),
             message: "not a repository id (owner/name)".into(),
         })?;
     if offline() {
-        return Err(DataError::Hub {
+        return Err(HubError::Repo {
             repo: repo.id.clone(),
             message: "HF_HUB_OFFLINE is set: uploads need the network".into(),
         });
@@ -284,7 +305,7 @@ pub fn upload_folder(repo_id: &str, folder: &Path, private: bool, message: &str)
     Ok(created.url)
 }
 
-fn hub_error(repo: &HubRepo, e: HFError) -> DataError {
+fn hub_error(repo: &HubRepo, e: HFError) -> HubError {
     let message = match &e {
         HFError::AuthRequired { .. } | HFError::Forbidden { .. } => format!(
             "{e}. The repository is gated or private, or the token may not write to it: accept \
@@ -300,7 +321,7 @@ fn hub_error(repo: &HubRepo, e: HFError) -> DataError {
         ),
         _ => e.to_string(),
     };
-    DataError::Hub {
+    HubError::Repo {
         repo: repo.to_string(),
         message,
     }

@@ -4,6 +4,7 @@
 //! them (`--from-constraints`).
 
 pub mod check;
+pub mod error;
 pub mod from_constraints;
 pub mod prompts;
 pub mod run;
@@ -11,6 +12,7 @@ mod steps;
 pub mod teacher;
 
 pub use check::{check_structure, Checked};
+pub use error::{PseudoError, Result};
 pub use from_constraints::{
     pseudo_code_from_constraints, write_from_constraints, ConstraintSummary,
 };

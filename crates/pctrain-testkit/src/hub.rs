@@ -1,16 +1,15 @@
-//! A loopback stand-in for the Hugging Face hub, for tests. Downloads: `HEAD`/`GET
+//! The Hugging Face hub on the loopback server, for tests. Downloads: `HEAD`/`GET
 //! /{owner}/{name}/resolve/main/{file}` as the hub answers them (ETag, X-Repo-Commit,
 //! Content-Length), 404 for missing files, 401 for gated repositories; dataset repositories
-//! (keyed `datasets/{owner}/{name}`) with their revision and file tree as well. Uploads, as hf-hub sends
-//! them: repository creation, preupload (safetensors marked for LFS), the LFS batch (answered
-//! without xet, so files come inline) and the NDJSON commit, whose files are kept for the test to
-//! read. Every request is recorded. Point `HF_ENDPOINT` at [`LoopbackHub::endpoint`].
+//! (keyed `datasets/{owner}/{name}`) with their revision and file tree as well. Uploads, as hf-hub
+//! sends them: repository creation, preupload (safetensors marked for LFS), the LFS batch
+//! (answered without xet, so files come inline) and the NDJSON commit, whose files are kept for
+//! the test to read. Every request is recorded. Point `HF_ENDPOINT` at [`LoopbackHub::endpoint`].
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
+use crate::http::{self, Response};
 
 /// The commit every repository of the loopback hub is at.
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -26,17 +25,17 @@ pub struct Request {
 /// Repository id -> file name -> contents.
 pub type Repos = HashMap<String, HashMap<String, Vec<u8>>>;
 
-/// A server on 127.0.0.1 that serves `repos` from a background thread.
+/// What was uploaded: repository id -> (private, file name -> contents).
+pub type Uploads = HashMap<String, (bool, HashMap<String, Vec<u8>>)>;
+
+/// A loopback hub serving `repos`.
 pub struct LoopbackHub {
     pub endpoint: String,
     log: Arc<Mutex<Vec<Request>>>,
     uploads: Arc<Mutex<Uploads>>,
 }
 
-/// What was uploaded: repository id -> (private, file name -> contents).
-pub type Uploads = HashMap<String, (bool, HashMap<String, Vec<u8>>)>;
-
-/// What a connection's handler shares.
+/// What a request's handler shares.
 struct Shared {
     endpoint: String,
     repos: Repos,
@@ -46,24 +45,19 @@ struct Shared {
 }
 
 impl LoopbackHub {
-    /// Starts serving; the thread ends after `max_requests` connections.
+    /// Starts serving, for at most `max_requests` requests.
     pub fn start(repos: Repos, gated: &[&str], max_requests: usize) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
+        let server = http::Server::bind()?;
+        let endpoint = server.url.clone();
         let shared = Shared {
             endpoint: endpoint.clone(),
             repos,
             gated: gated.iter().map(|s| s.to_string()).collect(),
-            log: Arc::new(Mutex::new(Vec::new())),
-            uploads: Arc::new(Mutex::new(HashMap::new())),
+            log: Arc::default(),
+            uploads: Arc::default(),
         };
         let (log, uploads) = (shared.log.clone(), shared.uploads.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().take(max_requests).flatten() {
-                // A failed exchange concerns that client only; keep serving.
-                let _ = answer(stream, &shared);
-            }
-        });
+        server.serve(max_requests, move |r| answer(r, &shared));
         Ok(LoopbackHub {
             endpoint,
             log,
@@ -82,55 +76,24 @@ impl LoopbackHub {
     }
 }
 
-fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut authorization = None;
-    let mut length = 0usize;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("authorization") {
-                authorization = Some(v.trim().to_string());
-            } else if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    // A test server: bodies up to 1 GiB.
-    let mut body = vec![0u8; length.min(1 << 30)];
-    reader.read_exact(&mut body)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
+fn answer(r: http::Request, shared: &Shared) -> Response {
+    let authorization = r.header("authorization").map(String::from);
     if let Ok(mut l) = shared.log.lock() {
         l.push(Request {
-            method: method.clone(),
-            path: path.clone(),
+            method: r.method.clone(),
+            path: r.path.clone(),
             authorization: authorization.clone(),
         });
     }
-    if method == "POST" {
+    if r.method == "POST" {
         let (status, json) = match authorization {
-            Some(_) => upload_endpoint(&path, &body, shared),
-            None => (
-                "401 Unauthorized",
-                r#"{"error":"Invalid credentials"}"#.into(),
-            ),
+            Some(_) => upload_endpoint(&r.path, &r.body, shared),
+            None => (401, r#"{"error":"Invalid credentials"}"#.into()),
         };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-            json.len()
-        );
-        return stream.write_all(response.as_bytes());
+        return Response::new(status, json).header("Content-Type", "application/json");
     }
     let (repos, gated) = (&shared.repos, &shared.gated);
-    let path = path.split('?').next().unwrap_or_default();
+    let path = r.path.split('?').next().unwrap_or_default();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (repo, route) = match segments.as_slice() {
         ["api", "datasets", owner, name, "revision", ..] => {
@@ -148,63 +111,44 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         _ => (String::new(), Route::File(String::new())),
     };
+    if gated.contains(&repo) {
+        return Response::new(401, "")
+            .header("X-Error-Code", "GatedRepo")
+            .header(
+                "X-Error-Message",
+                format!("Access to {repo} is restricted."),
+            );
+    }
     let files = repos.get(&repo);
-    let json = |status: &str, body: String| {
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Repo-Commit: {COMMIT}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    };
-    let response = if gated.contains(&repo) {
-        format!(
-            "HTTP/1.1 401 Unauthorized\r\nX-Error-Code: GatedRepo\r\nX-Error-Message: Access to {repo} is restricted.\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .into_bytes()
-    } else {
-        match (route, files) {
-            (Route::Info | Route::Tree, None) =>
-                "HTTP/1.1 404 Not Found\r\nX-Error-Code: RepoNotFound\r\nX-Error-Message: Repository not found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                .as_bytes()
-                .to_vec(),
-            (Route::Info, Some(_)) => json(
-                "200 OK",
-                serde_json::json!({"id": repo.trim_start_matches("datasets/"), "sha": COMMIT})
-                    .to_string(),
-            ),
-            (Route::Tree, Some(files)) => {
-                let mut names: Vec<&String> = files.keys().collect();
-                names.sort();
-                let entries: Vec<serde_json::Value> = names
-                    .into_iter()
-                    .map(|n| {
-                        serde_json::json!({"type": "file", "oid": etag(&files[n]),
-                                           "size": files[n].len(), "path": n})
-                    })
-                    .collect();
-                json("200 OK", serde_json::Value::from(entries).to_string())
-            }
-            (Route::File(file), files) => match files.and_then(|f| f.get(&file)) {
-                Some(body) => {
-                    let mut r = format!(
-                        "HTTP/1.1 200 OK\r\nETag: \"{}\"\r\nX-Repo-Commit: {COMMIT}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        etag(body),
-                        body.len()
-                    )
-                    .into_bytes();
-                    if method == "GET" {
-                        r.extend_from_slice(body);
-                    }
-                    r
-                }
-                None => format!(
-                    "HTTP/1.1 404 Not Found\r\nX-Repo-Commit: {COMMIT}\r\nX-Error-Code: EntryNotFound\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-                .into_bytes(),
-            },
+    let json = |body: serde_json::Value| Response::json(200, &body).header("X-Repo-Commit", COMMIT);
+    match (route, files) {
+        (Route::Info | Route::Tree, None) => Response::new(404, "")
+            .header("X-Error-Code", "RepoNotFound")
+            .header("X-Error-Message", "Repository not found"),
+        (Route::Info, Some(_)) => {
+            json(serde_json::json!({"id": repo.trim_start_matches("datasets/"), "sha": COMMIT}))
         }
-    };
-    stream.write_all(&response)
+        (Route::Tree, Some(files)) => {
+            let mut names: Vec<&String> = files.keys().collect();
+            names.sort();
+            let entries: Vec<serde_json::Value> = names
+                .into_iter()
+                .map(|n| {
+                    serde_json::json!({"type": "file", "oid": etag(&files[n]),
+                                       "size": files[n].len(), "path": n})
+                })
+                .collect();
+            json(serde_json::Value::from(entries))
+        }
+        (Route::File(file), files) => match files.and_then(|f| f.get(&file)) {
+            Some(body) => Response::new(200, body.clone())
+                .header("ETag", format!("\"{}\"", etag(body)))
+                .header("X-Repo-Commit", COMMIT),
+            None => Response::new(404, "")
+                .header("X-Repo-Commit", COMMIT)
+                .header("X-Error-Code", "EntryNotFound"),
+        },
+    }
 }
 
 /// What a download request asks for.
@@ -219,17 +163,17 @@ enum Route {
 
 /// The ETag of a file's contents.
 fn etag(body: &[u8]) -> String {
-    format!("{:016x}", crate::hash::stable_hash(0, body))
+    format!("{:016x}", pctrain_core::hash::stable_hash(0, body))
 }
 
-/// Answers the upload endpoints: status line and JSON body.
-fn upload_endpoint(path: &str, body: &[u8], shared: &Shared) -> (&'static str, String) {
+/// Answers the upload endpoints: status and JSON body.
+fn upload_endpoint(path: &str, body: &[u8], shared: &Shared) -> (u16, String) {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["api", "repos", "create"] => {
             let Some(req) = json else {
-                return ("400 Bad Request", "{}".into());
+                return (400, "{}".into());
             };
             let name = req["name"].as_str().unwrap_or_default();
             let id = match req["organization"].as_str() {
@@ -241,7 +185,7 @@ fn upload_endpoint(path: &str, body: &[u8], shared: &Shared) -> (&'static str, S
                 u.entry(id.clone()).or_insert((private, HashMap::new()));
             }
             (
-                "200 OK",
+                200,
                 serde_json::json!({"url": format!("{}/{id}", shared.endpoint)}).to_string(),
             )
         }
@@ -264,26 +208,23 @@ fn upload_endpoint(path: &str, body: &[u8], shared: &Shared) -> (&'static str, S
                         .collect()
                 })
                 .unwrap_or_default();
-            ("200 OK", serde_json::json!({ "files": files }).to_string())
+            (200, serde_json::json!({ "files": files }).to_string())
         }
         [_, repo_git, "info", "lfs", "objects", "batch"] if repo_git.ends_with(".git") => {
-            ("200 OK", r#"{"transfer":"basic","objects":[]}"#.into())
+            (200, r#"{"transfer":"basic","objects":[]}"#.into())
         }
         ["api", "models", owner, name, "commit", _] => {
             let id = format!("{owner}/{name}");
             let mut files = HashMap::new();
             for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 let Ok(op) = serde_json::from_slice::<serde_json::Value>(line) else {
-                    return (
-                        "400 Bad Request",
-                        r#"{"error":"a line is not JSON"}"#.into(),
-                    );
+                    return (400, r#"{"error":"a line is not JSON"}"#.into());
                 };
                 if op["key"] == "file" {
                     let value = &op["value"];
                     let content = value["content"].as_str().unwrap_or_default();
                     let Some(bytes) = decode_base64(content) else {
-                        return ("400 Bad Request", r#"{"error":"bad base64"}"#.into());
+                        return (400, r#"{"error":"bad base64"}"#.into());
                     };
                     files.insert(
                         value["path"].as_str().unwrap_or_default().to_string(),
@@ -292,24 +233,21 @@ fn upload_endpoint(path: &str, body: &[u8], shared: &Shared) -> (&'static str, S
                 }
             }
             let Ok(mut u) = shared.uploads.lock() else {
-                return ("500 Internal Server Error", "{}".into());
+                return (500, "{}".into());
             };
             match u.get_mut(&id) {
                 Some((_, stored)) => {
                     stored.extend(files);
                     (
-                        "200 OK",
+                        200,
                         serde_json::json!({"commitOid": COMMIT, "commitUrl": format!("{}/{id}/commit/{COMMIT}", shared.endpoint)})
                             .to_string(),
                     )
                 }
-                None => (
-                    "404 Not Found",
-                    r#"{"error":"Repository not found"}"#.into(),
-                ),
+                None => (404, r#"{"error":"Repository not found"}"#.into()),
             }
         }
-        _ => ("404 Not Found", "{}".into()),
+        _ => (404, "{}".into()),
     }
 }
 

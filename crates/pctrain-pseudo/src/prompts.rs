@@ -8,7 +8,7 @@ use std::path::Path;
 use minijinja::Environment;
 use serde::Deserialize;
 
-use crate::error::{DataError, Result};
+use crate::error::{PseudoError, Result};
 
 /// One chat message sent to the teacher.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -50,9 +50,9 @@ pub enum Stage {
 
 const NAMES: [&str; 3] = ["generate", "judge", "repair"];
 const BUILT_IN: [&str; 3] = [
-    include_str!("../../../../configs/prompts/generate.toml"),
-    include_str!("../../../../configs/prompts/judge.toml"),
-    include_str!("../../../../configs/prompts/repair.toml"),
+    include_str!("../../../configs/prompts/generate.toml"),
+    include_str!("../../../configs/prompts/judge.toml"),
+    include_str!("../../../configs/prompts/repair.toml"),
 ];
 
 impl Prompts {
@@ -65,7 +65,7 @@ impl Prompts {
     pub fn load(dir: &Path) -> Result<Self> {
         let read = |name: &str| -> Result<(String, String)> {
             let path = dir.join(format!("{name}.toml"));
-            let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| PseudoError::io(&path, e))?;
             Ok((text, dir.display().to_string()))
         };
         Self::from_texts([read(NAMES[0])?, read(NAMES[1])?, read(NAMES[2])?])
@@ -77,12 +77,12 @@ impl Prompts {
         let mut files = Vec::with_capacity(3);
         for (i, (text, dir)) in texts.into_iter().enumerate() {
             let origin = format!("{dir}/{}.toml", NAMES[i]);
-            let file: PromptFile = toml::from_str(&text).map_err(|e| DataError::Prompt {
+            let file: PromptFile = toml::from_str(&text).map_err(|e| PseudoError::Prompt {
                 path: origin.clone(),
                 message: e.to_string(),
             })?;
             env.add_template_owned(NAMES[i], file.user.clone())
-                .map_err(|e| DataError::Prompt {
+                .map_err(|e| PseudoError::Prompt {
                     path: origin,
                     message: format!("the `user` template: {e}"),
                 })?;
@@ -106,7 +106,7 @@ impl Prompts {
             .env
             .get_template(NAMES[stage as usize])
             .and_then(|t| t.render(minijinja::context! { instruction, pseudo_code, reason }))
-            .map_err(|e| DataError::Prompt {
+            .map_err(|e| PseudoError::Prompt {
                 path: format!("{}.toml", NAMES[stage as usize]),
                 message: e.to_string(),
             })?;
@@ -150,7 +150,7 @@ mod tests {
         assert!(last.contains("def f(): pass") && last.contains("no docstring"));
         // Every example answer of the generate prompt passes the structure check itself.
         for ex in &p.files[0].examples {
-            crate::pseudo::check::check_structure(&ex.assistant).unwrap();
+            crate::check::check_structure(&ex.assistant).unwrap();
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::prompts::ChatMessage;
-use crate::error::{DataError, Result};
+use crate::error::{PseudoError, Result};
 
 /// An API key; its `Debug` shows nothing of it.
 #[derive(Clone)]
@@ -129,7 +129,7 @@ impl Teacher {
             })
             .unwrap_or_default();
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(DataError::Teacher {
+            return Err(PseudoError::Teacher {
                 url: shown,
                 message: "not an http(s) URL".into(),
             });
@@ -137,7 +137,7 @@ impl Teacher {
         let client = reqwest::blocking::Client::builder()
             .timeout(config.timeout)
             .build()
-            .map_err(|e| DataError::Teacher {
+            .map_err(|e| PseudoError::Teacher {
                 url: shown.clone(),
                 message: e.to_string(),
             })?;
@@ -316,8 +316,8 @@ impl Teacher {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let h = crate::hash::stable_hash(salt ^ u64::from(attempt), &nanos.to_le_bytes());
-        let jitter = 0.5 + crate::hash::unit_interval(h);
+        let h = pctrain_core::hash::stable_hash(salt ^ u64::from(attempt), &nanos.to_le_bytes());
+        let jitter = 0.5 + pctrain_core::hash::unit_interval(h);
         Duration::from_secs_f64(base.min(30.0) * jitter)
     }
 }

@@ -1,7 +1,7 @@
 //! The pseudo-code of each IFEval instruction type: the parameters it adds to the entry function
 //! (name, type, docstring line, the call's value) and its commented step.
 
-use crate::constraints::{Instruction, Pattern, Relation, CONSTRAINED};
+use pctrain_data::constraints::{Instruction, Pattern, Relation, CONSTRAINED};
 
 /// One parameter of the entry function.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use super::check::check_structure;
 use super::run::write_file_atomically;
 use super::steps::{self, py_str, step_of, Names};
-use crate::constraints::{check_constraints, Constraint};
-use crate::error::{DataError, Result};
-use crate::reader::RecordReader;
-use crate::record::Role;
+use crate::error::{PseudoError, Result};
+use pctrain_data::constraints::{check_constraints, Constraint};
+use pctrain_data::reader::RecordReader;
+use pctrain_data::record::Role;
+use pctrain_data::DataError;
 
 /// Longest goal, in characters, the docstring and the call carry.
 const GOAL_CHARS: usize = 160;
@@ -150,7 +151,7 @@ pub struct ConstraintSummary {
 pub fn write_from_constraints(inputs: &[PathBuf], output: &Path) -> Result<ConstraintSummary> {
     let mut summary = ConstraintSummary::default();
     let mut text = String::new();
-    for path in crate::hub::data_files(inputs)? {
+    for path in pctrain_hub::data_files(inputs)? {
         let mut reader = RecordReader::open(&path)?;
         while let Some(record) = reader.next() {
             let mut record = record?;
@@ -161,10 +162,12 @@ pub fn write_from_constraints(inputs: &[PathBuf], output: &Path) -> Result<Const
             } else if record.pseudo_code[last].is_some() {
                 summary.already_had_pseudo_code += 1;
             } else {
-                let error = |message: String| DataError::Record {
-                    path: path.clone(),
-                    line: reader.line(),
-                    message,
+                let error = |message: String| {
+                    PseudoError::from(DataError::Record {
+                        path: path.clone(),
+                        line: reader.line(),
+                        message,
+                    })
                 };
                 let prompt = record
                     .messages
