@@ -10,8 +10,8 @@ use crate::layers::attention::SegmentMask;
 use crate::layers::loss::{cross_entropy_backward, shift_targets, LossSum};
 use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
 use crate::layers::rope::rope_tables;
-use crate::lora::Target;
 use crate::model::{Batch, Model};
+use crate::params::Param;
 use crate::trainable::Gradients;
 use crate::weights::LayerWeights;
 
@@ -39,7 +39,7 @@ pub struct StepOptions {
 /// Gradients of one decoder layer.
 #[derive(Debug, Clone)]
 pub struct LayerGrads {
-    /// `(dA, dB)` per [`Target`] (LoRA mode).
+    /// `(dA, dB)` per [`crate::lora::Target`] (LoRA mode).
     pub lora: [Option<(Tensor, Tensor)>; 7],
     /// Every weight of the layer (full mode).
     pub weights: Option<LayerWeights>,
@@ -61,75 +61,64 @@ pub struct Grads {
 }
 
 impl Grads {
-    /// Gradients in [`Model::trainable`]'s order, by what they belong to.
+    /// The gradients of `model`'s trainable tensors in `mode` (`tensors`, in
+    /// [`Model::trainable_params`]' order), by what they belong to.
     fn from_trainable(
         model: &Model,
         mode: TrainMode,
         tensors: Vec<Tensor>,
         inputs_embeds: Tensor,
     ) -> Self {
-        let mut it = tensors.into_iter();
         let layers = model.config.num_layers;
-        match mode {
-            TrainMode::Lora => {
-                let layers = (0..layers)
-                    .map(|l| {
-                        let mut lora: [Option<(Tensor, Tensor)>; 7] = Default::default();
-                        for t in Target::ALL {
-                            let present = model
-                                .lora
-                                .as_ref()
-                                .is_some_and(|a| a.layers[l][t as usize].is_some());
-                            if present {
-                                let a = it.next().expect("dA");
-                                lora[t as usize] = Some((a, it.next().expect("dB")));
-                            }
-                        }
-                        LayerGrads {
-                            lora,
-                            weights: None,
-                        }
-                    })
-                    .collect();
-                Grads {
-                    layers,
-                    embed_tokens: None,
-                    norm: None,
-                    lm_head: None,
-                    inputs_embeds,
+        let mut weights: Vec<[Option<Tensor>; 9]> = vec![Default::default(); layers];
+        let mut grads = Grads {
+            layers: vec![
+                LayerGrads {
+                    lora: Default::default(),
+                    weights: None,
+                };
+                layers
+            ],
+            embed_tokens: None,
+            norm: None,
+            lm_head: None,
+            inputs_embeds,
+        };
+        let mut pending_a = None;
+        for (p, t) in model.trainable_params(mode).into_iter().zip(tensors) {
+            match p {
+                Param::Embed => grads.embed_tokens = Some(t),
+                Param::Layer(l, w) => weights[l][w as usize] = Some(t),
+                Param::Norm => grads.norm = Some(t),
+                Param::LmHead => grads.lm_head = Some(t),
+                // The table lists an adapter's A just before its B.
+                Param::LoraA(..) => pending_a = Some(t),
+                Param::LoraB(l, target) => {
+                    let a = pending_a.take().expect("A before B");
+                    grads.layers[l].lora[target as usize] = Some((a, t));
                 }
             }
-            TrainMode::Full => {
-                let embed_tokens = it.next();
-                let layers = (0..layers)
-                    .map(|_| {
-                        let mut w = |what| it.next().expect(what);
-                        LayerGrads {
-                            lora: Default::default(),
-                            weights: Some(LayerWeights {
-                                input_norm: w("input norm"),
-                                q_proj: w("q"),
-                                k_proj: w("k"),
-                                v_proj: w("v"),
-                                o_proj: w("o"),
-                                post_attention_norm: w("post-attention norm"),
-                                gate_proj: w("gate"),
-                                up_proj: w("up"),
-                                down_proj: w("down"),
-                            }),
-                        }
-                    })
-                    .collect();
-                let norm = it.next();
-                let lm_head = model.weights.lm_head.as_ref().and_then(|_| it.next());
-                Grads {
-                    layers,
-                    embed_tokens,
-                    norm,
-                    lm_head,
-                    inputs_embeds,
-                }
+        }
+        if mode == TrainMode::Full {
+            for (g, mut w) in grads.layers.iter_mut().zip(weights) {
+                g.weights = Some(
+                    LayerWeights::try_from_fn(|p| w[p as usize].take().ok_or(()))
+                        .expect("full mode trains every weight"),
+                );
             }
+        }
+        grads
+    }
+
+    /// The gradient of `p`, if it has one.
+    pub fn get(&self, p: Param) -> Option<&Tensor> {
+        match p {
+            Param::Embed => self.embed_tokens.as_ref(),
+            Param::Layer(l, w) => self.layers[l].weights.as_ref().map(|g| g.get(w)),
+            Param::Norm => self.norm.as_ref(),
+            Param::LmHead => self.lm_head.as_ref(),
+            Param::LoraA(l, t) => self.layers[l].lora[t as usize].as_ref().map(|g| &g.0),
+            Param::LoraB(l, t) => self.layers[l].lora[t as usize].as_ref().map(|g| &g.1),
         }
     }
 }
@@ -178,7 +167,7 @@ impl Model {
                 .0);
         }
         let (loss, g) = self.tensor_forward_backward(batch, normalizer, opts)?;
-        grads.add(g.into_trainable(opts.mode))?;
+        grads.add(g.into_trainable(&self.trainable_params(opts.mode)))?;
         Ok(loss)
     }
 

@@ -19,6 +19,7 @@ use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
 use crate::layers::rope::{rope_backward, rope_forward};
 use crate::lora::{LayerLora, Target};
 use crate::model::Model;
+use crate::params::LayerParam;
 use crate::weights::LayerWeights;
 
 /// What a layer's backward needs.
@@ -173,10 +174,9 @@ impl Model {
             Ok(x.reshape((n, last))?)
         };
         let mut lora_grads: [Option<(Tensor, Tensor)>; 7] = Default::default();
-        // Weight gradients in the order q, k, v, o, gate, up, down (full mode).
-        let mut weight_grads: Vec<Option<Tensor>> = vec![None; 7];
+        // Weight gradients by [`LayerParam`] (full mode).
+        let mut weight_grads: [Option<Tensor>; 9] = Default::default();
         let mut linear = |target: Target,
-                          slot: usize,
                           dy: &Tensor,
                           x: &Tensor,
                           x_lora: Option<&Tensor>,
@@ -197,23 +197,17 @@ impl Model {
                 full,
             )?;
             lora_grads[target as usize] = g.dlora;
-            weight_grads[slot] = g.dw;
+            weight_grads[LayerParam::of(target) as usize] = g.dw;
             Ok(g.dx)
         };
 
         // MLP block: out = x_mid + r * down(swiglu(gate(h2), up(h2))).
         let dm = (dout * c.residual_multiplier)?;
-        let dz = linear(Target::Down, 6, &dm, &s.z, None, &w.down_proj)?.reshape(s.z.shape())?;
+        let dz = linear(Target::Down, &dm, &s.z, None, &w.down_proj)?.reshape(s.z.shape())?;
         let (dgate, dup) = swiglu_backward(&dz, &s.gate, &s.up)?;
         let h2_lora = adapter_input(lora, &[Target::Gate, Target::Up], &s.h2)?;
-        let dh2 = (linear(
-            Target::Gate,
-            4,
-            &dgate,
-            &s.h2,
-            h2_lora.as_ref(),
-            &w.gate_proj,
-        )? + linear(Target::Up, 5, &dup, &s.h2, h2_lora.as_ref(), &w.up_proj)?)?
+        let dh2 = (linear(Target::Gate, &dgate, &s.h2, h2_lora.as_ref(), &w.gate_proj)?
+            + linear(Target::Up, &dup, &s.h2, h2_lora.as_ref(), &w.up_proj)?)?
         .reshape((b, t, h))?;
         let (dx_norm2, dpost) =
             rms_norm_backward(&dh2, &s.x_mid, &w.post_attention_norm, c.rms_norm_eps, full)?;
@@ -221,7 +215,7 @@ impl Model {
 
         // Attention block: x_mid = x + r * o_proj(attention(rope(q), rope(k), v)).
         let dattn = (&dx_mid * c.residual_multiplier)?;
-        let da = linear(Target::O, 3, &dattn, &s.a, None, &w.o_proj)?;
+        let da = linear(Target::O, &dattn, &s.a, None, &w.o_proj)?;
         let da = da
             .reshape((b, t, c.num_heads, c.head_dim))?
             .transpose(1, 2)?
@@ -246,7 +240,6 @@ impl Model {
         let h1_lora = h1_lora.as_ref();
         let dq = linear(
             Target::Q,
-            0,
             &unheads(dq, c.num_heads)?,
             &s.h1,
             h1_lora,
@@ -254,7 +247,6 @@ impl Model {
         )?;
         let dk = linear(
             Target::K,
-            1,
             &unheads(dk, c.num_kv_heads)?,
             &s.h1,
             h1_lora,
@@ -262,7 +254,6 @@ impl Model {
         )?;
         let dv = linear(
             Target::V,
-            2,
             &unheads(dv, c.num_kv_heads)?,
             &s.h1,
             h1_lora,
@@ -274,25 +265,12 @@ impl Model {
         let dx = (dx_mid + dx_norm1)?;
 
         let weights = if full {
-            let mut g = weight_grads
-                .into_iter()
-                .map(|g| g.expect("full mode trains every weight"));
-            let norm = |g: Option<Tensor>| {
-                g.ok_or_else(|| {
-                    crate::error::ModelError::Input("full mode trains the norms".into())
-                })
-            };
-            Some(LayerWeights {
-                input_norm: norm(dinput_norm)?,
-                q_proj: g.next().expect("q"),
-                k_proj: g.next().expect("k"),
-                v_proj: g.next().expect("v"),
-                o_proj: g.next().expect("o"),
-                post_attention_norm: norm(dpost)?,
-                gate_proj: g.next().expect("gate"),
-                up_proj: g.next().expect("up"),
-                down_proj: g.next().expect("down"),
-            })
+            weight_grads[LayerParam::InputNorm as usize] = dinput_norm;
+            weight_grads[LayerParam::PostNorm as usize] = dpost;
+            Some(
+                LayerWeights::try_from_fn(|w| weight_grads[w as usize].take().ok_or(()))
+                    .expect("full mode trains every weight of a layer"),
+            )
         } else {
             None
         };

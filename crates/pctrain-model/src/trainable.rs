@@ -6,78 +6,85 @@ use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::backward::{Grads, TrainMode};
+use crate::layers::linear::Lora;
 use crate::lora::Target;
 use crate::model::Model;
+use crate::params::{trainable_params, Param};
 
 impl Model {
-    /// The tensors that train in `mode`, with their names, in the fixed order.
-    pub fn trainable(&self, mode: TrainMode) -> Vec<(String, Tensor)> {
-        match mode {
-            TrainMode::Lora => {
-                let Some(adapter) = &self.lora else {
-                    return Vec::new();
-                };
-                let mut out = Vec::new();
-                for (l, layer) in adapter.layers.iter().enumerate() {
-                    for t in Target::ALL {
-                        if let Some(lora) = &layer[t as usize] {
-                            let prefix = t.peft_prefix(l);
-                            out.push((format!("{prefix}.lora_A.weight"), lora.a.clone()));
-                            out.push((format!("{prefix}.lora_B.weight"), lora.b.clone()));
-                        }
-                    }
+    /// The parameters that train in `mode`, in the one order ([`trainable_params`]).
+    pub fn trainable_params(&self, mode: TrainMode) -> Vec<Param> {
+        let adapted = |l: usize, t: Target| {
+            self.lora
+                .as_ref()
+                .and_then(|a| a.layers.get(l))
+                .is_some_and(|layer| layer[t as usize].is_some())
+        };
+        // The layers the model holds (its config's count once loaded).
+        trainable_params(
+            self.weights.layers.len(),
+            mode,
+            self.weights.lm_head.is_some(),
+            adapted,
+        )
+    }
+
+    /// The tensor of `p` (which the model has: one of [`Model::trainable_params`]' or a base
+    /// weight).
+    pub fn param(&self, p: Param) -> &Tensor {
+        let w = &self.weights;
+        match p {
+            Param::Embed => &w.embed_tokens,
+            Param::Layer(l, lw) => w.layers[l].get(lw),
+            Param::Norm => &w.norm,
+            Param::LmHead => w.lm_head.as_ref().expect("an untied output projection"),
+            Param::LoraA(l, t) => &self.adapter(l, t).a,
+            Param::LoraB(l, t) => &self.adapter(l, t).b,
+        }
+    }
+
+    fn param_mut(&mut self, p: Param) -> &mut Tensor {
+        let w = &mut self.weights;
+        match p {
+            Param::Embed => &mut w.embed_tokens,
+            Param::Layer(l, lw) => w.layers[l].get_mut(lw),
+            Param::Norm => &mut w.norm,
+            Param::LmHead => w.lm_head.as_mut().expect("an untied output projection"),
+            Param::LoraA(l, t) | Param::LoraB(l, t) => {
+                let lora = self
+                    .lora
+                    .as_mut()
+                    .and_then(|a| a.layers[l][t as usize].as_mut())
+                    .expect("an adapter of the table");
+                if matches!(p, Param::LoraA(..)) {
+                    &mut lora.a
+                } else {
+                    &mut lora.b
                 }
-                out
-            }
-            TrainMode::Full => {
-                let w = &self.weights;
-                let mut out = vec![(
-                    "model.embed_tokens.weight".to_string(),
-                    w.embed_tokens.clone(),
-                )];
-                for (l, layer) in w.layers.iter().enumerate() {
-                    let p = format!("model.layers.{l}");
-                    for (name, t) in layer.named() {
-                        out.push((format!("{p}.{name}.weight"), t.clone()));
-                    }
-                }
-                out.push(("model.norm.weight".into(), w.norm.clone()));
-                if let Some(h) = &w.lm_head {
-                    out.push(("lm_head.weight".into(), h.clone()));
-                }
-                out
             }
         }
+    }
+
+    fn adapter(&self, l: usize, t: Target) -> &Lora {
+        self.lora
+            .as_ref()
+            .and_then(|a| a.layers[l][t as usize].as_ref())
+            .expect("an adapter of the table")
+    }
+
+    /// The tensors that train in `mode`, with their names, in the one order.
+    pub fn trainable(&self, mode: TrainMode) -> Vec<(String, Tensor)> {
+        self.trainable_params(mode)
+            .into_iter()
+            .map(|p| (p.name(), self.param(p).clone()))
+            .collect()
     }
 
     /// Puts new tensors in place of [`Model::trainable`]'s, in its order.
     pub fn set_trainable(&mut self, mode: TrainMode, values: impl IntoIterator<Item = Tensor>) {
         let mut values = values.into_iter();
-        let mut next = || values.next().expect("one value per trainable tensor");
-        match mode {
-            TrainMode::Lora => {
-                if let Some(adapter) = &mut self.lora {
-                    for layer in &mut adapter.layers {
-                        for lora in layer.iter_mut().flatten() {
-                            lora.a = next();
-                            lora.b = next();
-                        }
-                    }
-                }
-            }
-            TrainMode::Full => {
-                let w = &mut self.weights;
-                w.embed_tokens = next();
-                for l in &mut w.layers {
-                    for t in l.tensors_mut() {
-                        *t = next();
-                    }
-                }
-                w.norm = next();
-                if let Some(h) = &mut w.lm_head {
-                    *h = next();
-                }
-            }
+        for p in self.trainable_params(mode) {
+            *self.param_mut(p) = values.next().expect("one value per trainable tensor");
         }
     }
 
@@ -271,24 +278,15 @@ fn sum_of_squares(g: &[f32]) -> f64 {
 }
 
 impl Grads {
-    /// The gradients in [`Model::trainable`]'s order.
-    pub fn into_trainable(self, mode: TrainMode) -> Vec<Tensor> {
-        match mode {
-            TrainMode::Lora => self
-                .layers
-                .into_iter()
-                .flat_map(|l| l.lora.into_iter().flatten().flat_map(|(a, b)| [a, b]))
-                .collect(),
-            TrainMode::Full => {
-                let mut out = vec![self.embed_tokens.expect("full mode")];
-                for l in self.layers {
-                    let w = l.weights.expect("full mode");
-                    out.extend(w.named().into_iter().map(|(_, t)| t.clone()));
-                }
-                out.push(self.norm.expect("full mode"));
-                out.extend(self.lm_head);
-                out
-            }
-        }
+    /// The gradients of `params` ([`Model::trainable_params`]), in their order.
+    pub fn into_trainable(self, params: &[Param]) -> Vec<Tensor> {
+        params
+            .iter()
+            .map(|&p| {
+                self.get(p)
+                    .expect("a gradient per trainable tensor")
+                    .clone()
+            })
+            .collect()
     }
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::params::{LayerParam, Param};
 
 /// The weights of one decoder layer; linear weights are `[out_features, in_features]`.
 #[derive(Debug, Clone)]
@@ -35,34 +36,54 @@ pub struct LayerWeights {
 }
 
 impl LayerWeights {
-    /// Each tensor with its name within `model.layers.{i}`, in a fixed order.
-    pub fn named(&self) -> [(&'static str, &Tensor); 9] {
-        [
-            ("input_layernorm", &self.input_norm),
-            ("self_attn.q_proj", &self.q_proj),
-            ("self_attn.k_proj", &self.k_proj),
-            ("self_attn.v_proj", &self.v_proj),
-            ("self_attn.o_proj", &self.o_proj),
-            ("post_attention_layernorm", &self.post_attention_norm),
-            ("mlp.gate_proj", &self.gate_proj),
-            ("mlp.up_proj", &self.up_proj),
-            ("mlp.down_proj", &self.down_proj),
-        ]
+    /// A layer's weights made one by one, in [`LayerParam::ALL`]'s order.
+    pub fn try_from_fn<E>(
+        mut f: impl FnMut(LayerParam) -> std::result::Result<Tensor, E>,
+    ) -> std::result::Result<Self, E> {
+        Ok(LayerWeights {
+            input_norm: f(LayerParam::InputNorm)?,
+            q_proj: f(LayerParam::Q)?,
+            k_proj: f(LayerParam::K)?,
+            v_proj: f(LayerParam::V)?,
+            o_proj: f(LayerParam::O)?,
+            post_attention_norm: f(LayerParam::PostNorm)?,
+            gate_proj: f(LayerParam::Gate)?,
+            up_proj: f(LayerParam::Up)?,
+            down_proj: f(LayerParam::Down)?,
+        })
     }
 
-    /// The tensors in [`LayerWeights::named`]'s order, to replace.
-    pub fn tensors_mut(&mut self) -> [&mut Tensor; 9] {
-        [
-            &mut self.input_norm,
-            &mut self.q_proj,
-            &mut self.k_proj,
-            &mut self.v_proj,
-            &mut self.o_proj,
-            &mut self.post_attention_norm,
-            &mut self.gate_proj,
-            &mut self.up_proj,
-            &mut self.down_proj,
-        ]
+    pub fn get(&self, w: LayerParam) -> &Tensor {
+        match w {
+            LayerParam::InputNorm => &self.input_norm,
+            LayerParam::Q => &self.q_proj,
+            LayerParam::K => &self.k_proj,
+            LayerParam::V => &self.v_proj,
+            LayerParam::O => &self.o_proj,
+            LayerParam::PostNorm => &self.post_attention_norm,
+            LayerParam::Gate => &self.gate_proj,
+            LayerParam::Up => &self.up_proj,
+            LayerParam::Down => &self.down_proj,
+        }
+    }
+
+    pub fn get_mut(&mut self, w: LayerParam) -> &mut Tensor {
+        match w {
+            LayerParam::InputNorm => &mut self.input_norm,
+            LayerParam::Q => &mut self.q_proj,
+            LayerParam::K => &mut self.k_proj,
+            LayerParam::V => &mut self.v_proj,
+            LayerParam::O => &mut self.o_proj,
+            LayerParam::PostNorm => &mut self.post_attention_norm,
+            LayerParam::Gate => &mut self.gate_proj,
+            LayerParam::Up => &mut self.up_proj,
+            LayerParam::Down => &mut self.down_proj,
+        }
+    }
+
+    /// Each tensor with its name within `model.layers.{i}`, in [`LayerParam::ALL`]'s order.
+    pub fn named(&self) -> [(&'static str, &Tensor); 9] {
+        LayerParam::ALL.map(|w| (w.name(), self.get(w)))
     }
 }
 
@@ -94,39 +115,23 @@ impl ModelWeights {
             dtype,
             device,
         };
-        let (h, i, v) = (
-            config.hidden_size,
-            config.intermediate_size,
-            config.vocab_size,
-        );
-        let q = config.num_heads * config.head_dim;
-        let kv = config.num_kv_heads * config.head_dim;
+        let (h, v) = (config.hidden_size, config.vocab_size);
         let layers = (0..config.num_layers)
             .map(|l| {
-                let p = format!("model.layers.{l}");
-                Ok(LayerWeights {
-                    input_norm: loader.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                    q_proj: loader.get(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
-                    k_proj: loader.get(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
-                    v_proj: loader.get(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
-                    o_proj: loader.get(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
-                    post_attention_norm: loader
-                        .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                    gate_proj: loader.get(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?,
-                    up_proj: loader.get(&format!("{p}.mlp.up_proj.weight"), &[i, h])?,
-                    down_proj: loader.get(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+                LayerWeights::try_from_fn(|w| {
+                    loader.get(&Param::Layer(l, w).name(), &w.shape(config))
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(loader.get("lm_head.weight", &[v, h])?)
+            Some(loader.get(&Param::LmHead.name(), &[v, h])?)
         };
         Ok(ModelWeights {
-            embed_tokens: loader.get("model.embed_tokens.weight", &[v, h])?,
+            embed_tokens: loader.get(&Param::Embed.name(), &[v, h])?,
             layers,
-            norm: loader.get("model.norm.weight", &[h])?,
+            norm: loader.get(&Param::Norm.name(), &[h])?,
             lm_head,
         })
     }

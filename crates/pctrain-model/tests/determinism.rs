@@ -107,7 +107,7 @@ fn pass_bits(m: &Model, b: &Batch, mode: TrainMode) -> (u64, Vec<Vec<u32>>) {
     };
     let mut all: Vec<Vec<u32>> = grads
         .clone()
-        .into_trainable(mode)
+        .into_trainable(&m.trainable_params(mode))
         .iter()
         .map(bits)
         .collect();

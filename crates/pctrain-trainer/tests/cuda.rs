@@ -141,8 +141,8 @@ fn weights_on(
         move_(h);
     }
     for l in &mut w.layers {
-        for t in l.tensors_mut() {
-            move_(t);
+        for p in pctrain_model::LayerParam::ALL {
+            move_(l.get_mut(p));
         }
     }
     w

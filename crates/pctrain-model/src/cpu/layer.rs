@@ -15,6 +15,7 @@ use crate::layers::mlp::{swiglu_cpu_backward, swiglu_cpu_forward};
 use crate::layers::norm::{rms_norm_cpu_backward, rms_norm_cpu_forward};
 use crate::layers::rope::{rope_cpu, RopeLayout};
 use crate::lora::Target;
+use crate::params::LayerParam;
 
 use super::workspace::{LayerActs, Scratch};
 
@@ -32,32 +33,28 @@ pub(crate) struct Pass<'a> {
 
 /// One layer's weights (`[out, in]` projections, `[H]` norms) and adapters, as f32 slices.
 pub(crate) struct LayerParams<'a> {
-    /// In [`crate::weights::LayerWeights::named`]'s order: input norm, q, k, v, o, post-attention
-    /// norm, gate, up, down.
+    /// By [`LayerParam`].
     pub w: [&'a [f32]; 9],
     pub lora: [Option<LoraView<'a>>; 7],
 }
 
-/// Where one layer's gradients are added: each adapter's `(dA, dB)`, and with full fine-tuning
-/// every weight in [`LayerParams::w`]'s order.
-pub(crate) struct LayerSlots<'a> {
-    pub lora: [Option<(&'a mut [f32], &'a mut [f32])>; 7],
-    pub weights: Option<[&'a mut [f32]; 9]>,
+impl LayerParams<'_> {
+    pub fn weight(&self, w: LayerParam) -> &[f32] {
+        self.w[w as usize]
+    }
 }
 
-pub(crate) const INPUT_NORM: usize = 0;
-pub(crate) const POST_NORM: usize = 5;
+/// Where one layer's gradients are added: each adapter's `(dA, dB)`, and with full fine-tuning
+/// every weight's, by [`LayerParam`].
+pub(crate) struct LayerSlots<'a> {
+    pub lora: [Option<(&'a mut [f32], &'a mut [f32])>; 7],
+    pub weights: [Option<&'a mut [f32]>; 9],
+}
 
-/// The weight of `target` in [`LayerParams::w`].
-pub(crate) fn slot(target: Target) -> usize {
-    match target {
-        Target::Q => 1,
-        Target::K => 2,
-        Target::V => 3,
-        Target::O => 4,
-        Target::Gate => 6,
-        Target::Up => 7,
-        Target::Down => 8,
+impl LayerSlots<'_> {
+    /// Where the gradient of weight `w` is added, when it trains.
+    pub fn weight(&mut self, w: LayerParam) -> Option<&mut [f32]> {
+        self.weights[w as usize].as_deref_mut()
     }
 }
 
@@ -78,7 +75,15 @@ impl Pass<'_> {
         let lora = p.lora[target as usize]
             .as_ref()
             .map(|l| (l, LoraSaved { xa, xd }));
-        linear_cpu_forward(self.n, x, p.w[slot(target)], lora, y, alpha, accumulate);
+        linear_cpu_forward(
+            self.n,
+            x,
+            p.weight(LayerParam::of(target)),
+            lora,
+            y,
+            alpha,
+            accumulate,
+        );
     }
 
     /// Forward of one layer from `x` (`[N, H]`): fills `a` and writes the output into `out`.
@@ -93,7 +98,13 @@ impl Pass<'_> {
         let c = self.config;
         let (eps, r) = (c.rms_norm_eps as f32, c.residual_multiplier as f32);
         let xd = &mut s.lora_x;
-        rms_norm_cpu_forward(x, p.w[INPUT_NORM], eps, &mut a.h1, &mut a.rstd1);
+        rms_norm_cpu_forward(
+            x,
+            p.weight(LayerParam::InputNorm),
+            eps,
+            &mut a.h1,
+            &mut a.rstd1,
+        );
         let [xq, xk, xv, xo, xg, xu, xdn] = &mut a.xa;
         self.linear(p, Target::Q, &a.h1, xq, xd, &mut a.q, 1.0, false);
         self.linear(p, Target::K, &a.h1, xk, xd, &mut a.k, 1.0, false);
@@ -111,7 +122,13 @@ impl Pass<'_> {
         );
         a.x_mid.copy_from_slice(x);
         self.linear(p, Target::O, &a.o, xo, xd, &mut a.x_mid, r, true);
-        rms_norm_cpu_forward(&a.x_mid, p.w[POST_NORM], eps, &mut a.h2, &mut a.rstd2);
+        rms_norm_cpu_forward(
+            &a.x_mid,
+            p.weight(LayerParam::PostNorm),
+            eps,
+            &mut a.h2,
+            &mut a.rstd2,
+        );
         self.linear(p, Target::Gate, &a.h2, xg, xd, &mut a.gate, 1.0, false);
         self.linear(p, Target::Up, &a.h2, xu, xd, &mut a.up, 1.0, false);
         swiglu_cpu_forward(&a.gate, &a.up, &mut s.z);
@@ -149,12 +166,12 @@ impl Pass<'_> {
             )),
             _ => None,
         };
-        let dw = g.weights.as_mut().map(|w| &mut *w[slot(target)]);
+        let dw = g.weights[LayerParam::of(target) as usize].as_deref_mut();
         linear_cpu_backward(
             self.n,
             dy,
             x,
-            p.w[slot(target)],
+            p.weight(LayerParam::of(target)),
             alpha,
             lora,
             dw,
@@ -222,12 +239,12 @@ impl Pass<'_> {
             true,
         );
         s.grad_mid.copy_from_slice(grad);
-        let dpost = g.weights.as_mut().map(|w| &mut *w[POST_NORM]);
+        let dpost = g.weight(LayerParam::PostNorm);
         rms_norm_cpu_backward(
             &s.dh,
             &a.x_mid,
             &a.rstd2,
-            p.w[POST_NORM],
+            p.weight(LayerParam::PostNorm),
             &mut s.grad_mid,
             true,
             dpost,
@@ -306,7 +323,15 @@ impl Pass<'_> {
             true,
         );
         grad.copy_from_slice(&s.grad_mid);
-        let dinput = g.weights.as_mut().map(|w| &mut *w[INPUT_NORM]);
-        rms_norm_cpu_backward(&s.dh, x, &a.rstd1, p.w[INPUT_NORM], grad, true, dinput);
+        let dinput = g.weight(LayerParam::InputNorm);
+        rms_norm_cpu_backward(
+            &s.dh,
+            x,
+            &a.rstd1,
+            p.weight(LayerParam::InputNorm),
+            grad,
+            true,
+            dinput,
+        );
     }
 }

@@ -13,6 +13,7 @@ use crate::layers::norm::{rms_norm_cpu_backward, rms_norm_cpu_forward};
 use crate::layers::rope::rope_table_values;
 use crate::lora::Target;
 use crate::model::{Batch, Model};
+use crate::params::Param;
 
 use super::layer::{LayerParams, LayerSlots, Pass};
 use super::view::{view, View};
@@ -122,58 +123,37 @@ impl Model {
         }
     }
 
-    /// The gradient buffers of `mode` (in [`Model::trainable`]'s order), split by what they hold.
+    /// The gradient buffers of `mode` (in [`Model::trainable_params`]' order), split by what
+    /// they hold.
     fn slots<'a>(&self, mode: TrainMode, host: &'a mut [Vec<f32>]) -> Slots<'a> {
-        let mut it = host.iter_mut().map(Vec::as_mut_slice);
-        let layers = self.config.num_layers;
-        match mode {
-            TrainMode::Lora => {
-                let mut out = Vec::with_capacity(layers);
-                for l in 0..layers {
-                    let mut lora: [Option<(&mut [f32], &mut [f32])>; 7] = Default::default();
-                    for t in Target::ALL {
-                        let present = self
-                            .lora
-                            .as_ref()
-                            .is_some_and(|a| a.layers[l][t as usize].is_some());
-                        if present {
-                            let a = it.next().expect("a gradient per adapter A");
-                            let b = it.next().expect("a gradient per adapter B");
-                            lora[t as usize] = Some((a, b));
-                        }
-                    }
-                    out.push(LayerSlots {
-                        lora,
-                        weights: None,
-                    });
-                }
-                Slots {
-                    embed: None,
-                    layers: out,
-                    norm: None,
-                    lm_head: None,
-                }
-            }
-            TrainMode::Full => {
-                let embed = it.next();
-                let out = (0..layers)
-                    .map(|_| LayerSlots {
-                        lora: Default::default(),
-                        weights: Some(std::array::from_fn(|_| {
-                            it.next().expect("a gradient per layer weight")
-                        })),
-                    })
-                    .collect();
-                let norm = it.next();
-                let lm_head = self.weights.lm_head.as_ref().and_then(|_| it.next());
-                Slots {
-                    embed,
-                    layers: out,
-                    norm,
-                    lm_head,
+        let mut slots = Slots {
+            embed: None,
+            layers: (0..self.config.num_layers)
+                .map(|_| LayerSlots {
+                    lora: Default::default(),
+                    weights: Default::default(),
+                })
+                .collect(),
+            norm: None,
+            lm_head: None,
+        };
+        let mut pending_a = None;
+        for (p, g) in self.trainable_params(mode).into_iter().zip(host) {
+            let g = g.as_mut_slice();
+            match p {
+                Param::Embed => slots.embed = Some(g),
+                Param::Layer(l, w) => slots.layers[l].weights[w as usize] = Some(g),
+                Param::Norm => slots.norm = Some(g),
+                Param::LmHead => slots.lm_head = Some(g),
+                // The table lists an adapter's A just before its B.
+                Param::LoraA(..) => pending_a = Some(g),
+                Param::LoraB(l, t) => {
+                    let a = pending_a.take().expect("A before B");
+                    slots.layers[l].lora[t as usize] = Some((a, g));
                 }
             }
         }
+        slots
     }
 
     /// The rope tables, attention reach and shape of `batch`, written into `ws`.

@@ -8,7 +8,7 @@ use super::schedule::Room;
 use super::{pick, Backend, Sampling, Step};
 use crate::cpu::aligned::Aligned;
 use crate::cpu::dots::{dots, Product};
-use crate::cpu::layer::{slot, LayerParams, INPUT_NORM, POST_NORM};
+use crate::cpu::layer::LayerParams;
 use crate::cpu::pass::Views;
 use crate::error::Result;
 use crate::layers::kv_cache::{
@@ -19,6 +19,7 @@ use crate::layers::norm::rms_norm_cpu_forward;
 use crate::layers::rope::{rope_cpu, rope_table_into, RopeLayout};
 use crate::lora::Target;
 use crate::model::Model;
+use crate::params::LayerParam;
 
 /// A step's activations, `N` tokens (`M` of them picked): `H` hidden, `Q`/`K` query and
 /// key/value widths, `I` intermediate, `V` vocabulary, `r` the largest adapter rank.
@@ -115,7 +116,7 @@ fn project<const P: usize>(
 ) {
     let targets: [Target; P] = std::array::from_fn(|i| outs[i].0);
     let mut products = outs.map(|(t, y)| Product {
-        w: p.w[slot(t)],
+        w: p.weight(LayerParam::of(t)),
         y,
         alpha,
         accumulate,
@@ -217,7 +218,7 @@ fn forward(
     let (cos, sin) = (&b.cos[..n * d], &b.sin[..n * d]);
     for l in 0..c.num_layers {
         let p = v.layer(l, None);
-        rms_norm_cpu_forward(x, p.w[INPUT_NORM], eps, h, rstd);
+        rms_norm_cpu_forward(x, p.weight(LayerParam::InputNorm), eps, h, rstd);
         let qkv = [
             (Target::Q, &mut *q),
             (Target::K, &mut *k),
@@ -239,7 +240,7 @@ fn forward(
         cache_write_cpu(shape, l, places, k, vv, keys, values);
         cache_attention_cpu(shape, l, &attn, places, q, keys, values, o);
         project(&p, o, n, qw, [(Target::O, &mut *x)], r, true, &mut b.xa);
-        rms_norm_cpu_forward(x, p.w[POST_NORM], eps, h, rstd);
+        rms_norm_cpu_forward(x, p.weight(LayerParam::PostNorm), eps, h, rstd);
         let mlp = [(Target::Gate, &mut *gate), (Target::Up, &mut *up)];
         project(&p, h, n, hs, mlp, 1.0, false, &mut b.xa);
         swiglu_cpu_forward(gate, up, z);

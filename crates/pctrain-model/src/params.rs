@@ -1,0 +1,134 @@
+//! The one table of a model's parameters: every tensor it holds, named as transformers and PEFT
+//! name it, with its shape, and the order in which those that train are listed, saved,
+//! optimized and given a gradient buffer. No other place lists or numbers them.
+
+use crate::backward::TrainMode;
+use crate::config::ModelConfig;
+use crate::lora::Target;
+
+/// A weight of a decoder layer; `as usize` is its index in [`LayerParam::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerParam {
+    InputNorm,
+    Q,
+    K,
+    V,
+    O,
+    PostNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LayerParam {
+    /// A layer's weights in their fixed order.
+    pub const ALL: [LayerParam; 9] = [
+        LayerParam::InputNorm,
+        LayerParam::Q,
+        LayerParam::K,
+        LayerParam::V,
+        LayerParam::O,
+        LayerParam::PostNorm,
+        LayerParam::Gate,
+        LayerParam::Up,
+        LayerParam::Down,
+    ];
+
+    /// Its name within `model.layers.{i}` (before `.weight`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerParam::InputNorm => "input_layernorm",
+            LayerParam::Q => "self_attn.q_proj",
+            LayerParam::K => "self_attn.k_proj",
+            LayerParam::V => "self_attn.v_proj",
+            LayerParam::O => "self_attn.o_proj",
+            LayerParam::PostNorm => "post_attention_layernorm",
+            LayerParam::Gate => "mlp.gate_proj",
+            LayerParam::Up => "mlp.up_proj",
+            LayerParam::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The projection a LoRA target adapts.
+    pub fn of(target: Target) -> LayerParam {
+        match target {
+            Target::Q => LayerParam::Q,
+            Target::K => LayerParam::K,
+            Target::V => LayerParam::V,
+            Target::O => LayerParam::O,
+            Target::Gate => LayerParam::Gate,
+            Target::Up => LayerParam::Up,
+            Target::Down => LayerParam::Down,
+        }
+    }
+
+    /// `[hidden]` for the norms, `[out, in]` for the projections.
+    pub fn shape(self, c: &ModelConfig) -> Vec<usize> {
+        let target = match self {
+            LayerParam::InputNorm | LayerParam::PostNorm => return vec![c.hidden_size],
+            LayerParam::Q => Target::Q,
+            LayerParam::K => Target::K,
+            LayerParam::V => Target::V,
+            LayerParam::O => Target::O,
+            LayerParam::Gate => Target::Gate,
+            LayerParam::Up => Target::Up,
+            LayerParam::Down => Target::Down,
+        };
+        let (out, inp) = target.shape(c);
+        vec![out, inp]
+    }
+}
+
+/// One tensor of a model or of its adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Param {
+    /// `[vocab, hidden]`
+    Embed,
+    Layer(usize, LayerParam),
+    /// The final norm, `[hidden]`.
+    Norm,
+    /// `[vocab, hidden]`, when not tied to the embeddings.
+    LmHead,
+    /// LoRA `A` of a layer's target, `[r, in]`.
+    LoraA(usize, Target),
+    /// LoRA `B` of a layer's target, `[out, r]`.
+    LoraB(usize, Target),
+}
+
+impl Param {
+    /// Its key in the model's (transformers) or adapter's (PEFT) safetensors.
+    pub fn name(self) -> String {
+        match self {
+            Param::Embed => "model.embed_tokens.weight".into(),
+            Param::Layer(l, w) => format!("model.layers.{l}.{}.weight", w.name()),
+            Param::Norm => "model.norm.weight".into(),
+            Param::LmHead => "lm_head.weight".into(),
+            Param::LoraA(l, t) => format!("{}.lora_A.weight", t.peft_prefix(l)),
+            Param::LoraB(l, t) => format!("{}.lora_B.weight", t.peft_prefix(l)),
+        }
+    }
+}
+
+/// What trains in `mode`, in the one order: LoRA `A` then `B` for each layer and each adapted
+/// target (`adapted(layer, target)`), or the embeddings, every layer's weights, the final norm
+/// and the output projection when it is not tied to the embeddings (`lm_head`).
+pub fn trainable_params(
+    layers: usize,
+    mode: TrainMode,
+    lm_head: bool,
+    adapted: impl Fn(usize, Target) -> bool,
+) -> Vec<Param> {
+    let layers = 0..layers;
+    match mode {
+        TrainMode::Lora => layers
+            .flat_map(|l| Target::ALL.into_iter().map(move |t| (l, t)))
+            .filter(|&(l, t)| adapted(l, t))
+            .flat_map(|(l, t)| [Param::LoraA(l, t), Param::LoraB(l, t)])
+            .collect(),
+        TrainMode::Full => std::iter::once(Param::Embed)
+            .chain(layers.flat_map(|l| LayerParam::ALL.map(|w| Param::Layer(l, w))))
+            .chain([Param::Norm])
+            .chain(lm_head.then_some(Param::LmHead))
+            .collect(),
+    }
+}
