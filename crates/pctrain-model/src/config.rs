@@ -116,8 +116,10 @@ enum TokenIds {
 /// `rope_scaling` / `rope_parameters`.
 #[derive(Deserialize)]
 struct RopeFields {
-    #[serde(alias = "type")]
     rope_type: Option<String>,
+    /// The older name of `rope_type` (transformers writes both).
+    #[serde(rename = "type")]
+    kind: Option<String>,
     rope_theta: Option<f64>,
     factor: Option<f64>,
     low_freq_factor: Option<f64>,
@@ -249,7 +251,8 @@ fn rope(f: &HfConfig) -> std::result::Result<RopeConfig, String> {
             llama3: None,
         });
     };
-    let llama3 = match scaling.rope_type.as_deref().unwrap_or("default") {
+    let kind = scaling.rope_type.as_deref().or(scaling.kind.as_deref());
+    let llama3 = match kind.unwrap_or("default") {
         "default" => None,
         "llama3" => {
             let need =

@@ -267,10 +267,14 @@ impl Model {
         let weights = if full {
             weight_grads[LayerParam::InputNorm as usize] = dinput_norm;
             weight_grads[LayerParam::PostNorm as usize] = dpost;
-            Some(
-                LayerWeights::try_from_fn(|w| weight_grads[w as usize].take().ok_or(()))
-                    .expect("full mode trains every weight of a layer"),
-            )
+            Some(LayerWeights::try_from_fn(|w| {
+                weight_grads[w as usize].take().ok_or_else(|| {
+                    crate::error::ModelError::Input(format!(
+                        "full mode trains every weight; {} has no gradient",
+                        w.name()
+                    ))
+                })
+            })?)
         } else {
             None
         };

@@ -178,7 +178,7 @@ impl LoraAdapter {
             use_rslora: c.rslora,
             use_dora: false,
             fan_in_fan_out: false,
-            init_lora_weights: true.into(),
+            init_lora_weights: true,
             inference_mode: true,
             modules_to_save: None,
         };
@@ -232,8 +232,8 @@ impl LoraAdapter {
     }
 }
 
-/// PEFT's `adapter_config.json` for a LoRA adapter: what pctrain writes, and reads back (fields
-/// it does not use are ignored).
+/// PEFT's `adapter_config.json` for a LoRA adapter: what pctrain writes, and reads back. Fields
+/// it does not use are ignored; a null reads as the field's default, as PEFT reads it.
 #[derive(Serialize, Deserialize)]
 struct PeftConfig {
     peft_type: String,
@@ -243,24 +243,33 @@ struct PeftConfig {
     base_model_name_or_path: Option<String>,
     r: usize,
     lora_alpha: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     lora_dropout: f64,
     target_modules: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_deserializing)]
     bias: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     use_rslora: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     use_dora: bool,
-    #[serde(default)]
+    #[serde(default, skip_deserializing)]
     fan_in_fan_out: bool,
-    /// `true`, or the name of an initialisation (`"gaussian"`, `"pissa"`, ...).
-    #[serde(default)]
-    init_lora_weights: serde_json::Value,
-    #[serde(default)]
+    /// Written `true` (PEFT's default initialisation, which pctrain's matches); not read.
+    #[serde(default, skip_deserializing)]
+    init_lora_weights: bool,
+    #[serde(default, skip_deserializing)]
     inference_mode: bool,
-    #[serde(default)]
+    #[serde(default, skip_deserializing)]
     modules_to_save: Option<Vec<String>>,
+}
+
+/// A field's default when it is null.
+fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Reads r, alpha, dropout, rsLoRA and target modules from PEFT's `adapter_config.json`.
@@ -273,7 +282,13 @@ pub fn read_adapter_config(path: &Path) -> Result<LoraConfig> {
         path: path.to_path_buf(),
         source,
     })?;
-    let c: PeftConfig = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let c: PeftConfig = serde_json::from_str(&text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            err(format!("malformed JSON: {e}"))
+        } else {
+            err(e.to_string())
+        }
+    })?;
     if c.peft_type != "LORA" {
         return Err(err(format!("peft_type {:?} is not LORA", c.peft_type)));
     }

@@ -15,6 +15,7 @@ use crate::layers::loss::{cross_entropy_forward, shift_targets, LossSum};
 use crate::layers::norm::rms_norm_forward;
 use crate::layers::rope::{inverse_frequencies, rope_tables};
 use crate::lora::{LoraAdapter, Target};
+use crate::params::LayerParam;
 use crate::weights::ModelWeights;
 
 /// One batch of packed rows, row-major `[B, T]`.
@@ -151,15 +152,7 @@ impl Model {
                 let Some(l) = &layer[t as usize] else {
                     continue;
                 };
-                let weight = match t {
-                    Target::Q => &mut w.q_proj,
-                    Target::K => &mut w.k_proj,
-                    Target::V => &mut w.v_proj,
-                    Target::O => &mut w.o_proj,
-                    Target::Gate => &mut w.gate_proj,
-                    Target::Up => &mut w.up_proj,
-                    Target::Down => &mut w.down_proj,
-                };
+                let weight = w.get_mut(LayerParam::of(t));
                 let delta = (l.b.matmul(&l.a)? * l.scale)?.to_dtype(weight.dtype())?;
                 *weight = (&*weight + delta)?;
             }

@@ -177,7 +177,7 @@ fn adapter_config_errors_name_the_file_and_what_is_wrong() {
         pctrain_model::lora::read_adapter_config(&path)
     };
     let good = r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["v_proj", "q_proj"],
-        "init_lora_weights": "gaussian", "some_newer_field": 1}"#;
+        "init_lora_weights": "gaussian", "lora_dropout": null, "bias": null, "some_newer_field": 1}"#;
     let c = read(good).unwrap();
     assert_eq!((c.r, c.alpha, c.dropout, c.rslora), (4, 8.0, 0.0, false));
     assert_eq!(c.targets, vec![Target::Q, Target::V]);

@@ -52,6 +52,14 @@ fn transformers_4_style_rope_fields_are_read() {
         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}"#;
     let c = ModelConfig::from_json(json, Path::new("config.json")).unwrap();
     assert_eq!(c.rope.theta, 500000.0);
+    // transformers writes the older `type` beside `rope_type`.
+    let both = json.replace(
+        "\"rope_type\": \"llama3\"",
+        "\"rope_type\": \"llama3\", \"type\": \"llama3\"",
+    );
+    assert!(both.contains("\"type\""));
+    let c2 = ModelConfig::from_json(&both, Path::new("config.json")).unwrap();
+    assert_eq!(c2.rope, c.rope);
     assert_eq!(
         c.rope.llama3.unwrap().original_max_position_embeddings,
         8192

@@ -82,11 +82,15 @@ impl MetricsLog {
                 ifeval.push((step, acc));
             }
         }
-        let svg = plot::run_chart(
+        let chart = plot::run_chart(
             &[("train", &train), ("eval", &eval)],
             &[("ifeval prompt strict", &ifeval)],
-        )?;
-        write_atomic(&self.svg, svg.as_bytes())?;
+        );
+        match chart {
+            Ok(svg) => write_atomic(&self.svg, svg.as_bytes())?,
+            // The chart is a view of metrics.jsonl: a drawing failure must not stop training.
+            Err(e) => tracing::warn!("{} not redrawn: {e:#}", self.svg.display()),
+        }
         Ok(())
     }
 }

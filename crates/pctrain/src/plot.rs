@@ -57,16 +57,12 @@ pub fn run_chart(losses: &[Series], accuracies: &[Series]) -> Result<String> {
         let shown = |s: &&Series| !s.1.is_empty();
         let mut colors = COLORS.iter().cycle();
         for (name, points) in losses.iter().filter(shown) {
-            let color = *colors.next().expect("cycled");
-            let line = points
-                .iter()
-                .copied()
-                .filter(|(x, y)| x.is_finite() && y.is_finite());
+            let (line, legend) = styled(points, *colors.next().expect("cycled"));
             chart
-                .draw_series(LineSeries::new(line, color.stroke_width(2)))
+                .draw_series(line)
                 .map_err(draw)?
                 .label(format!("{name} loss"))
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+                .legend(legend);
         }
         if accuracies.iter().any(|s| shown(&s)) {
             chart
@@ -76,16 +72,12 @@ pub fn run_chart(losses: &[Series], accuracies: &[Series]) -> Result<String> {
                 .map_err(draw)?;
         }
         for (name, points) in accuracies.iter().filter(shown) {
-            let color = *colors.next().expect("cycled");
-            let line = points
-                .iter()
-                .copied()
-                .filter(|(x, y)| x.is_finite() && y.is_finite());
+            let (line, legend) = styled(points, *colors.next().expect("cycled"));
             chart
-                .draw_secondary_series(LineSeries::new(line, color.stroke_width(2)))
+                .draw_secondary_series(line)
                 .map_err(draw)?
                 .label(format!("{name} (right axis)"))
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+                .legend(legend);
         }
         chart
             .configure_series_labels()
@@ -97,6 +89,25 @@ pub fn run_chart(losses: &[Series], accuracies: &[Series]) -> Result<String> {
         root.present().map_err(draw)?;
     }
     Ok(svg)
+}
+
+/// A series' line (its finite points) in `color`, and its legend mark.
+fn styled<DB: DrawingBackend>(
+    points: &[(f64, f64)],
+    color: RGBColor,
+) -> (
+    LineSeries<DB, (f64, f64)>,
+    impl Fn((i32, i32)) -> PathElement<(i32, i32)>,
+) {
+    let finite: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    let line = LineSeries::new(finite, color.stroke_width(2));
+    (line, move |(x, y)| {
+        PathElement::new([(x, y), (x + 16, y)], color)
+    })
 }
 
 /// The range the values cover, widened when they are one value (or none).
