@@ -57,12 +57,12 @@ pub fn run_chart(losses: &[Series], accuracies: &[Series]) -> Result<String> {
         let shown = |s: &&Series| !s.1.is_empty();
         let mut colors = COLORS.iter().cycle();
         for (name, points) in losses.iter().filter(shown) {
-            let (line, legend) = styled(points, *colors.next().expect("cycled"));
+            let color = *colors.next().expect("cycled");
             chart
-                .draw_series(line)
+                .draw_series(line(points, color))
                 .map_err(draw)?
                 .label(format!("{name} loss"))
-                .legend(legend);
+                .legend(legend_mark(color));
         }
         if accuracies.iter().any(|s| shown(&s)) {
             chart
@@ -72,12 +72,12 @@ pub fn run_chart(losses: &[Series], accuracies: &[Series]) -> Result<String> {
                 .map_err(draw)?;
         }
         for (name, points) in accuracies.iter().filter(shown) {
-            let (line, legend) = styled(points, *colors.next().expect("cycled"));
+            let color = *colors.next().expect("cycled");
             chart
-                .draw_secondary_series(line)
+                .draw_secondary_series(line(points, color))
                 .map_err(draw)?
                 .label(format!("{name} (right axis)"))
-                .legend(legend);
+                .legend(legend_mark(color));
         }
         chart
             .configure_series_labels()
@@ -91,23 +91,19 @@ pub fn run_chart(losses: &[Series], accuracies: &[Series]) -> Result<String> {
     Ok(svg)
 }
 
-/// A series' line (its finite points) in `color`, and its legend mark.
-fn styled<DB: DrawingBackend>(
-    points: &[(f64, f64)],
-    color: RGBColor,
-) -> (
-    LineSeries<DB, (f64, f64)>,
-    impl Fn((i32, i32)) -> PathElement<(i32, i32)>,
-) {
+/// A series' line: its finite points in `color`.
+fn line<DB: DrawingBackend>(points: &[(f64, f64)], color: RGBColor) -> LineSeries<DB, (f64, f64)> {
     let finite: Vec<(f64, f64)> = points
         .iter()
         .copied()
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect();
-    let line = LineSeries::new(finite, color.stroke_width(2));
-    (line, move |(x, y)| {
-        PathElement::new([(x, y), (x + 16, y)], color)
-    })
+    LineSeries::new(finite, color.stroke_width(2))
+}
+
+/// A series' mark in the legend: a short stroke in its colour.
+fn legend_mark(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color)
 }
 
 /// The range the values cover, widened when they are one value (or none).
