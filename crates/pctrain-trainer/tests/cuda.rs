@@ -1,6 +1,7 @@
 //! The optimizer step on a GPU against the CPU's (`--features cuda`): the fused AdamW kernel,
-//! clipping as a device-side scale, and a whole LoRA step of a 2-layer model with Llama-3-8B's
-//! layer shape (hidden 4096, 32 query and 8 key/value heads of 128, MLP 14336). Each test needs
+//! clipping as a device-side scale, a whole LoRA step of a 2-layer model with Llama-3-8B's
+//! layer shape (hidden 4096, 32 query and 8 key/value heads of 128, MLP 14336), and a whole
+//! full fine-tuning step of 2 layers of Llama-3.2-1B's shape. Each test needs
 //! a GPU, so it is ignored unless asked for (`--include-ignored`, as scripts/gpu-check.sh does);
 //! asked for without a GPU, it fails.
 #![cfg(feature = "cuda")]
@@ -134,7 +135,16 @@ fn weights_on(
     dtype: DType,
 ) -> pctrain_model::ModelWeights {
     let mut w = w.clone();
-    let move_ = |t: &mut Tensor| *t = t.to_device(d).unwrap().to_dtype(dtype).unwrap();
+    // Storage of its own: full fine-tuning on the CPU updates the weights in place.
+    let move_ = |t: &mut Tensor| {
+        *t = t
+            .to_device(d)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+            .copy()
+            .unwrap()
+    };
     move_(&mut w.embed_tokens);
     move_(&mut w.norm);
     if let Some(h) = w.lm_head.as_mut() {
@@ -190,11 +200,117 @@ fn batch(vocab: u32) -> Batch {
     b
 }
 
+/// One optimizer step of `mode` (clipped to half the gradient norm, AdamW with eps 1 so that
+/// the update follows the gradient smoothly: with a tiny eps a first step is the gradient's
+/// sign, which rounding flips where the gradient is near 0) on `device` with the base in
+/// `dtype`: its report, and how far each trainable tensor moved from `initial` (in f32: the
+/// master copy where the tensor is narrower).
+fn one_step(
+    config: &ModelConfig,
+    weights: &pctrain_model::ModelWeights,
+    adapter: Option<&LoraAdapter>,
+    mode: TrainMode,
+    device: &Device,
+    dtype: DType,
+    initial: &[Tensor],
+) -> (pctrain_trainer::StepReport, Vec<Tensor>) {
+    let mut model = Model::new(
+        config.clone(),
+        weights_on(weights, device, dtype),
+        adapter.map(|a| adapter_on(a, device)),
+    );
+    let params: Vec<Tensor> = model.trainable(mode).into_iter().map(|(_, t)| t).collect();
+    let refs: Vec<&Tensor> = params.iter().collect();
+    let adamw = AdamWConfig {
+        eps: 1.0,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(adamw, &refs).unwrap();
+    let mut grads = Gradients::zeros(&model, mode).unwrap();
+    let opts = StepOptions {
+        mode,
+        recompute: true,
+        loss_chunk: 128,
+        dropout_seed: 0,
+    };
+    let schedule = Schedule {
+        peak_lr: 1.0,
+        warmup_steps: 0,
+        total_steps: 10,
+        decay: Decay::Constant,
+    };
+    let batch = batch(config.vocab_size as u32);
+    let report = optimizer_step(
+        &mut model,
+        std::slice::from_ref(&batch),
+        opts,
+        &mut opt,
+        &mut grads,
+        &schedule,
+        0.5,
+    )
+    .unwrap();
+    let moved = model
+        .trainable(mode)
+        .into_iter()
+        .zip(&opt.master)
+        .zip(initial)
+        .map(|(((_, t), master), p)| {
+            let now = master.as_ref().unwrap_or(&t);
+            let now = now.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32);
+            (now.unwrap() - p).unwrap()
+        })
+        .collect();
+    (report, moved)
+}
+
+/// The GPU's step against the CPU's: loss within `tol`, gradient norm and each update within
+/// `10 * tol` (relative), the same tokens.
+fn assert_steps_match(
+    what: &str,
+    want: &(pctrain_trainer::StepReport, Vec<Tensor>),
+    got: &(pctrain_trainer::StepReport, Vec<Tensor>),
+    tol: f64,
+) {
+    let ((want, want_moved), (got, got_moved)) = (want, got);
+    let rel = |a: f64, b: f64| ((a - b) / b).abs();
+    assert!(
+        rel(got.loss, want.loss) < tol,
+        "{what}: loss {} vs {}",
+        got.loss,
+        want.loss
+    );
+    assert!(
+        rel(got.grad_norm, want.grad_norm) < 10.0 * tol,
+        "{what}: grad norm {} vs {}",
+        got.grad_norm,
+        want.grad_norm
+    );
+    assert_eq!(got.tokens, want.tokens, "{what}: tokens");
+    assert_eq!(got_moved.len(), want_moved.len(), "{what}: tensors");
+    let norm = |t: &Tensor| {
+        f64::from(
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        )
+        .sqrt()
+    };
+    for (i, (g, w)) in got_moved.iter().zip(want_moved).enumerate() {
+        let d = norm(&(g - w).unwrap()) / norm(w).max(1e-30);
+        assert!(
+            d < 10.0 * tol,
+            "{what}: the update of trainable tensor {i} differs by {d}"
+        );
+    }
+}
+
 /// One optimizer step of a LoRA r=16 on all seven targets (B drawn too, so every gradient
 /// flows), with clipping: the GPU's loss, gradient norm and update of the adapter are the CPU's,
-/// with the base in f32 and, looser, in bf16. AdamW's eps is 1 so that the update follows the
-/// gradient smoothly (with a tiny eps a first step is the gradient's sign, which rounding flips
-/// where the gradient is near 0).
+/// with the base in f32 and, looser, in bf16.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn a_llama3_8b_shaped_lora_step_on_the_gpu_matches_the_cpu() {
@@ -215,7 +331,6 @@ fn a_llama3_8b_shaped_lora_step_on_the_gpu_matches_the_cpu() {
             .affine(0.02, 0.0)
             .unwrap();
     }
-    let batch = batch(config.vocab_size as u32);
     let initial: Vec<Tensor> = adapter
         .layers
         .iter()
@@ -223,88 +338,58 @@ fn a_llama3_8b_shaped_lora_step_on_the_gpu_matches_the_cpu() {
         .flatten()
         .flat_map(|l| [l.a.copy().unwrap(), l.b.copy().unwrap()])
         .collect();
-    let opts = StepOptions {
-        mode: TrainMode::Lora,
-        recompute: true,
-        loss_chunk: 128,
-        dropout_seed: 0,
-    };
-    let schedule = Schedule {
-        peak_lr: 1.0,
-        warmup_steps: 0,
-        total_steps: 10,
-        decay: Decay::Constant,
-    };
-    let step = |device: &Device, dtype: DType| {
-        let mut model = Model::new(
-            config.clone(),
-            weights_on(&weights, device, dtype),
-            Some(adapter_on(&adapter, device)),
-        );
-        let params: Vec<Tensor> = model
-            .trainable(TrainMode::Lora)
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
-        let refs: Vec<&Tensor> = params.iter().collect();
-        let adamw = AdamWConfig {
-            eps: 1.0,
-            ..AdamWConfig::default()
-        };
-        let mut opt = AdamW::new(adamw, &refs).unwrap();
-        let mut grads = Gradients::zeros(&model, TrainMode::Lora).unwrap();
-        let report = optimizer_step(
-            &mut model,
-            std::slice::from_ref(&batch),
-            opts,
-            &mut opt,
-            &mut grads,
-            &schedule,
-            0.5,
+    let step = |device: &Device, dtype| {
+        one_step(
+            &config,
+            &weights,
+            Some(&adapter),
+            TrainMode::Lora,
+            device,
+            dtype,
+            &initial,
         )
-        .unwrap();
-        let moved: Vec<Tensor> = model
-            .trainable(TrainMode::Lora)
-            .into_iter()
-            .zip(&initial)
-            .map(|((_, t), p)| (t.to_device(&Device::Cpu).unwrap() - p).unwrap())
-            .collect();
-        (report, moved)
     };
-    let (want, want_params) = step(&Device::Cpu, DType::F32);
+    let want = step(&Device::Cpu, DType::F32);
     for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
-        let (got, got_params) = step(&gpu, dtype);
-        let rel = |a: f64, b: f64| ((a - b) / b).abs();
-        assert!(
-            rel(got.loss, want.loss) < tol,
-            "{dtype:?} loss {} vs {}",
-            got.loss,
-            want.loss
-        );
-        assert!(
-            rel(got.grad_norm, want.grad_norm) < 10.0 * tol,
-            "{dtype:?} grad norm {} vs {}",
-            got.grad_norm,
-            want.grad_norm
-        );
-        assert_eq!(got.tokens, want.tokens);
-        for (i, (g, w)) in got_params.iter().zip(&want_params).enumerate() {
-            let norm = |t: &Tensor| {
-                f64::from(
-                    t.sqr()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap(),
-                )
-                .sqrt()
-            };
-            let d = norm(&(g - w).unwrap()) / norm(w).max(1e-30);
-            assert!(
-                d < 10.0 * tol,
-                "{dtype:?}: the update of parameter {i} differs by {d}"
-            );
-        }
+        assert_steps_match(&format!("lora {dtype:?}"), &want, &step(&gpu, dtype), tol);
+    }
+}
+
+/// One optimizer step of full fine-tuning (every weight, embeddings and output included) of two
+/// layers of Llama-3.2-1B's shape (hidden 2048, 32 query and 8 key/value heads of 64, MLP
+/// 8192; vocabulary cut to 2048): the GPU's loss, gradient norm and every weight's update are
+/// the CPU's, in f32 and, through the f32 master copies, with bf16 weights.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
+fn a_full_fine_tuning_step_on_the_gpu_matches_the_cpu() {
+    let gpu = gpu();
+    let config = ModelConfig::from_json(
+        r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 2048, "hidden_size": 2048,
+        "intermediate_size": 8192, "num_hidden_layers": 2, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "max_position_embeddings": 8192, "tie_word_embeddings": false}"#,
+        std::path::Path::new("llama-3.2-1b layers"),
+    )
+    .unwrap();
+    let weights = random_weights(&config, DType::F32, &Device::Cpu).unwrap();
+    let initial: Vec<Tensor> = Model::new(config.clone(), weights.clone(), None)
+        .trainable(TrainMode::Full)
+        .into_iter()
+        .map(|(_, t)| t.copy().unwrap())
+        .collect();
+    let step = |device: &Device, dtype| {
+        one_step(
+            &config,
+            &weights,
+            None,
+            TrainMode::Full,
+            device,
+            dtype,
+            &initial,
+        )
+    };
+    let want = step(&Device::Cpu, DType::F32);
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+        assert_steps_match(&format!("full {dtype:?}"), &want, &step(&gpu, dtype), tol);
     }
 }
