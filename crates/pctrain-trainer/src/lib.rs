@@ -1,10 +1,9 @@
 //! pctrain's trainer: loading a base model, the optimizer and learning-rate schedule, the training
-//! loop, checkpoints, held-out loss and export in the Hugging Face layouts.
+//! loop, checkpoints and held-out loss.
 
 pub mod base;
 pub mod checkpoint;
 pub mod eval;
-pub mod export;
 pub mod optim;
 pub mod preset;
 pub mod schedule;

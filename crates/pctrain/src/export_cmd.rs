@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use pctrain_export::{export_adapter, export_merged, MAX_SHARD_BYTES};
 use pctrain_model::TrainMode;
-use pctrain_trainer::export::{export_adapter, export_merged, MAX_SHARD_BYTES};
 use pctrain_trainer::{checkpoints, load_checkpoint, Device};
 
 use crate::settings::Settings;

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use pctrain_data::TrainedWith;
 use pctrain_data::{Pipeline, TextTokenizer};
+use pctrain_export::{published_name, ExportMeta};
 use pctrain_model::lora::read_adapter_config;
 use pctrain_model::{LoraAdapter, LoraConfig, Model, TrainMode};
-use pctrain_trainer::export::{published_name, ExportMeta};
 use pctrain_trainer::preset::TINY_CONFIG;
 use pctrain_trainer::{load_base, tiny_model, DType, Device};
 
