@@ -70,10 +70,10 @@ pub struct Settings {
     /// Tokens per packed row (longer samples are cut).
     #[arg(long, default_value_t = 2048)]
     pub seq_len: usize,
-    /// Pack samples into rows (--no-packing: one sample a row).
+    /// One sample a row instead of packing several (the key `packing = false`).
     #[arg(long = "no-packing", action = clap::ArgAction::SetFalse)]
     pub packing: bool,
-    /// Shuffle the samples each epoch (--no-shuffle: in file order).
+    /// The samples in file order instead of shuffled each epoch (the key `shuffle = false`).
     #[arg(long = "no-shuffle", action = clap::ArgAction::SetFalse)]
     pub shuffle: bool,
     /// Rows per micro-batch.
@@ -97,6 +97,7 @@ pub struct Settings {
     /// cosine, linear or constant after warmup.
     #[arg(long, default_value = "cosine")]
     pub schedule: Decay,
+    /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// Global gradient norm bound; 0 turns clipping off.
@@ -153,18 +154,29 @@ pub enum Method {
 #[serde(default, deny_unknown_fields)]
 pub struct LoraSettings {
     /// LoRA rank.
-    #[arg(id = "lora_r", long = "lora-r", default_value_t = 16)]
+    #[arg(id = "lora_r", long = "lora-r", value_name = "R", default_value_t = 16)]
     pub r: usize,
     /// LoRA alpha (the update is scaled by alpha / r).
-    #[arg(id = "lora_alpha", long = "lora-alpha", default_value_t = 32.0)]
+    #[arg(
+        id = "lora_alpha",
+        long = "lora-alpha",
+        value_name = "ALPHA",
+        default_value_t = 32.0
+    )]
     pub alpha: f64,
     /// Dropout on the adapters' input.
-    #[arg(id = "lora_dropout", long = "lora-dropout", default_value_t = 0.05)]
+    #[arg(
+        id = "lora_dropout",
+        long = "lora-dropout",
+        value_name = "P",
+        default_value_t = 0.05
+    )]
     pub dropout: f64,
     /// `all`, or a comma list of q, k, v, o, gate, up, down.
     #[arg(
         id = "lora_targets",
         long = "lora-targets",
+        value_name = "TARGETS",
         value_delimiter = ',',
         default_value = "all"
     )]
