@@ -308,6 +308,24 @@ fn assert_steps_match(
     }
 }
 
+/// The step on the GPU, with the base in f32 and, looser, in bf16, against the step on the CPU.
+fn steps_match(
+    config: &ModelConfig,
+    weights: &pctrain_model::ModelWeights,
+    adapter: Option<&LoraAdapter>,
+    mode: TrainMode,
+    initial: &[Tensor],
+) {
+    let gpu = gpu();
+    let step =
+        |device: &Device, dtype| one_step(config, weights, adapter, mode, device, dtype, initial);
+    let want = step(&Device::Cpu, DType::F32);
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+        let what = format!("{mode:?} {dtype:?}");
+        assert_steps_match(&what, &want, &step(&gpu, dtype), tol);
+    }
+}
+
 /// One optimizer step of a LoRA r=16 on all seven targets (B drawn too, so every gradient
 /// flows), with clipping: the GPU's loss, gradient norm and update of the adapter are the CPU's,
 /// with the base in f32 and, looser, in bf16.
@@ -338,21 +356,7 @@ fn a_llama3_8b_shaped_lora_step_on_the_gpu_matches_the_cpu() {
         .flatten()
         .flat_map(|l| [l.a.copy().unwrap(), l.b.copy().unwrap()])
         .collect();
-    let step = |device: &Device, dtype| {
-        one_step(
-            &config,
-            &weights,
-            Some(&adapter),
-            TrainMode::Lora,
-            device,
-            dtype,
-            &initial,
-        )
-    };
-    let want = step(&Device::Cpu, DType::F32);
-    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
-        assert_steps_match(&format!("lora {dtype:?}"), &want, &step(&gpu, dtype), tol);
-    }
+    steps_match(&config, &weights, Some(&adapter), TrainMode::Lora, &initial);
 }
 
 /// One optimizer step of full fine-tuning (every weight, embeddings and output included) of two
@@ -362,7 +366,6 @@ fn a_llama3_8b_shaped_lora_step_on_the_gpu_matches_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn a_full_fine_tuning_step_on_the_gpu_matches_the_cpu() {
-    let gpu = gpu();
     let config = ModelConfig::from_json(
         r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 2048, "hidden_size": 2048,
         "intermediate_size": 8192, "num_hidden_layers": 2, "num_attention_heads": 32,
@@ -377,19 +380,5 @@ fn a_full_fine_tuning_step_on_the_gpu_matches_the_cpu() {
         .into_iter()
         .map(|(_, t)| t.copy().unwrap())
         .collect();
-    let step = |device: &Device, dtype| {
-        one_step(
-            &config,
-            &weights,
-            None,
-            TrainMode::Full,
-            device,
-            dtype,
-            &initial,
-        )
-    };
-    let want = step(&Device::Cpu, DType::F32);
-    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
-        assert_steps_match(&format!("full {dtype:?}"), &want, &step(&gpu, dtype), tol);
-    }
+    steps_match(&config, &weights, None, TrainMode::Full, &initial);
 }
