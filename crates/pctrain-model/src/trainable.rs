@@ -6,7 +6,6 @@ use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::backward::{Grads, TrainMode};
-use crate::layers::linear::Lora;
 use crate::lora::Target;
 use crate::model::Model;
 use crate::params::{trainable_params, Param};
@@ -29,17 +28,22 @@ impl Model {
         )
     }
 
-    /// The tensor of `p` (which the model has: one of [`Model::trainable_params`]' or a base
-    /// weight).
-    pub fn param(&self, p: Param) -> &Tensor {
+    /// The tensor of `p`; `None` when the model has no such tensor (an output projection tied to
+    /// the embeddings, an adapter it lacks, a layer past its last).
+    pub fn param(&self, p: Param) -> Option<&Tensor> {
         let w = &self.weights;
+        let adapter = |l: usize, t: Target| {
+            self.lora
+                .as_ref()
+                .and_then(|a| a.layers.get(l)?[t as usize].as_ref())
+        };
         match p {
-            Param::Embed => &w.embed_tokens,
-            Param::Layer(l, lw) => w.layers[l].get(lw),
-            Param::Norm => &w.norm,
-            Param::LmHead => w.lm_head.as_ref().expect("an untied output projection"),
-            Param::LoraA(l, t) => &self.adapter(l, t).a,
-            Param::LoraB(l, t) => &self.adapter(l, t).b,
+            Param::Embed => Some(&w.embed_tokens),
+            Param::Layer(l, lw) => w.layers.get(l).map(|layer| layer.get(lw)),
+            Param::Norm => Some(&w.norm),
+            Param::LmHead => w.lm_head.as_ref(),
+            Param::LoraA(l, t) => adapter(l, t).map(|a| &a.a),
+            Param::LoraB(l, t) => adapter(l, t).map(|a| &a.b),
         }
     }
 
@@ -65,18 +69,14 @@ impl Model {
         }
     }
 
-    fn adapter(&self, l: usize, t: Target) -> &Lora {
-        self.lora
-            .as_ref()
-            .and_then(|a| a.layers[l][t as usize].as_ref())
-            .expect("an adapter of the table")
-    }
-
     /// The tensors that train in `mode`, with their names, in the one order.
     pub fn trainable(&self, mode: TrainMode) -> Vec<(String, Tensor)> {
         self.trainable_params(mode)
             .into_iter()
-            .map(|p| (p.name(), self.param(p).clone()))
+            .map(|p| {
+                let t = self.param(p).expect("the table lists what the model holds");
+                (p.name(), t.clone())
+            })
             .collect()
     }
 
