@@ -5,6 +5,7 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use crate::backward::TrainMode;
+use crate::cpu::workspace::LayerActs;
 use crate::model::Model;
 
 /// Bytes held during a training step (gradients and optimizer state are the trainer's).
@@ -73,11 +74,7 @@ impl Model {
         );
         let f32_bytes = DType::F32.size_in_bytes();
         if self.on_cpu_kernels() {
-            let ranks: usize = self
-                .lora
-                .as_ref()
-                .map_or(0, |a| a.config.r * a.config.targets.len());
-            let acts = n * (3 * h + 2 + 2 * q + 2 * kv + c.num_heads + 2 * i + ranks);
+            let acts = LayerActs::floats(&self.sizes(rows, seq_len));
             let sets = if recompute { 1 } else { layers };
             return ((layers + 1) * n * h + n * h + n + sets * acts) * f32_bytes;
         }

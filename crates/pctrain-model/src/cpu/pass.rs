@@ -103,9 +103,10 @@ impl Model {
         })
     }
 
-    fn sizes(&self, batch: &Batch) -> Sizes {
+    /// The sizes of a pass's buffers for a batch of `rows x seq_len`.
+    pub(crate) fn sizes(&self, rows: usize, seq_len: usize) -> Sizes {
         let c = &self.config;
-        let n = batch.rows * batch.seq_len;
+        let n = rows * seq_len;
         let mut ranks = [0; 7];
         if let Some(a) = &self.lora {
             for t in &a.config.targets {
@@ -193,7 +194,12 @@ impl Model {
         let c = &self.config;
         let h = c.hidden_size;
         let n = batch.rows * batch.seq_len;
-        ws.fit(&self.sizes(batch), c.num_layers, keep_all, backward);
+        ws.fit(
+            &self.sizes(batch.rows, batch.seq_len),
+            c.num_layers,
+            keep_all,
+            backward,
+        );
         let Workspace {
             inputs,
             layers,

@@ -46,22 +46,40 @@ pub(crate) struct Sizes {
 }
 
 impl LayerActs {
+    /// Every buffer with the floats it holds for sizes `s`: the one list that `fit` allocates
+    /// and the memory account counts.
+    fn with_lengths(&mut self, s: &Sizes) -> Vec<(&mut Vec<f32>, usize)> {
+        let mut out = vec![
+            (&mut self.h1, s.n * s.h),
+            (&mut self.rstd1, s.n),
+            (&mut self.q, s.n * s.q),
+            (&mut self.k, s.n * s.kv),
+            (&mut self.v, s.n * s.kv),
+            (&mut self.o, s.n * s.q),
+            (&mut self.lse, s.lse),
+            (&mut self.x_mid, s.n * s.h),
+            (&mut self.h2, s.n * s.h),
+            (&mut self.rstd2, s.n),
+            (&mut self.gate, s.n * s.inter),
+            (&mut self.up, s.n * s.inter),
+        ];
+        out.extend(self.xa.iter_mut().zip(s.ranks).map(|(xa, r)| (xa, s.n * r)));
+        out
+    }
+
     pub fn fit(&mut self, s: &Sizes) {
-        fit(&mut self.h1, s.n * s.h);
-        fit(&mut self.rstd1, s.n);
-        fit(&mut self.q, s.n * s.q);
-        fit(&mut self.k, s.n * s.kv);
-        fit(&mut self.v, s.n * s.kv);
-        fit(&mut self.o, s.n * s.q);
-        fit(&mut self.lse, s.lse);
-        fit(&mut self.x_mid, s.n * s.h);
-        fit(&mut self.h2, s.n * s.h);
-        fit(&mut self.rstd2, s.n);
-        fit(&mut self.gate, s.n * s.inter);
-        fit(&mut self.up, s.n * s.inter);
-        for (xa, r) in self.xa.iter_mut().zip(s.ranks) {
-            fit(xa, s.n * r);
+        for (v, len) in self.with_lengths(s) {
+            fit(v, len);
         }
+    }
+
+    /// The floats one layer's activations hold for sizes `s`.
+    pub fn floats(s: &Sizes) -> usize {
+        LayerActs::default()
+            .with_lengths(s)
+            .iter()
+            .map(|(_, len)| len)
+            .sum()
     }
 }
 
