@@ -11,7 +11,7 @@ use crate::layers::loss::{cross_entropy_backward, shift_targets, LossSum};
 use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
 use crate::layers::rope::rope_tables;
 use crate::model::{Batch, Model};
-use crate::params::Param;
+use crate::params::{place, Param};
 use crate::trainable::Gradients;
 use crate::weights::LayerWeights;
 
@@ -69,45 +69,26 @@ impl Grads {
         tensors: Vec<Tensor>,
         inputs_embeds: Tensor,
     ) -> Self {
-        let layers = model.config.num_layers;
-        let mut weights: Vec<[Option<Tensor>; 9]> = vec![Default::default(); layers];
-        let mut grads = Grads {
-            layers: vec![
-                LayerGrads {
-                    lora: Default::default(),
-                    weights: None,
-                };
-                layers
-            ],
-            embed_tokens: None,
-            norm: None,
-            lm_head: None,
+        let params = model.trainable_params(mode);
+        let placed = place(model.config.num_layers, &params, tensors);
+        let layers = placed
+            .layers
+            .into_iter()
+            .map(|mut l| LayerGrads {
+                lora: l.lora,
+                weights: (mode == TrainMode::Full).then(|| {
+                    LayerWeights::try_from_fn(|w| l.weights[w as usize].take().ok_or(()))
+                        .expect("full mode trains every weight")
+                }),
+            })
+            .collect();
+        Grads {
+            layers,
+            embed_tokens: placed.embed,
+            norm: placed.norm,
+            lm_head: placed.lm_head,
             inputs_embeds,
-        };
-        let mut pending_a = None;
-        for (p, t) in model.trainable_params(mode).into_iter().zip(tensors) {
-            match p {
-                Param::Embed => grads.embed_tokens = Some(t),
-                Param::Layer(l, w) => weights[l][w as usize] = Some(t),
-                Param::Norm => grads.norm = Some(t),
-                Param::LmHead => grads.lm_head = Some(t),
-                // The table lists an adapter's A just before its B.
-                Param::LoraA(..) => pending_a = Some(t),
-                Param::LoraB(l, target) => {
-                    let a = pending_a.take().expect("A before B");
-                    grads.layers[l].lora[target as usize] = Some((a, t));
-                }
-            }
         }
-        if mode == TrainMode::Full {
-            for (g, mut w) in grads.layers.iter_mut().zip(weights) {
-                g.weights = Some(
-                    LayerWeights::try_from_fn(|p| w[p as usize].take().ok_or(()))
-                        .expect("full mode trains every weight"),
-                );
-            }
-        }
-        grads
     }
 
     /// The gradient of `p`, if it has one.

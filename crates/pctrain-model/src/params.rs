@@ -132,3 +132,57 @@ pub fn trainable_params(
             .collect(),
     }
 }
+
+/// Values that belong to the trainable tensors (their gradients, their gradient buffers), placed
+/// by what they belong to.
+pub struct Placed<T> {
+    pub embed: Option<T>,
+    pub layers: Vec<LayerPlaced<T>>,
+    pub norm: Option<T>,
+    pub lm_head: Option<T>,
+}
+
+/// A layer's share of [`Placed`]: each adapter's `(A, B)` by [`Target`], each weight's by
+/// [`LayerParam`].
+pub struct LayerPlaced<T> {
+    pub lora: [Option<(T, T)>; 7],
+    pub weights: [Option<T>; 9],
+}
+
+impl<T> LayerPlaced<T> {
+    /// The value of weight `w`, when it trains.
+    pub fn weight(&mut self, w: LayerParam) -> Option<&mut T> {
+        self.weights[w as usize].as_mut()
+    }
+}
+
+/// `values`, one per parameter of `params` (in their order), placed for a model of `layers`.
+pub fn place<T>(layers: usize, params: &[Param], values: impl IntoIterator<Item = T>) -> Placed<T> {
+    let mut placed = Placed {
+        embed: None,
+        layers: (0..layers)
+            .map(|_| LayerPlaced {
+                lora: Default::default(),
+                weights: Default::default(),
+            })
+            .collect(),
+        norm: None,
+        lm_head: None,
+    };
+    let mut pending_a = None;
+    for (&p, v) in params.iter().zip(values) {
+        match p {
+            Param::Embed => placed.embed = Some(v),
+            Param::Layer(l, w) => placed.layers[l].weights[w as usize] = Some(v),
+            Param::Norm => placed.norm = Some(v),
+            Param::LmHead => placed.lm_head = Some(v),
+            // The table lists an adapter's A just before its B.
+            Param::LoraA(..) => pending_a = Some(v),
+            Param::LoraB(l, t) => {
+                let a = pending_a.take().expect("A before B");
+                placed.layers[l].lora[t as usize] = Some((a, v));
+            }
+        }
+    }
+    placed
+}

@@ -15,7 +15,7 @@ use crate::layers::mlp::{swiglu_cpu_backward, swiglu_cpu_forward};
 use crate::layers::norm::{rms_norm_cpu_backward, rms_norm_cpu_forward};
 use crate::layers::rope::{rope_cpu, RopeLayout};
 use crate::lora::Target;
-use crate::params::LayerParam;
+use crate::params::{LayerParam, LayerPlaced};
 
 use super::workspace::{LayerActs, Scratch};
 
@@ -45,18 +45,8 @@ impl LayerParams<'_> {
 }
 
 /// Where one layer's gradients are added: each adapter's `(dA, dB)`, and with full fine-tuning
-/// every weight's, by [`LayerParam`].
-pub(crate) struct LayerSlots<'a> {
-    pub lora: [Option<(&'a mut [f32], &'a mut [f32])>; 7],
-    pub weights: [Option<&'a mut [f32]>; 9],
-}
-
-impl LayerSlots<'_> {
-    /// Where the gradient of weight `w` is added, when it trains.
-    pub fn weight(&mut self, w: LayerParam) -> Option<&mut [f32]> {
-        self.weights[w as usize].as_deref_mut()
-    }
-}
+/// every weight's.
+pub(crate) type LayerSlots<'a> = LayerPlaced<&'a mut [f32]>;
 
 impl Pass<'_> {
     /// `y (+)= alpha * target(x)`, keeping the adapter's `dropout(x) A^T` in `xa`.
@@ -239,7 +229,7 @@ impl Pass<'_> {
             true,
         );
         s.grad_mid.copy_from_slice(grad);
-        let dpost = g.weight(LayerParam::PostNorm);
+        let dpost = g.weight(LayerParam::PostNorm).map(|g| &mut **g);
         rms_norm_cpu_backward(
             &s.dh,
             &a.x_mid,
@@ -323,7 +313,7 @@ impl Pass<'_> {
             true,
         );
         grad.copy_from_slice(&s.grad_mid);
-        let dinput = g.weight(LayerParam::InputNorm);
+        let dinput = g.weight(LayerParam::InputNorm).map(|g| &mut **g);
         rms_norm_cpu_backward(
             &s.dh,
             x,

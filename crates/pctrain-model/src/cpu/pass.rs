@@ -13,9 +13,9 @@ use crate::layers::norm::{rms_norm_cpu_backward, rms_norm_cpu_forward};
 use crate::layers::rope::rope_table_values;
 use crate::lora::Target;
 use crate::model::{Batch, Model};
-use crate::params::Param;
+use crate::params::{place, Placed};
 
-use super::layer::{LayerParams, LayerSlots, Pass};
+use super::layer::{LayerParams, Pass};
 use super::view::{view, View};
 use super::workspace::{Sizes, Workspace};
 
@@ -57,15 +57,6 @@ impl Views<'_> {
     pub fn output(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed)
     }
-}
-
-/// Where a pass adds its gradients, split out of the step's buffers in
-/// [`Model::trainable`]'s order.
-struct Slots<'a> {
-    embed: Option<&'a mut [f32]>,
-    layers: Vec<LayerSlots<'a>>,
-    norm: Option<&'a mut [f32]>,
-    lm_head: Option<&'a mut [f32]>,
 }
 
 impl Model {
@@ -124,37 +115,15 @@ impl Model {
         }
     }
 
-    /// The gradient buffers of `mode` (in [`Model::trainable_params`]' order), split by what
+    /// The gradient buffers of `mode` (in [`Model::trainable_params`]' order), placed by what
     /// they hold.
-    fn slots<'a>(&self, mode: TrainMode, host: &'a mut [Vec<f32>]) -> Slots<'a> {
-        let mut slots = Slots {
-            embed: None,
-            layers: (0..self.config.num_layers)
-                .map(|_| LayerSlots {
-                    lora: Default::default(),
-                    weights: Default::default(),
-                })
-                .collect(),
-            norm: None,
-            lm_head: None,
-        };
-        let mut pending_a = None;
-        for (p, g) in self.trainable_params(mode).into_iter().zip(host) {
-            let g = g.as_mut_slice();
-            match p {
-                Param::Embed => slots.embed = Some(g),
-                Param::Layer(l, w) => slots.layers[l].weights[w as usize] = Some(g),
-                Param::Norm => slots.norm = Some(g),
-                Param::LmHead => slots.lm_head = Some(g),
-                // The table lists an adapter's A just before its B.
-                Param::LoraA(..) => pending_a = Some(g),
-                Param::LoraB(l, t) => {
-                    let a = pending_a.take().expect("A before B");
-                    slots.layers[l].lora[t as usize] = Some((a, g));
-                }
-            }
-        }
-        slots
+    fn slots<'a>(&self, mode: TrainMode, host: &'a mut [Vec<f32>]) -> Placed<&'a mut [f32]> {
+        let params = self.trainable_params(mode);
+        place(
+            self.config.num_layers,
+            &params,
+            host.iter_mut().map(Vec::as_mut_slice),
+        )
     }
 
     /// The rope tables, attention reach and shape of `batch`, written into `ws`.
