@@ -1,289 +1,301 @@
-//! One decoder layer, forward and backward side by side:
+//! One decoder layer, forward and backward side by side, written once over a [`Backend`]:
 //! `x_mid = x + r * o_proj(attention(rope(q(norm(x))), rope(k(..)), v(..)))`,
 //! `out = x_mid + r * down(silu(gate(norm(x_mid))) * up(norm(x_mid)))`, with `r` Granite's residual
-//! multiplier (1 elsewhere). The forward keeps what the backward needs ([`Saved`]); training and
-//! inference on tensors run this one forward (decoding has its own, `crate::generate`).
+//! multiplier (1 elsewhere). Activations are named as llm.c names them and listed once
+//! ([`LayerActs::with_lengths`]): the CPU workspace allocates by the list and the memory account
+//! sums it. `N = B*T` tokens; `H` hidden size, `Q = heads * head_dim`, `K = kv_heads *
+//! head_dim`, `I` intermediate size, `r` an adapter's rank.
 
-use candle_core::{Tensor, D};
-
-use crate::backward::LayerGrads;
+use crate::backend::{AttentionSaved, Backend};
 use crate::error::Result;
-use crate::layers::attention::{
-    flash_attention_backward, flash_attention_forward, AttentionSaved, SegmentMask,
-};
-use crate::layers::linear::{
-    dropout_mask, dropout_seed, linear_backward, linear_forward_train, Lora,
-};
-use crate::layers::mlp::{swiglu_backward, swiglu_forward};
-use crate::layers::norm::{rms_norm_backward, rms_norm_forward};
-use crate::layers::rope::{rope_backward, rope_forward};
-use crate::lora::{LayerLora, Target};
+use crate::lora::Target;
 use crate::model::Model;
-use crate::params::LayerParam;
-use crate::weights::LayerWeights;
+use crate::params::{LayerParam, LayerPlaced, Param};
 
-/// What a layer's backward needs.
-pub(crate) struct Saved {
-    pub(crate) x: Tensor,
-    pub(crate) h1: Tensor,
-    pub(crate) q: Tensor,
-    pub(crate) k: Tensor,
-    pub(crate) v: Tensor,
-    pub(crate) attn: AttentionSaved,
-    pub(crate) a: Tensor,
-    pub(crate) x_mid: Tensor,
-    pub(crate) h2: Tensor,
-    pub(crate) gate: Tensor,
-    pub(crate) up: Tensor,
-    pub(crate) z: Tensor,
-    pub(crate) out: Tensor,
+/// What one decoder layer keeps from its forward for its backward.
+#[derive(Default)]
+pub(crate) struct LayerActs<B> {
+    /// `rms_norm(x)`, `[N, H]`, and each row's `1 / rms`, `[N]`.
+    pub h1: B,
+    pub rstd1: B,
+    /// After rope, `[N, Q]` and `[N, K]`.
+    pub q: B,
+    pub k: B,
+    /// `[N, K]`
+    pub v: B,
+    /// Attention's output, `[N, Q]`, and each score row's log-sum-exp, `[B, heads, T]` (f32).
+    pub o: B,
+    pub lse: B,
+    /// `x + r * o_proj(o)`, `[N, H]`.
+    pub x_mid: B,
+    /// `rms_norm(x_mid)`, `[N, H]`, and its `1 / rms`, `[N]`.
+    pub h2: B,
+    pub rstd2: B,
+    /// The MLP's projections, `[N, I]`.
+    pub gate: B,
+    pub up: B,
+    /// Per LoRA target, `dropout(input) A^T`, `[N, r]` (in the adapter's dtype).
+    pub xa: [B; 7],
 }
 
-/// Inputs shared by every layer of a pass.
-pub(crate) struct LayerContext {
-    pub(crate) cos: Tensor,
-    pub(crate) sin: Tensor,
-    pub(crate) attention: SegmentMask,
-    /// Seed of the LoRA dropout masks; `None` at inference (no dropout).
-    pub(crate) dropout_seed: Option<u64>,
+/// What an activation holds, which says its element type on a backend: the model's dtype, f32
+/// statistics, or the adapters' dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ActKind {
+    Model,
+    /// `1 / rms` of a norm's rows.
+    NormStat,
+    /// Attention's log-sum-exps.
+    AttentionStat,
+    Adapter,
 }
 
-/// `x` cast once to the adapters' dtype when any of `targets` (which all read `x`) has an
-/// adapter: the casts of their shared input, made once.
-fn adapter_input(
-    lora: Option<&LayerLora>,
-    targets: &[Target],
-    x: &Tensor,
-) -> Result<Option<Tensor>> {
-    let first = lora.and_then(|a| targets.iter().find_map(|&t| a[t as usize].as_ref()));
-    Ok(first.map(|l| x.to_dtype(l.a.dtype())).transpose()?)
+/// The sizes a pass's buffers take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sizes {
+    pub n: usize,
+    pub h: usize,
+    pub q: usize,
+    pub kv: usize,
+    pub inter: usize,
+    /// `B * heads * T`
+    pub lse: usize,
+    /// Each target's rank (0: no adapter).
+    pub ranks: [usize; 7],
+}
+
+impl<B> LayerActs<B> {
+    /// Every buffer with what it holds and its length (elements) for sizes `s`: the one list
+    /// that the CPU workspace allocates and the memory account counts.
+    pub fn with_lengths(&mut self, s: &Sizes) -> Vec<(&mut B, ActKind, usize)> {
+        use ActKind::*;
+        let mut out = vec![
+            (&mut self.h1, Model, s.n * s.h),
+            (&mut self.rstd1, NormStat, s.n),
+            (&mut self.q, Model, s.n * s.q),
+            (&mut self.k, Model, s.n * s.kv),
+            (&mut self.v, Model, s.n * s.kv),
+            (&mut self.o, Model, s.n * s.q),
+            (&mut self.lse, AttentionStat, s.lse),
+            (&mut self.x_mid, Model, s.n * s.h),
+            (&mut self.h2, Model, s.n * s.h),
+            (&mut self.rstd2, NormStat, s.n),
+            (&mut self.gate, Model, s.n * s.inter),
+            (&mut self.up, Model, s.n * s.inter),
+        ];
+        out.extend(
+            self.xa
+                .iter_mut()
+                .zip(s.ranks)
+                .map(|(xa, r)| (xa, Adapter, s.n * r)),
+        );
+        out
+    }
+
+    /// A set whose every buffer is `empty()`.
+    pub fn new(empty: impl Fn() -> B) -> Self {
+        LayerActs {
+            h1: empty(),
+            rstd1: empty(),
+            q: empty(),
+            k: empty(),
+            v: empty(),
+            o: empty(),
+            lse: empty(),
+            x_mid: empty(),
+            h2: empty(),
+            rstd2: empty(),
+            gate: empty(),
+            up: empty(),
+            xa: std::array::from_fn(|_| empty()),
+        }
+    }
+}
+
+/// Buffers of a layer's backward (and `z` of its forward), shared by every layer in turn.
+#[derive(Default)]
+pub(crate) struct Scratch<B> {
+    /// `silu(gate) * up`, `[N, I]` (not kept: recomputed in backward).
+    pub z: B,
+    /// The gradient flowing down the layers, `[N, H]`, and its value between a layer's blocks.
+    pub grad: B,
+    pub grad_mid: B,
+    /// A normed input's gradient, `[N, H]`.
+    pub dh: B,
+    /// Gradients of attention's output `[N, Q]`, of q `[N, Q]`, k and v `[N, K]`.
+    pub da: B,
+    pub dq: B,
+    pub dk: B,
+    pub dv: B,
+    /// Gradients of the MLP's gate, up and product, `[N, I]`.
+    pub dgate: B,
+    pub dup: B,
+    pub dz: B,
+}
+
+impl<B> Scratch<B> {
+    /// The buffers with their lengths for sizes `s`: `z` alone for a pass without a backward.
+    pub fn with_lengths(&mut self, s: &Sizes, backward: bool) -> Vec<(&mut B, usize)> {
+        let mut out = vec![(&mut self.z, s.n * s.inter)];
+        if backward {
+            out.extend([
+                (&mut self.grad, s.n * s.h),
+                (&mut self.grad_mid, s.n * s.h),
+                (&mut self.dh, s.n * s.h),
+                (&mut self.da, s.n * s.q),
+                (&mut self.dq, s.n * s.q),
+                (&mut self.dk, s.n * s.kv),
+                (&mut self.dv, s.n * s.kv),
+                (&mut self.dgate, s.n * s.inter),
+                (&mut self.dup, s.n * s.inter),
+                (&mut self.dz, s.n * s.inter),
+            ]);
+        }
+        out
+    }
+
+    pub fn new(empty: impl Fn() -> B) -> Self {
+        Scratch {
+            z: empty(),
+            grad: empty(),
+            grad_mid: empty(),
+            dh: empty(),
+            da: empty(),
+            dq: empty(),
+            dk: empty(),
+            dv: empty(),
+            dgate: empty(),
+            dup: empty(),
+            dz: empty(),
+        }
+    }
 }
 
 impl Model {
-    fn adapters(&self, l: usize) -> Option<&LayerLora> {
-        self.lora.as_ref().map(|a| &a.layers[l])
-    }
-
-    /// The LoRA dropout mask of layer `l`'s `target` for input `x`, when that adapter exists and
-    /// its dropout is above 0; a function of the step's seed, so recomputation draws it again.
-    fn dropout(
-        &self,
-        ctx: &LayerContext,
-        l: usize,
-        target: Target,
-        x: &Tensor,
-    ) -> Result<Option<Tensor>> {
-        let (Some(adapter), Some(step_seed)) = (&self.lora, ctx.dropout_seed) else {
-            return Ok(None);
-        };
-        let p = adapter.config.dropout;
-        let Some(lora) = adapter.layers[l][target as usize].as_ref() else {
-            return Ok(None);
-        };
-        if p <= 0.0 {
-            return Ok(None);
+    /// The sizes of a pass's buffers for a batch of `rows x seq_len`.
+    pub(crate) fn sizes(&self, rows: usize, seq_len: usize) -> Sizes {
+        let c = &self.config;
+        let n = rows * seq_len;
+        let mut ranks = [0; 7];
+        if let Some(a) = &self.lora {
+            for t in &a.config.targets {
+                ranks[*t as usize] = a.config.r;
+            }
         }
-        // In the adapter's dtype: the mask multiplies the adapter's (cast) input.
-        Ok(Some(dropout_mask(
-            p,
-            dropout_seed(step_seed, l, target),
-            x.dims(),
-            lora.a.dtype(),
-            x.device(),
-        )?))
+        Sizes {
+            n,
+            h: c.hidden_size,
+            q: c.num_heads * c.head_dim,
+            kv: c.num_kv_heads * c.head_dim,
+            inter: c.intermediate_size,
+            lse: n * c.num_heads,
+            ranks,
+        }
     }
+}
 
-    /// Forward of layer `l`, keeping what its backward needs.
-    pub(crate) fn layer_forward(&self, x: &Tensor, l: usize, ctx: &LayerContext) -> Result<Saved> {
-        let c = &self.config;
-        let w = &self.weights.layers[l];
-        let lora = self.adapters(l);
-        let adapter = |t: Target| -> Option<&Lora> { lora.and_then(|a| a[t as usize].as_ref()) };
-        let (b, t, _) = x.dims3()?;
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let lin = |t: Target, x: &Tensor, x_lora: Option<&Tensor>, w: &Tensor| -> Result<Tensor> {
-            let mask = self.dropout(ctx, l, t, x)?;
-            Ok(linear_forward_train(
-                x,
-                w,
-                adapter(t),
-                x_lora,
-                mask.as_ref(),
-            )?)
-        };
-        let h1 = rms_norm_forward(x, &w.input_norm, c.rms_norm_eps)?;
-        let h1_lora = adapter_input(lora, &[Target::Q, Target::K, Target::V], &h1)?;
-        let h1_lora = h1_lora.as_ref();
-        let q = heads(lin(Target::Q, &h1, h1_lora, &w.q_proj)?, c.num_heads)?;
-        let k = heads(lin(Target::K, &h1, h1_lora, &w.k_proj)?, c.num_kv_heads)?;
-        let v = heads(lin(Target::V, &h1, h1_lora, &w.v_proj)?, c.num_kv_heads)?;
-        let q = rope_forward(&q, &ctx.cos, &ctx.sin)?;
-        let k = rope_forward(&k, &ctx.cos, &ctx.sin)?;
-        let attn_saved = flash_attention_forward(&q, &k, &v, &ctx.attention, c.attention_scale)?;
-        let o = attn_saved.out.clone();
-        let a = o
-            .transpose(1, 2)?
-            .reshape((b, t, c.num_heads * c.head_dim))?;
-        let attn = lin(Target::O, &a, None, &w.o_proj)?;
-        let x_mid = (x + (attn * c.residual_multiplier)?)?;
-        let h2 = rms_norm_forward(&x_mid, &w.post_attention_norm, c.rms_norm_eps)?;
-        let h2_lora = adapter_input(lora, &[Target::Gate, Target::Up], &h2)?;
-        let gate = lin(Target::Gate, &h2, h2_lora.as_ref(), &w.gate_proj)?;
-        let up = lin(Target::Up, &h2, h2_lora.as_ref(), &w.up_proj)?;
-        let z = swiglu_forward(&gate, &up)?;
-        let m = lin(Target::Down, &z, None, &w.down_proj)?;
-        let out = (&x_mid + (m * c.residual_multiplier)?)?;
-        Ok(Saved {
-            x: x.clone(),
-            h1,
-            q,
-            k,
-            v,
-            attn: attn_saved,
-            a,
-            x_mid,
-            h2,
-            gate,
-            up,
-            z,
-            out,
-        })
-    }
+/// Forward of layer `l` from `x` (`[N, H]`): fills `a` and writes the output into `out`.
+pub(crate) fn layer_forward<K: Backend>(
+    k: &mut K,
+    l: usize,
+    x: &K::Buf,
+    a: &mut LayerActs<K::Buf>,
+    s: &mut Scratch<K::Buf>,
+    out: &mut K::Buf,
+) -> Result<()> {
+    let c = k.config();
+    let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
+    let r = c.residual_multiplier as f32;
+    let norm = |w| Param::Layer(l, w);
+    let [xq, xk, xv, xo, xg, xu, xdn] = &mut a.xa;
 
-    /// Backward of layer `l`: the gradient with respect to its input, and its parameters'.
-    pub(crate) fn layer_backward(
-        &self,
-        dout: &Tensor,
-        s: &Saved,
-        l: usize,
-        ctx: &LayerContext,
-        full: bool,
-    ) -> Result<(Tensor, LayerGrads)> {
-        let c = &self.config;
-        let w = &self.weights.layers[l];
-        let lora = self.adapters(l);
-        let adapter = |t: Target| -> Option<&Lora> { lora.and_then(|a| a[t as usize].as_ref()) };
-        let (b, t, h) = dout.dims3()?;
-        let n = b * t;
-        let flat = |x: &Tensor| -> Result<Tensor> {
-            let last = x.dim(D::Minus1)?;
-            Ok(x.reshape((n, last))?)
-        };
-        let mut lora_grads: [Option<(Tensor, Tensor)>; 7] = Default::default();
-        // Weight gradients by [`LayerParam`] (full mode).
-        let mut weight_grads: [Option<Tensor>; 9] = Default::default();
-        let mut linear = |target: Target,
-                          dy: &Tensor,
-                          x: &Tensor,
-                          x_lora: Option<&Tensor>,
-                          weight: &Tensor|
-         -> Result<Tensor> {
-            let mask = self
-                .dropout(ctx, l, target, x)?
-                .map(|m| flat(&m))
-                .transpose()?;
-            let x_lora = x_lora.map(flat).transpose()?;
-            let g = linear_backward(
-                &flat(dy)?,
-                &flat(x)?,
-                weight,
-                adapter(target),
-                x_lora.as_ref(),
-                mask.as_ref(),
-                full,
-            )?;
-            lora_grads[target as usize] = g.dlora;
-            weight_grads[LayerParam::of(target) as usize] = g.dw;
-            Ok(g.dx)
-        };
+    // Attention block: x_mid = x + r * o_proj(attention(rope(q), rope(k), v)).
+    k.rms_norm(norm(LayerParam::InputNorm), x, &mut a.h1, &mut a.rstd1)?;
+    k.linear(l, Target::Q, &a.h1, xq, &mut a.q, 1.0, false)?;
+    k.linear(l, Target::K, &a.h1, xk, &mut a.k, 1.0, false)?;
+    k.linear(l, Target::V, &a.h1, xv, &mut a.v, 1.0, false)?;
+    k.rope(&mut a.q, heads, false)?;
+    k.rope(&mut a.k, kv_heads, false)?;
+    k.attention(&a.q, &a.k, &a.v, &mut a.o, &mut a.lse)?;
+    k.copy(x, &mut a.x_mid)?;
+    k.linear(l, Target::O, &a.o, xo, &mut a.x_mid, r, true)?;
 
-        // MLP block: out = x_mid + r * down(swiglu(gate(h2), up(h2))).
-        let dm = (dout * c.residual_multiplier)?;
-        let dz = linear(Target::Down, &dm, &s.z, None, &w.down_proj)?.reshape(s.z.shape())?;
-        let (dgate, dup) = swiglu_backward(&dz, &s.gate, &s.up)?;
-        let h2_lora = adapter_input(lora, &[Target::Gate, Target::Up], &s.h2)?;
-        let dh2 = (linear(Target::Gate, &dgate, &s.h2, h2_lora.as_ref(), &w.gate_proj)?
-            + linear(Target::Up, &dup, &s.h2, h2_lora.as_ref(), &w.up_proj)?)?
-        .reshape((b, t, h))?;
-        let (dx_norm2, dpost) =
-            rms_norm_backward(&dh2, &s.x_mid, &w.post_attention_norm, c.rms_norm_eps, full)?;
-        let dx_mid = (dout + dx_norm2)?;
+    // MLP block: out = x_mid + r * down(swiglu(gate(h2), up(h2))).
+    k.rms_norm(
+        norm(LayerParam::PostNorm),
+        &a.x_mid,
+        &mut a.h2,
+        &mut a.rstd2,
+    )?;
+    k.linear(l, Target::Gate, &a.h2, xg, &mut a.gate, 1.0, false)?;
+    k.linear(l, Target::Up, &a.h2, xu, &mut a.up, 1.0, false)?;
+    k.swiglu(&a.gate, &a.up, &mut s.z)?;
+    k.copy(&a.x_mid, out)?;
+    k.linear(l, Target::Down, &s.z, xdn, out, r, true)
+}
 
-        // Attention block: x_mid = x + r * o_proj(attention(rope(q), rope(k), v)).
-        let dattn = (&dx_mid * c.residual_multiplier)?;
-        let da = linear(Target::O, &dattn, &s.a, None, &w.o_proj)?;
-        let da = da
-            .reshape((b, t, c.num_heads, c.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let (dq, dk, dv) = flash_attention_backward(
-            &da,
-            &s.q,
-            &s.k,
-            &s.v,
-            &s.attn,
-            &ctx.attention,
-            c.attention_scale,
-        )?;
-        let dq = rope_backward(&dq, &ctx.cos, &ctx.sin)?;
-        let dk = rope_backward(&dk, &ctx.cos, &ctx.sin)?;
-        let unheads = |d: Tensor, heads: usize| -> Result<Tensor> {
-            Ok(d.transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, t, heads * c.head_dim))?)
-        };
-        let h1_lora = adapter_input(lora, &[Target::Q, Target::K, Target::V], &s.h1)?;
-        let h1_lora = h1_lora.as_ref();
-        let dq = linear(
-            Target::Q,
-            &unheads(dq, c.num_heads)?,
-            &s.h1,
-            h1_lora,
-            &w.q_proj,
-        )?;
-        let dk = linear(
-            Target::K,
-            &unheads(dk, c.num_kv_heads)?,
-            &s.h1,
-            h1_lora,
-            &w.k_proj,
-        )?;
-        let dv = linear(
-            Target::V,
-            &unheads(dv, c.num_kv_heads)?,
-            &s.h1,
-            h1_lora,
-            &w.v_proj,
-        )?;
-        let dh1 = (dq + dk + dv)?.reshape((b, t, h))?;
-        let (dx_norm1, dinput_norm) =
-            rms_norm_backward(&dh1, &s.x, &w.input_norm, c.rms_norm_eps, full)?;
-        let dx = (dx_mid + dx_norm1)?;
+/// Backward of layer `l` whose input was `x`: `s.grad` holds the output's gradient and is
+/// replaced by the input's; the parameters' gradients are added to `g`.
+pub(crate) fn layer_backward<K: Backend>(
+    k: &mut K,
+    l: usize,
+    x: &K::Buf,
+    a: &LayerActs<K::Buf>,
+    s: &mut Scratch<K::Buf>,
+    g: &mut LayerPlaced<K::Grad>,
+) -> Result<()> {
+    let c = k.config();
+    let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
+    let r = c.residual_multiplier as f32;
+    let norm = |w| Param::Layer(l, w);
+    let [xq, xk, xv, xo, xg, xu, xdn] = &a.xa;
 
-        let weights = if full {
-            weight_grads[LayerParam::InputNorm as usize] = dinput_norm;
-            weight_grads[LayerParam::PostNorm as usize] = dpost;
-            Some(LayerWeights::try_from_fn(|w| {
-                weight_grads[w as usize].take().ok_or_else(|| {
-                    crate::error::ModelError::Input(format!(
-                        "full mode trains every weight; {} has no gradient",
-                        w.name()
-                    ))
-                })
-            })?)
-        } else {
-            None
-        };
-        Ok((
-            dx,
-            LayerGrads {
-                lora: lora_grads,
-                weights,
-            },
-        ))
-    }
+    // MLP block: out = x_mid + r * down(swiglu(gate(h2), up(h2))).
+    k.swiglu(&a.gate, &a.up, &mut s.z)?;
+    k.linear_backward(l, Target::Down, &s.grad, &s.z, xdn, r, &mut s.dz, false, g)?;
+    k.swiglu_backward(&s.dz, &a.gate, &a.up, &mut s.dgate, &mut s.dup)?;
+    k.linear_backward(
+        l,
+        Target::Gate,
+        &s.dgate,
+        &a.h2,
+        xg,
+        1.0,
+        &mut s.dh,
+        false,
+        g,
+    )?;
+    k.linear_backward(l, Target::Up, &s.dup, &a.h2, xu, 1.0, &mut s.dh, true, g)?;
+    k.copy(&s.grad, &mut s.grad_mid)?;
+    let dpost = g.weight(LayerParam::PostNorm);
+    let post = norm(LayerParam::PostNorm);
+    k.rms_norm_backward(
+        post,
+        &s.dh,
+        &a.x_mid,
+        &a.rstd2,
+        &mut s.grad_mid,
+        true,
+        dpost,
+    )?;
+
+    // Attention block: x_mid = x + r * o_proj(attention(rope(q), rope(k), v)).
+    k.linear_backward(l, Target::O, &s.grad_mid, &a.o, xo, r, &mut s.da, false, g)?;
+    let saved = AttentionSaved {
+        q: &a.q,
+        k: &a.k,
+        v: &a.v,
+        o: &a.o,
+        lse: &a.lse,
+    };
+    k.attention_backward(saved, &s.da, &mut s.dq, &mut s.dk, &mut s.dv)?;
+    k.rope(&mut s.dq, heads, true)?;
+    k.rope(&mut s.dk, kv_heads, true)?;
+    k.linear_backward(l, Target::Q, &s.dq, &a.h1, xq, 1.0, &mut s.dh, false, g)?;
+    k.linear_backward(l, Target::K, &s.dk, &a.h1, xk, 1.0, &mut s.dh, true, g)?;
+    k.linear_backward(l, Target::V, &s.dv, &a.h1, xv, 1.0, &mut s.dh, true, g)?;
+    k.copy(&s.grad_mid, &mut s.grad)?;
+    let dinput = g.weight(LayerParam::InputNorm);
+    let input = norm(LayerParam::InputNorm);
+    k.rms_norm_backward(input, &s.dh, x, &a.rstd1, &mut s.grad, true, dinput)
 }

@@ -1,6 +1,7 @@
 //! pctrain's models: Llama, Mistral and Granite decoders read from Hugging Face folders, with LoRA
 //! adapters in PEFT's format. Every layer lives in its own file under [`layers`].
 
+pub(crate) mod backend;
 pub mod backward;
 pub mod config;
 pub mod cpu;
@@ -8,15 +9,17 @@ pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod generate;
-pub mod layer;
+pub(crate) mod layer;
 pub mod layers;
 pub mod lora;
 pub mod memory;
 pub mod model;
 pub mod params;
+pub(crate) mod pass;
 pub mod profile;
 pub mod rng;
 pub mod save;
+pub(crate) mod tensor;
 pub mod trainable;
 pub mod weights;
 

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use crate::backward::TrainMode;
-use crate::cpu::workspace::LayerActs;
+use crate::layer::{ActKind, LayerActs};
 use crate::model::Model;
 
 /// Bytes held during a training step (gradients and optimizer state are the trainer's).
@@ -55,39 +55,133 @@ impl Model {
         }
     }
 
-    /// What a training pass keeps from its forward for its backward. On the CPU kernels: each
-    /// layer's input and the final norm's output and `1 / rms` always, and every layer's
-    /// [`LayerActs`](crate::cpu::workspace::LayerActs) (normed inputs and their `1 / rms`, q, k,
-    /// v, attention output and log-sum-exps, the MLP's projections, each adapter's `x A^T`), or
-    /// one set with recomputation. On tensors: each layer's input and the final hidden states,
-    /// and without recomputation every layer's normed inputs, q, k, v, attention output (by heads
-    /// and by tokens) and log-sum-exps (f32), MLP activations.
+    /// What a training pass keeps from its forward for its backward: each layer's input and the
+    /// final norm's output and `1 / rms`, and every layer's [`LayerActs`] or, with recomputation,
+    /// one set (the one list both backends keep). The element sizes are the backend's: f32 on
+    /// the CPU kernels; on tensors the model's dtype for activations, f32 for attention's
+    /// log-sum-exps, the adapters' dtype for `x A^T`, and no norm statistics (the tensor
+    /// backward recomputes them).
     fn saved_activation_bytes(&self, rows: usize, seq_len: usize, recompute: bool) -> usize {
         let c = &self.config;
+        let s = self.sizes(rows, seq_len);
+        let on_cpu = self.on_cpu_kernels();
+        let adapter = self
+            .lora
+            .as_ref()
+            .and_then(|a| a.layers.iter().flatten().flatten().next())
+            .map_or(4, |l| l.a.dtype().size_in_bytes());
+        let model = self.weights.embed_tokens.dtype().size_in_bytes();
+        let size = |kind: ActKind| match (on_cpu, kind) {
+            (true, _) => DType::F32.size_in_bytes(),
+            (false, ActKind::Model) => model,
+            (false, ActKind::NormStat) => 0,
+            (false, ActKind::AttentionStat) => DType::F32.size_in_bytes(),
+            (false, ActKind::Adapter) => adapter,
+        };
+        let per_layer: usize = LayerActs::<()>::default()
+            .with_lengths(&s)
+            .into_iter()
+            .map(|(_, kind, len)| len * size(kind))
+            .sum();
+        let sets = if recompute { 1 } else { c.num_layers };
+        let inputs = (c.num_layers + 1) * s.n * s.h * size(ActKind::Model);
+        let final_norm = s.n * s.h * size(ActKind::Model) + s.n * size(ActKind::NormStat);
+        inputs + final_norm + sets * per_layer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use candle_core::Device;
+
+    use super::*;
+    use crate::backend::Backend;
+    use crate::model::Batch;
+    use crate::pass::{self, Acts};
+    use crate::tensor::TensorBackend;
+    use crate::{LoraAdapter, ModelConfig, ModelWeights, StepOptions};
+
+    /// Bytes of the activations `acts` keeps for the backward (not the backward's scratch).
+    fn kept<B>(acts: &mut Acts<B>, s: &crate::layer::Sizes, bytes: impl Fn(&B) -> usize) -> usize {
+        let mut total = acts.inputs.iter().map(&bytes).sum::<usize>();
+        total += bytes(&acts.final_h) + bytes(&acts.final_rstd);
+        for a in &mut acts.layers {
+            total += a
+                .with_lengths(s)
+                .iter()
+                .map(|(b, _, _)| bytes(b))
+                .sum::<usize>();
+        }
+        total
+    }
+
+    /// The memory account's activations are exactly what a step keeps, on tensors (a bf16 base,
+    /// as a GPU runs it) and on the CPU kernels, with and without recomputation.
+    #[test]
+    fn memory_account_counts_the_saved_activations() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mistral");
+        let config = ModelConfig::load(&dir).unwrap();
+        let load = |dtype| {
+            let weights = ModelWeights::load(&dir, &config, dtype, &Device::Cpu).unwrap();
+            let lora =
+                LoraAdapter::load(&dir.join("adapter"), &config, DType::F32, &Device::Cpu).unwrap();
+            Model::new(config.clone(), weights, Some(lora))
+        };
+        let (rows, seq_len) = (2, 9);
         let n = rows * seq_len;
-        let layers = c.num_layers;
-        let (h, q, kv, i) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-            c.intermediate_size,
+        let batch = Batch {
+            rows,
+            seq_len,
+            input_ids: (0..n as u32).collect(),
+            position_ids: (0..n as u32).map(|i| i % seq_len as u32).collect(),
+            segment_ids: vec![1; n],
+            labels: vec![1; n],
+        };
+        let layers = config.num_layers;
+
+        let m = load(DType::BF16);
+        let s = m.sizes(rows, seq_len);
+        for recompute in [false, true] {
+            let mut k = TensorBackend::new(&m, &batch, Some(0), 4).unwrap();
+            let mut acts = Acts::new(layers, !recompute, true, || k.empty());
+            let mut g = k.slots(&m.trainable_params(TrainMode::Lora));
+            pass::forward_backward(&mut k, &mut acts, !recompute, 1.0, &mut g).unwrap();
+            let held = kept(&mut acts, &s, bytes);
+            let account = m.memory_account(TrainMode::Lora, rows, seq_len, recompute);
+            assert_eq!(
+                account.saved_activation_bytes, held,
+                "recompute {recompute}"
+            );
+        }
+        let account = m.memory_account(TrainMode::Lora, rows, seq_len, false);
+        assert!(account.frozen_weight_bytes > 0 && account.trainable_weight_bytes > 0);
+        let full = m.memory_account(TrainMode::Full, rows, seq_len, false);
+        assert_eq!(full.frozen_weight_bytes, 0);
+        assert_eq!(
+            full.trainable_weight_bytes,
+            account.frozen_weight_bytes + account.trainable_weight_bytes
         );
-        let f32_bytes = DType::F32.size_in_bytes();
-        if self.on_cpu_kernels() {
-            let acts = LayerActs::floats(&self.sizes(rows, seq_len));
-            let sets = if recompute { 1 } else { layers };
-            return ((layers + 1) * n * h + n * h + n + sets * acts) * f32_bytes;
+
+        // The CPU kernels: what the workspace holds after a pass.
+        let m = load(DType::F32);
+        for recompute in [false, true] {
+            let opts = StepOptions {
+                mode: TrainMode::Lora,
+                recompute,
+                loss_chunk: 4,
+                dropout_seed: 0,
+            };
+            let m = Model::new(m.config.clone(), m.weights.clone(), m.lora.clone());
+            m.forward_backward(&batch, 1.0, opts).unwrap();
+            let mut ws = m.workspace.lock().unwrap();
+            let held = kept(&mut ws.acts, &s, |v| v.len() * 4);
+            let account = m.memory_account(TrainMode::Lora, rows, seq_len, recompute);
+            assert_eq!(
+                account.saved_activation_bytes, held,
+                "recompute {recompute}"
+            );
         }
-        let e = self.weights.embed_tokens.dtype().size_in_bytes();
-        let inputs = (layers + 1) * n * h * e;
-        if recompute {
-            return inputs;
-        }
-        let per_layer = n * h * 3 * e // h1, x_mid, h2
-            + n * q * 3 * e // q, attention output twice
-            + n * kv * 2 * e // k, v
-            + n * c.num_heads * f32_bytes // log-sum-exps
-            + n * i * 3 * e; // gate, up, silu(gate) * up
-        inputs + layers * per_layer
     }
 }

@@ -9,11 +9,8 @@ use crate::cpu::workspace::Workspace;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layer::LayerContext;
-use crate::layers::attention::SegmentMask;
-use crate::layers::loss::{cross_entropy_forward, shift_targets, LossSum};
-use crate::layers::norm::rms_norm_forward;
-use crate::layers::rope::{inverse_frequencies, rope_tables};
+use crate::layers::loss::{shift_targets, LossSum};
+use crate::layers::rope::inverse_frequencies;
 use crate::lora::{LoraAdapter, Target};
 use crate::params::LayerParam;
 use crate::weights::ModelWeights;
@@ -113,33 +110,8 @@ impl Model {
     pub fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
         let c = &self.config;
         batch.check(c.vocab_size)?;
-        let device = self.device().clone();
-        let ids = Tensor::from_slice(&batch.input_ids, batch.rows * batch.seq_len, &device)?;
-        let mut x = self.weights.embed_tokens.index_select(&ids, 0)?.reshape((
-            batch.rows,
-            batch.seq_len,
-            c.hidden_size,
-        ))?;
-        if c.embedding_multiplier != 1.0 {
-            x = (x * c.embedding_multiplier)?;
-        }
-        let (cos, sin) = rope_tables(&self.inv_freq, &batch.position_ids, batch.rows, &device)?;
-        let attention = SegmentMask::new(
-            &batch.segment_ids,
-            batch.rows,
-            c.sliding_window.unwrap_or(0),
-            &device,
-        )?;
-        let ctx = LayerContext {
-            cos,
-            sin,
-            attention,
-            dropout_seed: None,
-        };
-        for l in 0..c.num_layers {
-            x = self.layer_forward(&x, l, &ctx)?.out;
-        }
-        Ok(rms_norm_forward(&x, &self.weights.norm, c.rms_norm_eps)?)
+        let h = self.tensor_hidden_states(batch)?;
+        Ok(h.reshape((batch.rows, batch.seq_len, c.hidden_size))?)
     }
 
     /// Folds the adapters into the base weights (`W += scale * B A`) and drops them.
@@ -175,15 +147,6 @@ impl Model {
         if self.on_cpu_kernels() {
             return self.cpu_loss(batch, chunk);
         }
-        let h = self.hidden_states(batch)?;
-        let h = h.reshape((batch.rows * batch.seq_len, self.config.hidden_size))?;
-        let targets = shift_targets(&batch.labels, &batch.segment_ids, batch.rows);
-        Ok(cross_entropy_forward(
-            &h,
-            self.weights.output(),
-            self.config.logits_scaling,
-            &targets,
-            chunk,
-        )?)
+        self.tensor_loss(batch, chunk)
     }
 }

@@ -156,6 +156,21 @@ impl<T> LayerPlaced<T> {
     }
 }
 
+impl<T> Placed<Option<T>> {
+    /// The value placed for `p`, taken out; `None` when `p` has no place or no value yet.
+    pub fn take(&mut self, p: Param) -> Option<T> {
+        let slot = match p {
+            Param::Embed => &mut self.embed,
+            Param::Layer(l, w) => &mut self.layers[l].weights[w as usize],
+            Param::Norm => &mut self.norm,
+            Param::LmHead => &mut self.lm_head,
+            Param::LoraA(l, t) => return self.layers[l].lora[t as usize].as_mut()?.0.take(),
+            Param::LoraB(l, t) => return self.layers[l].lora[t as usize].as_mut()?.1.take(),
+        };
+        slot.as_mut()?.take()
+    }
+}
+
 /// `values`, one per parameter of `params` (in their order), placed for a model of `layers`.
 pub fn place<T>(layers: usize, params: &[Param], values: impl IntoIterator<Item = T>) -> Placed<T> {
     let mut placed = Placed {

@@ -186,9 +186,12 @@ fn linear_with_lora_backward_matches_autograd_and_finite_differences() {
         b: b.clone(),
         scale: 1.7,
     };
-    let y = linear_forward(&x, &w, Some(&lora(&a, &b))).unwrap();
+    let l = lora(&a, &b);
+    let (y, xa) = linear_forward_train(&x, &w, Some(&l), None).unwrap();
+    let xa = xa.expect("the adapter keeps x A^T");
+    assert_close("y", &y, &linear_forward(&x, &w, Some(&l)).unwrap(), 1e-7);
     let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, None, true).unwrap();
+    let g = linear_backward(&r, &x, &w, Some((&l, &xa)), None, true).unwrap();
     let (da, db) = g.dlora.clone().unwrap();
     assert_close("dx", &g.dx, tape.get(&x).unwrap(), 1e-5);
     assert_close("dw", g.dw.as_ref().unwrap(), tape.get(&w).unwrap(), 1e-5);
@@ -204,7 +207,7 @@ fn linear_with_lora_backward_matches_autograd_and_finite_differences() {
         dot(&linear_forward(x, &w, Some(&lora(&a, &b))).unwrap(), &r)
     });
     // A frozen weight gets no gradient.
-    let frozen = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, None, false).unwrap();
+    let frozen = linear_backward(&r, &x, &w, Some((&l, &xa)), None, false).unwrap();
     assert!(frozen.dw.is_none());
 
     // With LoRA dropout: the mask applies to the adapter's input only.
@@ -214,9 +217,10 @@ fn linear_with_lora_backward_matches_autograd_and_finite_differences() {
     assert!(values(&mask)
         .iter()
         .all(|&m| m == 0.0 || (m - 1.0 / 0.6).abs() < 1e-6));
-    let y = linear_forward_train(&x, &w, Some(&lora(&a, &b)), None, Some(&mask)).unwrap();
+    let (y, xa) = linear_forward_train(&x, &w, Some(&l), Some(&mask)).unwrap();
+    let xa = xa.expect("the adapter keeps dropout(x) A^T");
     let tape = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = linear_backward(&r, &x, &w, Some(&lora(&a, &b)), None, Some(&mask), false).unwrap();
+    let g = linear_backward(&r, &x, &w, Some((&l, &xa)), Some(&mask), false).unwrap();
     let (da, db) = g.dlora.clone().unwrap();
     assert_close("dx, dropout", &g.dx, tape.get(&x).unwrap(), 1e-5);
     assert_close("dA, dropout", &da, tape.get(&a).unwrap(), 1e-5);

@@ -1,16 +1,16 @@
 //! The CPU side of the decoder: vector instructions chosen at run time ([`simd`]), f32 views of
 //! tensors ([`view`]), matrix products on strided views ([`gemm`]), the split of rows among
-//! threads ([`par`]), and a training pass over buffers reused from step to step (`pass`, `layer`,
-//! `workspace`). The layers' CPU kernels live beside their forward and backward in
+//! threads ([`par`]), and the CPU backend of the training pass (`backend`), over buffers reused
+//! from step to step (`workspace`). The layers' CPU kernels live beside their forward and backward in
 //! [`crate::layers`].
 
 pub mod aligned;
+pub(crate) mod backend;
 pub mod dots;
 pub mod gemm;
 pub(crate) mod lanes;
-pub(crate) mod layer;
 pub mod par;
-pub(crate) mod pass;
+pub(crate) mod params;
 pub mod simd;
 pub mod view;
 pub(crate) mod workspace;

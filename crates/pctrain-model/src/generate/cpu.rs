@@ -8,8 +8,7 @@ use super::schedule::Room;
 use super::{pick, Backend, Sampling, Step};
 use crate::cpu::aligned::Aligned;
 use crate::cpu::dots::{dots, Product};
-use crate::cpu::layer::LayerParams;
-use crate::cpu::pass::Views;
+use crate::cpu::params::{LayerParams, Views};
 use crate::error::Result;
 use crate::layers::kv_cache::{
     cache_attention_cpu, cache_write_cpu, CacheAttention, CacheShape, Places,

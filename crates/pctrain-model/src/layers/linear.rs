@@ -20,28 +20,18 @@ pub struct Lora {
 
 /// `x`: `[.., in]` -> `[.., out]`, without dropout.
 pub fn linear_forward(x: &Tensor, w: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
-    linear_forward_train(x, w, lora, None, None)
+    Ok(linear_forward_train(x, w, lora, None)?.0)
 }
 
-/// `x` in the adapter's dtype: `x_lora` when the caller cast it already (the projections that
-/// share an input share one cast), else cast here.
-fn adapter_input(x: &Tensor, x_lora: Option<&Tensor>, l: &Lora) -> Result<Tensor> {
-    match x_lora {
-        Some(c) => c.reshape(x.shape()),
-        None => x.to_dtype(l.a.dtype()),
-    }
-}
-
-/// `x`: `[.., in]` -> `[.., out]`; `dropout`, shaped as `x`, masks the adapter's input, which is
-/// `x_lora` (`x` in the adapter's dtype) when given. Leading dimensions are flattened so that
-/// each product is one 2-D GEMM.
+/// `x`: `[.., in]` -> `[.., out]`, and with an adapter its `dropout(x) A^T`, `[N, r]` (leading
+/// dimensions flattened, in the adapter's dtype), which its backward reads. `dropout`, shaped as
+/// `x`, masks the adapter's input. Each product is one 2-D GEMM.
 pub fn linear_forward_train(
     x: &Tensor,
     w: &Tensor,
     lora: Option<&Lora>,
-    x_lora: Option<&Tensor>,
     dropout: Option<&Tensor>,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<Tensor>)> {
     let _span = crate::profile::span("linear_forward_train", x.device());
     let dims = x.dims().to_vec();
     let (last, lead) = dims
@@ -49,20 +39,27 @@ pub fn linear_forward_train(
         .expect("a linear input has a feature dimension");
     let x2 = x.reshape(((), *last))?;
     let mut y = x2.matmul(&w.t()?)?;
+    let mut kept = None;
     if let Some(l) = lora {
         // The adapter computes in its own dtype (f32 over a bf16 base).
-        let xa = adapter_input(&x2, x_lora, l)?;
-        let xd = match dropout {
-            Some(mask) => (xa * mask.reshape(((), *last))?.to_dtype(l.a.dtype())?)?,
-            None => xa,
-        };
-        let up = xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
-        let up = (up * l.scale)?.to_dtype(y.dtype())?;
+        let xd = adapter_input(&x2, dropout.map(|m| m.reshape(((), *last))).transpose()?, l)?;
+        let xa = xd.matmul(&l.a.t()?)?;
+        let up = (xa.matmul(&l.b.t()?)? * l.scale)?.to_dtype(y.dtype())?;
         y = (y + up)?;
+        kept = Some(xa);
     }
     let mut out_dims = lead.to_vec();
     out_dims.push(w.dim(0)?);
-    y.reshape(out_dims)
+    Ok((y.reshape(out_dims)?, kept))
+}
+
+/// `dropout(x)` in the adapter's dtype.
+fn adapter_input(x: &Tensor, dropout: Option<Tensor>, l: &Lora) -> Result<Tensor> {
+    let xa = x.to_dtype(l.a.dtype())?;
+    match dropout {
+        Some(mask) => xa * mask.to_dtype(l.a.dtype())?,
+        None => Ok(xa),
+    }
 }
 
 /// Gradients of [`linear_forward`] for `x`: `[N, in]`, `dy`: `[N, out]` (tokens flattened).
@@ -78,13 +75,12 @@ pub struct LinearGrads {
 
 /// With `xd = dropout(x)`: `dx = dy W + (s (dy B) A) * mask`, `dW = dy^T x` (when `train_w`),
 /// `dA = s (dy B)^T xd`, `dB = s dy^T (xd A^T)`. A frozen `W` gets no gradient and costs no
-/// weight-sized GEMM. `x_lora` is `x` in the adapter's dtype when the caller has it.
+/// weight-sized GEMM. The adapter comes with the `xd A^T` its forward kept.
 pub fn linear_backward(
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
-    lora: Option<&Lora>,
-    x_lora: Option<&Tensor>,
+    lora: Option<(&Lora, &Tensor)>,
     dropout: Option<&Tensor>,
     train_w: bool,
 ) -> Result<LinearGrads> {
@@ -97,26 +93,20 @@ pub fn linear_backward(
     };
     let dlora = match lora {
         None => None,
-        Some(l) => {
+        Some((l, xa)) => {
             // The adapter computes in its own dtype (f32 over a bf16 base).
-            let xa = adapter_input(x, x_lora, l)?;
-            let mask = dropout.map(|m| m.to_dtype(l.a.dtype())).transpose()?;
-            let xd = match &mask {
-                Some(mask) => (xa * mask)?,
-                None => xa,
-            };
+            let xd = adapter_input(x, dropout.cloned(), l)?;
             let dy = dy.to_dtype(l.a.dtype())?;
             let dy_b = (dy.matmul(&l.b)? * l.scale)?;
             let dxd = dy_b.matmul(&l.a)?;
-            let dxd = match &mask {
-                Some(mask) => (dxd * mask)?,
+            let dxd = match dropout {
+                Some(mask) => (dxd * mask.to_dtype(l.a.dtype())?)?,
                 None => dxd,
             };
             let dxd = dxd.to_dtype(dx.dtype())?;
             dx = (dx + dxd)?;
             let da = dy_b.t()?.matmul(&xd)?;
-            let xa = xd.matmul(&l.a.t()?)?;
-            let db = (dy.t()?.matmul(&xa)? * l.scale)?;
+            let db = (dy.t()?.matmul(xa)? * l.scale)?;
             Some((da, db))
         }
     };

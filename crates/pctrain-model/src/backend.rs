@@ -1,0 +1,160 @@
+//! The line between the decoder's composition and what it runs on. The layer
+//! ([`crate::layer`]) and the pass ([`crate::pass`]) are written once over [`Backend`]: a
+//! backend's buffers and the operations they are made of, each with its backward. Two backends
+//! implement it: the CPU kernels over f32 buffers reused from step to step
+//! ([`crate::cpu::backend`]), and candle tensors ([`crate::tensor`]), whose layer entries run the
+//! CUDA kernels on a GPU and the CPU kernels for narrower dtypes.
+//!
+//! The line is drawn at the layer functions, as llm.c draws it between `train_gpt2.c` and
+//! `train_gpt2.cu` (each op a function over named buffers, written into rather than returned),
+//! not at tensor primitives as burn draws it: a layer's forward and backward here are a few
+//! fused kernels, and a primitive-level trait would give the composition back to a graph.
+//!
+//! Buffers are written in place: an op's output argument is overwritten, or added to where it
+//! says `accumulate`. An activation is `[N, width]`, token-major (`N = B * T`), except the roped q
+//! and k and their gradients, which lie as the backend's attention wants them (only
+//! [`Backend::attention`], its backward and [`Backend::rope`] read them).
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::layers::loss::LossSum;
+use crate::lora::Target;
+use crate::params::{LayerPlaced, Param, Placed};
+
+/// A pass's operations on one backend, for one batch.
+pub(crate) trait Backend {
+    /// An activation buffer.
+    type Buf;
+    /// Where one trainable tensor's gradient is added.
+    type Grad;
+
+    fn config(&self) -> &ModelConfig;
+
+    /// A buffer with nothing in it yet (an op's output sizes it).
+    fn empty(&self) -> Self::Buf;
+
+    /// `x` = the batch's token embeddings times Granite's multiplier, `[N, H]`.
+    fn embed(&mut self, x: &mut Self::Buf) -> Result<()>;
+
+    /// Adds the embedding's gradient for the lookup's output gradient `dx` (before the
+    /// multiplier), when the embedding trains.
+    fn embed_backward(&mut self, dx: &Self::Buf, g: &mut Placed<Self::Grad>) -> Result<()>;
+
+    /// `y = rms_norm(x) * w` for the norm weight `w` (a layer's or the final one), keeping
+    /// each row's `1 / rms` in `rstd` where the backend's backward reads it.
+    fn rms_norm(
+        &mut self,
+        w: Param,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `dx (+)= d rms_norm / dx`; adds `w`'s gradient to `dw` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_backward(
+        &mut self,
+        w: Param,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        rstd: &Self::Buf,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+        dw: Option<&mut Self::Grad>,
+    ) -> Result<()>;
+
+    /// `y (+)= alpha * target(x)` for layer `l`'s projection `target` with its adapter (and the
+    /// pass's dropout), keeping the adapter's `dropout(x) A^T` in `xa`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &mut self,
+        l: usize,
+        target: Target,
+        x: &Self::Buf,
+        xa: &mut Self::Buf,
+        y: &mut Self::Buf,
+        alpha: f32,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// The backward of [`Backend::linear`] for the output gradient `alpha * dy`: `dx (+)=`, and
+    /// the adapter's (LoRA) or the weight's (full) gradients added to `g`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &mut self,
+        l: usize,
+        target: Target,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        xa: &Self::Buf,
+        alpha: f32,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+        g: &mut LayerPlaced<Self::Grad>,
+    ) -> Result<()>;
+
+    /// Rotates `x` (`heads` heads) by the pass's positions in place; with `backward`, the
+    /// transpose, turning a roped gradient back into a token-major one.
+    fn rope(&mut self, x: &mut Self::Buf, heads: usize, backward: bool) -> Result<()>;
+
+    /// Masked attention of roped `q`, `k` over `v`: the output `o` `[N, heads * d]` and each
+    /// score row's log-sum-exp `lse`.
+    fn attention(
+        &mut self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        o: &mut Self::Buf,
+        lse: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The backward of [`Backend::attention`] for `do_`: `dq`, `dk` (roped, for
+    /// [`Backend::rope`]'s backward) and `dv` (token-major).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &mut self,
+        saved: AttentionSaved<'_, Self::Buf>,
+        do_: &Self::Buf,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `z = silu(gate) * up`.
+    fn swiglu(&mut self, gate: &Self::Buf, up: &Self::Buf, z: &mut Self::Buf) -> Result<()>;
+
+    /// The backward of [`Backend::swiglu`].
+    fn swiglu_backward(
+        &mut self,
+        dz: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `dst = src`.
+    fn copy(&mut self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+
+    /// The batch's summed next-token loss from the final hidden states `h`; with `grads`, its
+    /// gradient times `grads.scale` written into `grads.dh`, and the output projection's added
+    /// to `grads.g` when it trains.
+    fn loss(&mut self, h: &Self::Buf, grads: Option<LossBackward<'_, Self>>) -> Result<LossSum>;
+}
+
+/// What the attention forward kept for its backward.
+pub(crate) struct AttentionSaved<'a, B> {
+    pub q: &'a B,
+    pub k: &'a B,
+    pub v: &'a B,
+    pub o: &'a B,
+    pub lse: &'a B,
+}
+
+/// Where the loss's backward writes.
+pub(crate) struct LossBackward<'a, K: Backend + ?Sized> {
+    /// The caller's `1 / normalizer`.
+    pub scale: f64,
+    pub dh: &'a mut K::Buf,
+    pub g: &'a mut Placed<K::Grad>,
+}
