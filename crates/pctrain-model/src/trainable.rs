@@ -189,6 +189,29 @@ impl Gradients {
         }
     }
 
+    /// Runs `f` over every gradient's values as f32, in [`Model::trainable`]'s order: the
+    /// buffers themselves in memory; on a GPU, host copies written back afterwards.
+    pub fn with_host_values(&mut self, f: impl FnOnce(&mut [&mut [f32]])) -> Result<()> {
+        match &mut self.store {
+            Store::Host { data, .. } => {
+                let mut bufs: Vec<&mut [f32]> = data.iter_mut().map(Vec::as_mut_slice).collect();
+                f(&mut bufs);
+            }
+            Store::Device(tensors) => {
+                let mut copies = tensors
+                    .iter()
+                    .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+                    .collect::<Result<Vec<_>>>()?;
+                let mut bufs: Vec<&mut [f32]> = copies.iter_mut().map(Vec::as_mut_slice).collect();
+                f(&mut bufs);
+                for (t, v) in tensors.iter_mut().zip(copies) {
+                    *t = Tensor::from_vec(v, t.shape(), t.device())?.to_dtype(t.dtype())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The gradients as f32 slices, when they are kept in memory (the CPU).
     pub fn host(&self) -> Option<&[Vec<f32>]> {
         match &self.store {

@@ -39,6 +39,13 @@ struct State {
     position: Position,
     mode: String,
     adamw: AdamWConfig,
+    /// Processes of the run that wrote it (checkpoints from before runs of several have none).
+    #[serde(default = "one")]
+    ranks: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn mode_name(mode: TrainMode) -> &'static str {
@@ -57,8 +64,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
 
 /// Saves a checkpoint of `model`'s trainable tensors, `optimizer`, `position` and the run's
 /// `settings` (JSON text) into `output/checkpoint-{step}`, then removes all but the newest
-/// `keep_last` (0 keeps all). Refuses weights that are not finite; on any failure the folder being
-/// written is removed and the checkpoints already there are untouched.
+/// `keep_last` (0 keeps all), recording the `ranks` of the run. Refuses weights that are not
+/// finite; on any failure the folder being written is removed and the checkpoints already there
+/// are untouched.
+#[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint(
     output: &Path,
     model: &Model,
@@ -67,12 +76,20 @@ pub fn save_checkpoint(
     position: Position,
     settings: &str,
     keep_last: usize,
+    ranks: usize,
 ) -> Result<PathBuf, CheckpointError> {
     remove_unfinished(output)?;
     let name = format!("checkpoint-{:06}", optimizer.step);
     let target = output.join(&name);
     let tmp = output.join(format!(".{name}{TMP_MARK}{}", std::process::id()));
-    let written = write_into(&tmp, model, mode, optimizer, position, settings);
+    let state = State {
+        step: optimizer.step,
+        position,
+        mode: mode_name(mode).into(),
+        adamw: optimizer.config,
+        ranks,
+    };
+    let written = write_into(&tmp, model, mode, optimizer, &state, settings);
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -102,7 +119,7 @@ fn write_into(
     model: &Model,
     mode: TrainMode,
     optimizer: &AdamW,
-    position: Position,
+    state: &State,
     settings: &str,
 ) -> Result<(), CheckpointError> {
     let params = model.trainable(mode);
@@ -139,13 +156,7 @@ fn write_into(
         tensors.push((format!("adam_v.{n}"), optimizer.v[i].clone()));
     }
     write_safetensors(&dir.join("trainable.safetensors"), &tensors)?;
-    let state = State {
-        step: optimizer.step,
-        position,
-        mode: mode_name(mode).into(),
-        adamw: optimizer.config,
-    };
-    let text = serde_json::to_string_pretty(&state).expect("a state serialises") + "\n";
+    let text = serde_json::to_string_pretty(state).expect("a state serialises") + "\n";
     pctrain_model::save::write_atomic(&dir.join("state.json"), text.as_bytes())?;
     pctrain_model::save::write_atomic(&dir.join("settings.json"), settings.as_bytes())?;
     Ok(())
@@ -187,6 +198,21 @@ pub fn checkpoints(output: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
     Ok(found.into_iter().map(|(_, p)| p).collect())
 }
 
+/// The processes of the run that wrote the checkpoint in `dir`: a run resumes from it with as many
+/// (its rows per step and the ranks' shares of them depend on it).
+pub fn checkpoint_ranks(dir: &Path) -> Result<usize, CheckpointError> {
+    Ok(read_state(dir)?.ranks)
+}
+
+fn read_state(dir: &Path) -> Result<State, CheckpointError> {
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
+        path: dir.to_path_buf(),
+        message: format!("state.json: {e}"),
+    })
+}
+
 /// Loads a checkpoint into `model` (checking every name and shape) and returns the optimizer and
 /// the data position to continue from.
 pub fn load_checkpoint(
@@ -198,10 +224,7 @@ pub fn load_checkpoint(
         path: dir.to_path_buf(),
         message,
     };
-    let state_path = dir.join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let state: State =
-        serde_json::from_str(&text).map_err(|e| invalid(format!("state.json: {e}")))?;
+    let state = read_state(dir)?;
     if state.mode != mode_name(mode) {
         return Err(invalid(format!(
             "a {} checkpoint cannot resume a {} run",

@@ -5,7 +5,10 @@ use candle_core::Tensor;
 use pctrain_model::layers::loss::LossSum;
 use pctrain_model::{Batch, Gradients, Model, StepOptions};
 
+use pctrain_dist::World;
+
 use crate::optim::{clip_grad_norm, AdamW};
+use crate::ranks::sum_gradients;
 use crate::schedule::Schedule;
 
 /// Why an optimizer step did not happen.
@@ -44,7 +47,11 @@ pub struct StepReport {
 /// together, so that four micro-batches of one sample equal one batch of four), clips them to
 /// `clip_norm` (0: off), and applies AdamW at the schedule's rate for the optimizer's next step,
 /// in place. `grads` holds [`Model::trainable`]'s gradients from step to step (its buffers are
-/// reused, zeroed at the start of each step).
+/// reused, zeroed at the start of each step). In a world of several ranks, `micro_batches` are
+/// this rank's share of the step (none on a rank the data ran out for): the token count, the
+/// gradients and the loss are summed over the ranks before clipping, so every rank takes the
+/// same step.
+#[allow(clippy::too_many_arguments)]
 pub fn optimizer_step(
     model: &mut Model,
     micro_batches: &[Batch],
@@ -53,22 +60,27 @@ pub fn optimizer_step(
     grads: &mut Gradients,
     schedule: &Schedule,
     clip_norm: f64,
+    world: &World,
 ) -> Result<StepReport, StepError> {
-    if micro_batches.is_empty() {
+    if micro_batches.is_empty() && world.size() == 1 {
         return Err(pctrain_model::ModelError::Input(
             "an optimizer step needs at least one micro-batch".into(),
         )
         .into());
     }
-    let normalizer: usize = micro_batches.iter().map(Batch::target_count).sum();
+    let mut count = [micro_batches.iter().map(Batch::target_count).sum::<usize>() as f64];
+    world.sum_f64(&mut count);
+    let normalizer = count[0] as usize;
     grads.zero()?;
     let mut total: Option<LossSum> = None;
+    let first = world.rank() * micro_batches.len();
     for (i, batch) in micro_batches.iter().enumerate() {
-        // Each micro-batch draws its own dropout masks.
+        // Each micro-batch (of each rank) draws its own dropout masks.
+        let index = (first + i) as u64;
         let opts = StepOptions {
             dropout_seed: opts
                 .dropout_seed
-                .wrapping_add((i as u64).wrapping_mul(pctrain_model::rng::GOLDEN)),
+                .wrapping_add(index.wrapping_mul(pctrain_model::rng::GOLDEN)),
             ..opts
         };
         let part = model.accumulate_gradients(batch, normalizer.max(1) as f64, opts, grads)?;
@@ -77,7 +89,16 @@ pub fn optimizer_step(
             None => part,
         });
     }
-    let total = total.expect("at least one micro-batch");
+    let total = match total {
+        Some(t) if world.size() == 1 => t,
+        local => {
+            // The step's loss over every rank; the gradients likewise.
+            let mut sum = [local.map_or(Ok(0.0), |t| t.sum())?];
+            world.sum_f64(&mut sum);
+            sum_gradients(grads, world)?;
+            LossSum::host(sum[0], normalizer)
+        }
+    };
     let device = model.device().clone();
     let clip = {
         let _span = pctrain_model::profile::span("clip_grad_norm", &device);

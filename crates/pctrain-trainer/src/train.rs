@@ -3,7 +3,10 @@
 use pctrain_data::{Encoded, Loader, LoaderConfig, PackedRow, Position};
 use pctrain_model::{Batch, Gradients, Model, ModelError, StepOptions};
 
+use pctrain_dist::World;
+
 use crate::optim::{AdamW, AdamWConfig};
+use crate::ranks::my_rows;
 use crate::schedule::Schedule;
 use crate::step::{optimizer_step, StepError, StepReport};
 
@@ -41,13 +44,16 @@ pub struct Finished {
 
 /// Trains `model` on `samples` until the optimizer has taken `cfg.max_steps` steps (or the
 /// loader's epochs run out), from `resume` (an optimizer and data position from a checkpoint) or
-/// from the start, calling `on_step` after each step.
+/// from the start, calling `on_step` after each step. Every rank of `world` reads the same
+/// seeded rows and trains on its own `cfg.batch_size` of each micro-batch's
+/// `world.size() * cfg.batch_size` ([`my_rows`]); the position is that of the whole world.
 pub fn train<E: From<StepError>>(
     model: &mut Model,
     samples: &[Encoded],
     pad_id: u32,
     cfg: &TrainConfig,
     resume: Option<(AdamW, Position)>,
+    world: &World,
     mut on_step: impl FnMut(&StepReport, Progress) -> Result<(), E>,
 ) -> Result<Finished, E> {
     let model_err = |e: candle_core::Error| StepError::from(ModelError::from(e));
@@ -68,18 +74,24 @@ pub fn train<E: From<StepError>>(
     let mut reports = Vec::new();
     while optimizer.step < cfg.max_steps {
         let mut micro = Vec::with_capacity(cfg.grad_accum);
+        let batch_size = cfg.batch_size.max(1);
+        let mut any_rows = false;
         for _ in 0..cfg.grad_accum.max(1) {
             let rows: Vec<PackedRow> = loader
                 .by_ref()
-                .take(cfg.batch_size.max(1))
+                .take(batch_size * world.size())
                 .map(|(_, r)| r)
                 .collect();
             if rows.is_empty() {
                 break;
             }
-            micro.push(collate(&rows, cfg.loader.seq_len));
+            any_rows = true;
+            let mine = my_rows(rows, world, batch_size);
+            if !mine.is_empty() {
+                micro.push(collate(&mine, cfg.loader.seq_len));
+            }
         }
-        if micro.is_empty() {
+        if !any_rows {
             break;
         }
         let step = StepOptions {
@@ -95,6 +107,7 @@ pub fn train<E: From<StepError>>(
             &mut grads,
             &cfg.schedule,
             cfg.clip_norm,
+            world,
         )?;
         on_step(
             &report,

@@ -13,7 +13,9 @@ use pctrain_model::{
     Batch, Gradients, LoraAdapter, LoraConfig, Model, ModelConfig, StepOptions, Target, TrainMode,
 };
 use pctrain_trainer::preset::random_weights;
-use pctrain_trainer::{clip_grad_norm, optimizer_step, AdamW, AdamWConfig, Clip, Decay, Schedule};
+use pctrain_trainer::{
+    clip_grad_norm, optimizer_step, AdamW, AdamWConfig, Clip, Decay, Schedule, World,
+};
 
 /// The first GPU; a test that runs without one fails.
 fn gpu() -> Device {
@@ -248,6 +250,7 @@ fn one_step(
         &mut grads,
         &schedule,
         0.5,
+        &World::solo(),
     )
     .unwrap();
     let moved = model

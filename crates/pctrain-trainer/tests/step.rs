@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use pctrain_model::{
     Batch, Gradients, LoraAdapter, Model, ModelConfig, ModelWeights, StepOptions, TrainMode,
 };
-use pctrain_trainer::{optimizer_step, AdamW, AdamWConfig, DType, Decay, Device, Schedule};
+use pctrain_trainer::{optimizer_step, AdamW, AdamWConfig, DType, Decay, Device, Schedule, World};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pctrain-model/tests/fixtures/llama")
@@ -127,6 +127,7 @@ fn four_micro_batches_of_one_equal_one_batch_of_four() {
         &mut g,
         &schedule(),
         1.0,
+        &World::solo(),
     )
     .unwrap();
 
@@ -142,6 +143,7 @@ fn four_micro_batches_of_one_equal_one_batch_of_four() {
         &mut g,
         &schedule(),
         1.0,
+        &World::solo(),
     )
     .unwrap();
 
@@ -179,6 +181,7 @@ fn steps_go_downhill_and_leave_the_base_weights_alone() {
                 &mut g,
                 &schedule(),
                 1.0,
+                &World::solo(),
             )
             .unwrap()
             .loss

@@ -7,7 +7,7 @@ use pctrain_data::{LoaderConfig, Mixer, PcJoin, Pipeline, TemplateChoice, TextTo
 use pctrain_model::{StepOptions, TrainMode};
 use pctrain_trainer::{
     checkpoints, load_checkpoint, save_checkpoint, tiny_model, train, AdamWConfig, Decay, Device,
-    Schedule, TrainConfig,
+    Schedule, TrainConfig, World,
 };
 
 fn samples() -> (Vec<pctrain_data::Encoded>, u32) {
@@ -85,6 +85,7 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
         pad,
         &config(),
         None,
+        &World::solo(),
         |_, p| {
             save_checkpoint(
                 out.path(),
@@ -94,6 +95,7 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
                 p.position,
                 "{}",
                 2,
+                1,
             )?;
             Ok(())
         },
@@ -124,6 +126,7 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
         pad,
         &config(),
         Some((optimizer, position)),
+        &World::solo(),
         |_, _| Ok(()),
     )
     .unwrap()

@@ -14,7 +14,9 @@ use pctrain_model::{
     Target, TrainMode,
 };
 use pctrain_trainer::preset::{random_weights, TINY_CONFIG};
-use pctrain_trainer::{optimizer_step, AdamW, AdamWConfig, DType, Decay, Device, Schedule, Tensor};
+use pctrain_trainer::{
+    optimizer_step, AdamW, AdamWConfig, DType, Decay, Device, Schedule, Tensor, World,
+};
 use serde_json::json;
 
 /// Llama 3 8B's `config.json` (the real shape).
@@ -164,6 +166,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &mut grads,
             &schedule,
             1.0,
+            &World::solo(),
         )?;
         device.synchronize()?;
         std::hint::black_box(report);

@@ -24,6 +24,30 @@ pub fn device(spec: &str) -> Result<Device> {
     }
 }
 
+/// The device of this rank: `spec` alone, or with several ranks on a GPU, `cuda:LOCAL_RANK` (the
+/// local rank picks the GPU, so `spec` names none).
+pub fn rank_device(spec: &str, world: &pctrain_trainer::World) -> Result<Device> {
+    if world.size() == 1 || spec == "cpu" {
+        return device(spec);
+    }
+    if spec != "cuda" {
+        bail!(
+            "--device {spec}: with {} ranks each takes the GPU of its local rank; say --device \
+             cuda (or cpu)",
+            world.size()
+        );
+    }
+    let local = world.local_rank();
+    device(&format!("cuda:{local}")).with_context(|| {
+        format!(
+            "rank {} is local rank {local} of {} on its machine: start at most as many ranks on \
+             a machine as it has GPUs",
+            world.rank(),
+            world.local_size()
+        )
+    })
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_device(spec: &str) -> Result<Device> {
     let ordinal = match spec.strip_prefix("cuda:") {

@@ -13,8 +13,8 @@ use pctrain_data::{Encoded, LoaderConfig, Position};
 use pctrain_model::save::write_atomic;
 use pctrain_model::{Model, StepOptions};
 use pctrain_trainer::{
-    checkpoints, load_checkpoint, remove_unfinished, save_checkpoint, train, AdamW, AdamWConfig,
-    Device, Schedule, TrainConfig,
+    checkpoint_ranks, checkpoints, load_checkpoint, remove_unfinished, save_checkpoint, train,
+    AdamW, AdamWConfig, Device, Schedule, TrainConfig, World,
 };
 use serde_json::json;
 
@@ -38,13 +38,33 @@ impl std::fmt::Display for Interrupted {
 impl std::error::Error for Interrupted {}
 
 /// A training run, as the steps it goes through: set up, prepare the run folder, train
-/// (logging, evaluating and checkpointing as it goes), export.
+/// (logging, evaluating and checkpointing as it goes), export. Under `mpirun` or `srun` (built
+/// with the `mpi` feature) every rank runs it; rank 0 alone writes the run's files, and an error
+/// on any rank ends them all.
 pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
-    let mut recipe = Recipe::set_up(&args, matches)?;
-    let resume = recipe.prepare_output(&args)?;
+    let world = World::init().context("starting MPI")?;
+    let result = run_in(&world, args, matches);
+    if let Err(e) = &result {
+        if world.size() > 1 {
+            eprintln!(
+                "error on rank {} of {}: {e:#}; ending every rank",
+                world.rank(),
+                world.size()
+            );
+            world.abort(1);
+        }
+    }
+    result
+}
+
+fn run_in(world: &World, args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let mut recipe = Recipe::set_up(&args, matches, world)?;
+    let resume = recipe.prepare_output(&args, world)?;
     let evaluations = Evaluations::set_up(&recipe.settings, &recipe.run)?;
-    match recipe.train(resume, &evaluations)? {
-        Ended::Finished => recipe.export(),
+    match recipe.train(resume, &evaluations, world)? {
+        Ended::Finished if world.is_first() => recipe.export(),
+        Ended::Finished => Ok(()),
+        Ended::Interrupted(_) if !world.is_first() => Ok(()),
         Ended::Interrupted(step) => {
             eprintln!(
                 "interrupted: the checkpoint of step {step} is saved in {}; continue with --resume",
@@ -78,7 +98,7 @@ struct Recipe {
 impl Recipe {
     /// Resolves the settings (a resumed run adopts its checkpoint's), opens the device, builds
     /// the model and the data pipeline, reads the data and plans the steps.
-    fn set_up(args: &TrainArgs, matches: &clap::ArgMatches) -> Result<Recipe> {
+    fn set_up(args: &TrainArgs, matches: &clap::ArgMatches, world: &World) -> Result<Recipe> {
         let mut settings = Settings::resolve(args.config.as_deref(), args.overrides(matches)?)?;
         let output = settings.output();
         let resume_from = match args.resume.as_deref() {
@@ -91,17 +111,29 @@ impl Recipe {
             Some(dir) => Some(PathBuf::from(dir)),
         };
         match &resume_from {
-            Some(dir) => adopt_checkpoint_settings(dir, &mut settings)?,
+            Some(dir) => {
+                adopt_checkpoint_settings(dir, &mut settings)?;
+                let ranks = checkpoint_ranks(dir)?;
+                if ranks != world.size() {
+                    anyhow::bail!(
+                        "{}: written by a run of {ranks} process(es), resumed with {}: resume it \
+                         with as many (`mpirun -np {ranks}`), since the rows of each step and \
+                         each rank's share of them depend on it",
+                        dir.display(),
+                        world.size()
+                    );
+                }
+            }
             None => setup::adopt_init_adapter(&mut settings)?,
         }
-        let device = setup::device(&settings.device)?;
+        let device = setup::rank_device(&settings.device, world)?;
         let dtype = setup::dtype(&settings.dtype, &device)?;
         let run = setup::build(&settings, &device, dtype)?;
         let (samples, stats) = run.pipeline.encode_all(&settings.data)?;
         if samples.is_empty() {
             anyhow::bail!("no sample with a trained token in the data: nothing to train on");
         }
-        let cfg = plan(&settings, &samples, &run)?;
+        let cfg = plan(&settings, &samples, &run, world.size())?;
         let mut resolved = settings.clone();
         resolved.lr = Some(settings.lr());
         resolved.method = Some(settings.method());
@@ -122,11 +154,19 @@ impl Recipe {
 
     /// Makes the run folder ready: unfinished checkpoints removed, an earlier run's refused
     /// (or removed with --overwrite), the checkpoint to resume loaded, `settings.json` written.
-    fn prepare_output(&mut self, args: &TrainArgs) -> Result<Option<(AdamW, Position)>> {
+    /// Every rank loads the checkpoint; rank 0 alone changes the folder.
+    fn prepare_output(
+        &mut self,
+        args: &TrainArgs,
+        world: &World,
+    ) -> Result<Option<(AdamW, Position)>> {
         let output = &self.output;
-        std::fs::create_dir_all(output)
-            .with_context(|| format!("creating {}", output.display()))?;
-        remove_unfinished(output)?;
+        let writes = world.is_first();
+        if writes {
+            std::fs::create_dir_all(output)
+                .with_context(|| format!("creating {}", output.display()))?;
+            remove_unfinished(output)?;
+        }
         let earlier = checkpoints(output)?;
         if args.resume.is_none() && !earlier.is_empty() {
             if !args.overwrite {
@@ -136,7 +176,7 @@ impl Recipe {
                     output.display()
                 );
             }
-            for dir in &earlier {
+            for dir in earlier.iter().filter(|_| writes) {
                 std::fs::remove_dir_all(dir)
                     .with_context(|| format!("removing {}", dir.display()))?;
             }
@@ -146,6 +186,9 @@ impl Recipe {
             Some(dir) => {
                 let (optimizer, position) =
                     load_checkpoint(dir, &mut self.run.model, self.run.mode)?;
+                if !writes {
+                    return Ok(Some((optimizer, position)));
+                }
                 eprintln!("resuming from {} (step {})", dir.display(), optimizer.step);
                 // Later checkpoints of this folder belong to the abandoned continuation.
                 for later in checkpoints(output)? {
@@ -158,10 +201,12 @@ impl Recipe {
                 Some((optimizer, position))
             }
         };
-        write_atomic(
-            &output.join("settings.json"),
-            self.settings_json()?.as_bytes(),
-        )?;
+        if writes {
+            write_atomic(
+                &output.join("settings.json"),
+                self.settings_json()?.as_bytes(),
+            )?;
+        }
         Ok(resume)
     }
 
@@ -170,25 +215,41 @@ impl Recipe {
     }
 
     /// The training loop: after each optimizer step a metrics line, the evaluations when due,
-    /// and a checkpoint every `save_every` steps, at the last step, and on Ctrl-C.
+    /// and a checkpoint every `save_every` steps, at the last step, and on Ctrl-C (on any rank;
+    /// rank 0 writes them).
     fn train(
         &mut self,
         resume: Option<(AdamW, Position)>,
         evaluations: &Evaluations,
+        world: &World,
     ) -> Result<Ended> {
         let (settings, output, max_steps) = (&self.settings, &self.output, self.cfg.max_steps);
         let settings_json = self.settings_json()?;
         let start_step = resume.as_ref().map_or(0, |(o, _)| o.step);
-        let mut metrics = MetricsLog::open(output, start_step)?;
-        eprintln!(
-            "training {} ({:?}) on {} samples ({} trained tokens), {max_steps} steps, into {}",
-            settings.base,
-            self.run.mode,
-            self.samples.len(),
-            self.trained_tokens,
-            output.display()
-        );
-        let bar = ProgressBar::new(max_steps).with_style(
+        let writes = world.is_first();
+        let mut metrics = writes
+            .then(|| MetricsLog::open(output, start_step))
+            .transpose()?;
+        if writes {
+            let ranks = match world.size() {
+                1 => String::new(),
+                n => format!(" on {n} ranks"),
+            };
+            eprintln!(
+                "training {} ({:?}) on {} samples ({} trained tokens), {max_steps} steps{ranks}, \
+                 into {}",
+                settings.base,
+                self.run.mode,
+                self.samples.len(),
+                self.trained_tokens,
+                output.display()
+            );
+        }
+        let bar = match writes {
+            true => ProgressBar::new(max_steps),
+            false => ProgressBar::hidden(),
+        }
+        .with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]")
                 .expect("valid template"),
         );
@@ -200,6 +261,9 @@ impl Recipe {
             .context("installing the Ctrl-C handler")?;
         let (mode, pipeline, device) = (self.run.mode, &self.run.pipeline, &self.device);
         let checkpoint = |model: &Model, optimizer: &AdamW, position: Position| {
+            if !writes {
+                return Ok(());
+            }
             save_checkpoint(
                 output,
                 model,
@@ -208,7 +272,9 @@ impl Recipe {
                 position,
                 &settings_json,
                 settings.keep_last,
+                world.size(),
             )
+            .map(drop)
         };
         let mut last = std::time::Instant::now();
         let mut saved_step = start_step;
@@ -218,6 +284,7 @@ impl Recipe {
             pipeline.tokenizer.pad_id,
             &self.cfg,
             resume,
+            world,
             |report, progress| {
                 let step = progress.optimizer.step;
                 let seconds = last.elapsed().as_secs_f64().max(1e-9);
@@ -226,22 +293,25 @@ impl Recipe {
                     "grad_norm": report.grad_norm, "tokens": report.tokens,
                     "tokens_per_s": tokens_per_s, "epoch": progress.position.epoch});
                 let last_step = step == max_steps;
-                if evaluations.due(step, last_step) {
+                if writes && evaluations.due(step, last_step) {
                     let said = evaluations.measure(progress.model, pipeline, &mut line)?;
                     bar.println(format!("step {step}: {said}"));
                 }
                 line["memory"] = memory(device);
-                metrics.append(&line)?;
+                if let Some(m) = metrics.as_mut() {
+                    m.append(&line)?;
+                }
                 bar.set_position(step);
                 bar.set_message(format!(
                     "loss {:.4} lr {:.2e} {tokens_per_s:.0} tok/s",
                     report.loss, report.lr
                 ));
-                let stop = interrupted.load(Ordering::SeqCst);
+                // Every rank stops after the same step.
+                let stop = world.any(interrupted.load(Ordering::SeqCst));
                 if stop || step % settings.save_every == 0 || last_step {
                     checkpoint(progress.model, progress.optimizer, progress.position)?;
                     saved_step = step;
-                    metrics.plot()?;
+                    metrics.as_ref().map(MetricsLog::plot).transpose()?;
                 }
                 if stop {
                     return Err(Interrupted(step).into());
@@ -257,7 +327,7 @@ impl Recipe {
                 // too, so that the run can be exported, or continued with a larger --max-steps.
                 if saved_step < done.optimizer.step {
                     checkpoint(&self.run.model, &done.optimizer, done.position)?;
-                    metrics.plot()?;
+                    metrics.as_ref().map(MetricsLog::plot).transpose()?;
                 }
                 Ok(Ended::Finished)
             }
@@ -283,7 +353,13 @@ impl Recipe {
 /// The optimisation plan: rows and steps (as in transformers, --max-steps overrides the epochs:
 /// the data repeats, each epoch shuffled anew, until the run has taken that many steps), the
 /// schedule over them, the optimizer and step options.
-fn plan(settings: &Settings, samples: &[Encoded], run: &Setup) -> Result<TrainConfig> {
+/// `ranks` processes each train on `--batch-size` rows of every micro-batch.
+fn plan(
+    settings: &Settings,
+    samples: &[Encoded],
+    run: &Setup,
+    ranks: usize,
+) -> Result<TrainConfig> {
     let loader = LoaderConfig {
         seq_len: settings.seq_len,
         packing: settings.packing,
@@ -296,7 +372,7 @@ fn plan(settings: &Settings, samples: &[Encoded], run: &Setup) -> Result<TrainCo
         },
         ..LoaderConfig::default()
     };
-    let rows_per_step = (settings.batch_size * settings.grad_accum) as u64;
+    let rows_per_step = (settings.batch_size * settings.grad_accum * ranks) as u64;
     let rows = epoch_rows(samples, &loader, 0).len() as u64;
     let max_steps = match settings.max_steps {
         Some(steps) => steps,

@@ -1,0 +1,58 @@
+//! What a run of several processes adds to a step: each rank's rows of the step, and the sums
+//! that make the gradients, the token count and the loss those of the whole step on every rank,
+//! so that every rank clips and updates alike and the weights stay equal without being sent.
+
+use pctrain_data::PackedRow;
+use pctrain_dist::{World, BUCKET};
+use pctrain_model::Gradients;
+
+/// Rank `rank`'s share of one micro-batch's `rows` (those of every rank, in the seeded order):
+/// rows `rank * batch_size ..` of them, so that `n` ranks with `--batch-size B` train on the rows
+/// one process trains on with `--batch-size n*B`.
+pub fn my_rows(rows: Vec<PackedRow>, world: &World, batch_size: usize) -> Vec<PackedRow> {
+    rows.into_iter()
+        .skip(world.rank() * batch_size)
+        .take(batch_size)
+        .collect()
+}
+
+/// Sums every rank's gradients into each rank's, the small buffers gathered into buckets of up
+/// to [`BUCKET`] floats so that a LoRA step's hundreds of tensors take a few all-reduces.
+pub fn sum_gradients(grads: &mut Gradients, world: &World) -> candle_core::Result<()> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    grads
+        .with_host_values(|bufs| {
+            let mut bucket: Vec<f32> = Vec::new();
+            let mut members: Vec<usize> = Vec::new();
+            let flush =
+                |bucket: &mut Vec<f32>, members: &mut Vec<usize>, bufs: &mut [&mut [f32]]| {
+                    if members.is_empty() {
+                        return;
+                    }
+                    world.sum_f32(bucket);
+                    let mut at = 0;
+                    for &i in members.iter() {
+                        let n = bufs[i].len();
+                        bufs[i].copy_from_slice(&bucket[at..at + n]);
+                        at += n;
+                    }
+                    bucket.clear();
+                    members.clear();
+                };
+            for i in 0..bufs.len() {
+                if bufs[i].len() >= BUCKET {
+                    world.sum_f32(bufs[i]);
+                    continue;
+                }
+                if bucket.len() + bufs[i].len() > BUCKET {
+                    flush(&mut bucket, &mut members, bufs);
+                }
+                bucket.extend_from_slice(bufs[i]);
+                members.push(i);
+            }
+            flush(&mut bucket, &mut members, bufs);
+        })
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+}

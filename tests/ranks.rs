@@ -1,0 +1,274 @@
+//! Runs of several processes under `mpirun` (the binary built with `--features mpi`; OpenMPI's
+//! `mpirun` on the PATH): two ranks of one thread each on this machine's cores train as one
+//! process with the doubled batch, the same on every rerun; a rank killed mid-run ends the run
+//! within seconds, and the run resumes to the result of one that never stopped. Without the
+//! feature these tests are not built, and show as not run.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{llama_fixture, read_f32, root, stderr};
+
+/// `mpirun -np RANKS pctrain ARGS`, each rank on one thread.
+fn mpirun(ranks: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        &ranks.to_string(),
+    ])
+    .args(["-x", "RAYON_NUM_THREADS=1", env!("CARGO_BIN_EXE_pctrain")])
+    .current_dir(root())
+    .env("NO_COLOR", "1");
+    cmd
+}
+
+fn run(mut cmd: Command, args: &[String]) -> Output {
+    let o = cmd
+        .args(args)
+        .output()
+        .expect("run mpirun (OpenMPI installed?)");
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    o
+}
+
+/// A short run into `out`, `batch` rows per rank, as `method`: full fine-tuning of the tiny
+/// preset, or LoRA on the Llama fixture.
+fn tiny(out: &Path, method: &str, batch: usize, steps: usize) -> Vec<String> {
+    let llama = llama_fixture();
+    let base = match method {
+        "full" => ["--base", "tiny"],
+        _ => ["--base", llama.to_str().unwrap()],
+    };
+    let template = match method {
+        "full" => "chatml",
+        _ => "tulu",
+    };
+    let args = [
+        "--template",
+        template,
+        "--method",
+        method,
+        "--lora-dropout",
+        "0",
+        "--lr",
+        "1e-3",
+        "--mix",
+        "nl-pc",
+        "--data",
+        "examples/alpaca-pc.jsonl",
+        "--seq-len",
+        "128",
+        "--batch-size",
+        &batch.to_string(),
+        "--max-steps",
+        &steps.to_string(),
+        "--save-every",
+        "1",
+        "--keep-last",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    base.iter().chain(&args).map(|s| s.to_string()).collect()
+}
+
+/// The trained tensors of a run's checkpoint of `step`.
+fn trained(out: &Path, step: usize) -> std::collections::HashMap<String, Vec<f32>> {
+    let dir = out.join(format!("checkpoint-{step:06}"));
+    read_f32(&dir.join("trainable.safetensors"))
+}
+
+fn bytes_of(out: &Path, step: usize) -> Vec<u8> {
+    let dir = out.join(format!("checkpoint-{step:06}"));
+    std::fs::read(dir.join("trainable.safetensors")).unwrap()
+}
+
+/// The learning rate of the runs: differences of weights are measured in its units.
+const LR: f32 = 1e-3;
+
+/// The largest difference between two runs' trained weights (not their optimizer moments).
+fn max_weight_difference(
+    a: &std::collections::HashMap<String, Vec<f32>>,
+    b: &std::collections::HashMap<String, Vec<f32>>,
+) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f32;
+    for (name, x) in a.iter().filter(|(n, _)| n.starts_with("param.")) {
+        let y = &b[name];
+        worst = x
+            .iter()
+            .zip(y)
+            .fold(worst, |m, (p, q)| m.max((p - q).abs()));
+    }
+    worst
+}
+
+/// The `key` of every line of a run's metrics.
+fn logged(out: &Path, key: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Two ranks with `--batch-size 2` and one process with `--batch-size 4` train on the same rows
+/// and log the same tokens and (to 1e-6) losses; their weights after 4 steps agree within a
+/// hundredth of one step's size (the learning rate). Not bit for bit: a weight's gradient is a
+/// sum over the step's tokens, which one process adds in one order and two ranks add as two
+/// partial sums and then MPI's sum of those, and AdamW divides each gradient by its own running
+/// size, so an element whose gradient is near zero moves by a share of a step that those last
+/// bits decide. Two runs of two ranks agree bit for bit.
+#[test]
+fn two_ranks_train_as_one_process_with_the_doubled_batch() {
+    for method in ["lora", "full"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (two, again, one) = (
+            dir.path().join("two"),
+            dir.path().join("again"),
+            dir.path().join("one"),
+        );
+        run(mpirun(2), &tiny(&two, method, 2, 4));
+        run(mpirun(2), &tiny(&again, method, 2, 4));
+        let o = Command::new(env!("CARGO_BIN_EXE_pctrain"))
+            .args(tiny(&one, method, 4, 4))
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(logged(&two, "tokens"), logged(&one, "tokens"), "{method}");
+        for (a, b) in logged(&two, "loss").iter().zip(logged(&one, "loss")) {
+            assert!((a - b).abs() < 1e-6 * b, "{method}: losses {a} and {b}");
+        }
+        let diff = max_weight_difference(&trained(&two, 4), &trained(&one, 4));
+        assert!(
+            diff < 0.01 * LR,
+            "{method}: two ranks and one process differ by {diff}"
+        );
+        assert!(
+            bytes_of(&two, 4) == bytes_of(&again, 4),
+            "{method}: two runs of two ranks differ"
+        );
+        // Rank 0 alone writes the run folder, and the export.
+        let export = if method == "lora" { "adapter" } else { "model" };
+        assert!(two.join(export).is_dir());
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after its closing paren.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(pid) {
+            if let Ok(child) = entry.file_name().to_string_lossy().parse() {
+                out.push(child);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A rank killed mid-run ends the whole run within seconds, with mpirun naming the rank; the
+/// checkpoints already written stay, and resuming from the last one ends where a run that never
+/// stopped ends, bit for bit. A checkpoint of two ranks does not resume in one process.
+#[test]
+fn a_killed_rank_ends_the_run_and_it_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (straight, stopped) = (dir.path().join("straight"), dir.path().join("stopped"));
+    let steps = 40;
+    run(mpirun(2), &tiny(&straight, "full", 2, steps));
+
+    let mut cmd = mpirun(2);
+    let child = cmd
+        .args(tiny(&stopped, "full", 2, steps))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !stopped.join("checkpoint-000003").is_dir() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint 3"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ranks = children(child.id());
+    assert!(!ranks.is_empty(), "mpirun started no ranks");
+    let victim = *ranks.last().unwrap();
+    let killed = Instant::now();
+    Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "the run went on without a rank: {err}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "{:?} to end",
+        killed.elapsed()
+    );
+    assert!(err.contains("rank") && err.contains("signal 9"), "{err}");
+    let last = pctrain_trainer::checkpoints(&stopped).unwrap();
+    let at = last.last().expect("the checkpoints written stay");
+    assert!(at.join("trainable.safetensors").is_file());
+    let step: usize = at.file_name().unwrap().to_string_lossy()["checkpoint-".len()..]
+        .parse()
+        .unwrap();
+    assert!(step < steps, "the run had ended before the kill");
+
+    // One process refuses the checkpoint of two.
+    let o = Command::new(env!("CARGO_BIN_EXE_pctrain"))
+        .args(tiny(&stopped, "full", 2, steps))
+        .arg("--resume")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("mpirun -np 2"), "{err}");
+
+    let mut args = tiny(&stopped, "full", 2, steps);
+    args.push("--resume".into());
+    run(mpirun(2), &args);
+    assert!(
+        bytes_of(&stopped, steps) == bytes_of(&straight, steps),
+        "the resumed run ends elsewhere"
+    );
+}
+
+/// Several ranks take the GPU of their local rank: a device index is refused, on every rank,
+/// and the run ends with the rank named.
+#[test]
+fn a_device_index_with_several_ranks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = tiny(&dir.path().join("run"), "full", 1, 1);
+    args.extend(["--device".into(), "cuda:1".into()]);
+    let o = mpirun(2).args(&args).output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("--device cuda:1") && err.contains("error on rank"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
