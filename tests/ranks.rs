@@ -272,3 +272,54 @@ fn a_device_index_with_several_ranks_is_refused() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// With `--zero-stage 1`, each of two ranks keeps half of AdamW's moments (the memory figure
+/// of its metrics, within 5% of half of one process's) and updates its half of the elements, and
+/// the run ends bit for bit where two ranks with whole state end; its checkpoints hold the whole
+/// state, gathered, and a resume from one ends there too.
+#[test]
+fn zero_stage_1_halves_the_optimizer_state_and_trains_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, sharded, one) = (
+        dir.path().join("whole"),
+        dir.path().join("sharded"),
+        dir.path().join("one"),
+    );
+    run(mpirun(2), &tiny(&whole, "full", 2, 4));
+    let mut args = tiny(&sharded, "full", 2, 4);
+    args.extend(["--zero-stage".into(), "1".into()]);
+    run(mpirun(2), &args);
+    let o = Command::new(env!("CARGO_BIN_EXE_pctrain"))
+        .args(tiny(&one, "full", 4, 4))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        bytes_of(&sharded, 4) == bytes_of(&whole, 4),
+        "sharded and whole optimizer state train differently"
+    );
+    let state = |out: &Path| {
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        last["memory"]["optimizer_state_bytes"].as_f64().unwrap()
+    };
+    let ratio = state(&sharded) / state(&one);
+    assert!(
+        (ratio - 0.5).abs() <= 0.025,
+        "rank 0 keeps {ratio} of the state"
+    );
+    assert_eq!(state(&whole), state(&one));
+
+    // Resumed from step 2, it ends as it did.
+    let end = bytes_of(&sharded, 4);
+    args.extend([
+        "--resume".into(),
+        sharded.join("checkpoint-000002").display().to_string(),
+    ]);
+    run(mpirun(2), &args);
+    assert!(
+        bytes_of(&sharded, 4) == end,
+        "the resumed sharded run ends elsewhere"
+    );
+}

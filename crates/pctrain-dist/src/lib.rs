@@ -103,6 +103,25 @@ impl World {
         let _ = values;
     }
 
+    /// Every rank's `mine` in rank order into `all` (of the length of them all together), on
+    /// every rank; `counts[r]` is rank `r`'s length. In rounds of at most [`BUCKET`] floats a
+    /// rank, so that no count passes MPI's 32-bit counts.
+    pub fn all_gather_f32(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
+        assert_eq!(counts.len(), self.size, "a count per rank");
+        assert_eq!(counts[self.rank], mine.len(), "this rank's count");
+        assert_eq!(
+            counts.iter().sum::<usize>(),
+            all.len(),
+            "room for every rank's"
+        );
+        #[cfg(feature = "mpi")]
+        if let Some(m) = &self.mpi {
+            m.all_gather(mine, counts, all);
+            return;
+        }
+        all.copy_from_slice(mine);
+    }
+
     /// Whether `flag` is set on any rank.
     pub fn any(&self, flag: bool) -> bool {
         let mut v = [f64::from(u8::from(flag))];
@@ -133,11 +152,13 @@ fn launched_by_mpi() -> bool {
 #[cfg(feature = "mpi")]
 mod mpi_world {
     use mpi::collective::SystemOperation;
+    use mpi::datatype::PartitionMut;
     use mpi::environment::Universe;
     use mpi::topology::{Communicator, SimpleCommunicator};
     use mpi::traits::*;
+    use mpi::Count;
 
-    use super::{DistError, World};
+    use super::{DistError, World, BUCKET};
 
     /// MPI's world communicator, kept with the universe that finalizes MPI when dropped.
     pub struct MpiWorld {
@@ -168,6 +189,43 @@ mod mpi_world {
             let send = values.to_vec();
             self.comm
                 .all_reduce_into(&send[..], values, SystemOperation::sum());
+        }
+
+        /// [`World::all_gather_f32`]: in round `k` each rank sends its floats `k * BUCKET ..`,
+        /// received into a round buffer and put in place.
+        pub fn all_gather(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
+            let starts: Vec<usize> = counts
+                .iter()
+                .scan(0, |at, &c| {
+                    let s = *at;
+                    *at += c;
+                    Some(s)
+                })
+                .collect();
+            let rounds = counts.iter().max().map_or(0, |m| m.div_ceil(BUCKET));
+            let mut round = Vec::new();
+            for k in 0..rounds {
+                let part = |c: usize| c.saturating_sub(k * BUCKET).min(BUCKET);
+                let sizes: Vec<Count> = counts.iter().map(|&c| part(c) as Count).collect();
+                let displs: Vec<Count> = sizes
+                    .iter()
+                    .scan(0, |at, &c| {
+                        let d = *at;
+                        *at += c;
+                        Some(d)
+                    })
+                    .collect();
+                round.resize(sizes.iter().sum::<Count>() as usize, 0f32);
+                let lo = (k * BUCKET).min(mine.len());
+                let send = &mine[lo..lo + part(mine.len())];
+                let mut recv = PartitionMut::new(&mut round[..], &sizes[..], &displs[..]);
+                self.comm.all_gather_varcount_into(send, &mut recv);
+                for r in 0..counts.len() {
+                    let (d, n) = (displs[r] as usize, sizes[r] as usize);
+                    let at = starts[r] + k * BUCKET;
+                    all[at..at + n].copy_from_slice(&round[d..d + n]);
+                }
+            }
         }
 
         pub fn abort(&self, code: i32) -> ! {

@@ -122,6 +122,12 @@ fn write_into(
     state: &State,
     settings: &str,
 ) -> Result<(), CheckpointError> {
+    if optimizer.shard.is_some() {
+        return Err(CheckpointError::Invalid {
+            path: dir.to_path_buf(),
+            message: "a checkpoint holds the whole optimizer state: gather the shards first".into(),
+        });
+    }
     let params = model.trainable(mode);
     for (i, (n, t)) in params.iter().enumerate() {
         // A sum carries NaN and infinity through (a max may skip NaN).
@@ -268,6 +274,7 @@ pub fn load_checkpoint(
     }
     model.set_trainable(mode, values);
     let optimizer = AdamW {
+        shard: None,
         config: state.adamw,
         step: state.step,
         m,

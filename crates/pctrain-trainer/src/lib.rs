@@ -18,7 +18,7 @@ pub use checkpoint::{
     CheckpointError,
 };
 pub use eval::{evaluate, EvalResult};
-pub use optim::{clip_grad_norm, AdamW, AdamWConfig, Clip};
+pub use optim::{clip_grad_norm, AdamW, AdamWConfig, Clip, Shard};
 pub use pctrain_dist::World;
 pub use preset::tiny_model;
 pub use schedule::{Decay, Schedule};

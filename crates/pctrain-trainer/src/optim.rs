@@ -2,6 +2,8 @@
 //! f32 moments whatever the parameters' dtype; clipping by global norm as
 //! `torch.nn.utils.clip_grad_norm_` does.
 
+use std::ops::Range;
+
 use candle_core::{DType, Result, Tensor};
 use pctrain_model::cpu::view::with_mut;
 use pctrain_model::layers::loss::LossSum;
@@ -42,6 +44,41 @@ pub struct AdamW {
     /// f32 master copies of parameters stored in a narrower type (bf16 on a GPU), which the
     /// updates accumulate in; `None` for f32 parameters.
     pub master: Vec<Option<Tensor>>,
+    /// With ZeRO stage 1, the elements this rank keeps moments of and updates; the moments
+    /// are then those elements' alone (1-D).
+    pub shard: Option<Shard>,
+}
+
+/// A rank's share of the optimizer's work (ZeRO stage 1): the parameters' elements laid end to
+/// end in their order, split into one contiguous span per rank, of sizes differing by one at most.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// Per parameter, the range of its elements in this rank's span (possibly empty).
+    pub ranges: Vec<Range<usize>>,
+    /// Each rank's element count.
+    pub counts: Vec<usize>,
+}
+
+impl Shard {
+    /// Rank `rank`'s share among `ranks` of parameters of `sizes` elements.
+    pub fn of(sizes: &[usize], rank: usize, ranks: usize) -> Shard {
+        let total: usize = sizes.iter().sum();
+        let bound = |r: usize| (total as u128 * r as u128 / ranks as u128) as usize;
+        let (lo, hi) = (bound(rank), bound(rank + 1));
+        let mut at = 0;
+        let ranges = sizes
+            .iter()
+            .map(|&n| {
+                let (start, end) = (at, at + n);
+                at = end;
+                lo.clamp(start, end) - start..hi.clamp(start, end) - start
+            })
+            .collect();
+        Shard {
+            ranges,
+            counts: (0..ranks).map(|r| bound(r + 1) - bound(r)).collect(),
+        }
+    }
 }
 
 impl AdamW {
@@ -61,7 +98,36 @@ impl AdamW {
                         .transpose()
                 })
                 .collect::<Result<_>>()?,
+            shard: None,
         })
+    }
+
+    /// Keeps the moments of `shard`'s elements only (ZeRO stage 1), dropping the rest: on the
+    /// CPU, for f32 parameters.
+    pub fn keep_shard(&mut self, shard: Shard) -> Result<()> {
+        if self.master.iter().any(Option::is_some) || !self.m.iter().all(|m| m.device().is_cpu()) {
+            candle_core::bail!(
+                "sharded optimizer state (--zero-stage 1) is built for f32 training on the CPU; \
+                 on GPUs it is not yet"
+            );
+        }
+        let slice = |t: &Tensor, r: &Range<usize>| -> Result<Tensor> {
+            let all = t.flatten_all()?.to_vec1::<f32>()?;
+            Tensor::from_slice(&all[r.clone()], r.len(), t.device())
+        };
+        for (i, r) in shard.ranges.iter().enumerate() {
+            self.m[i] = slice(&self.m[i], r)?;
+            self.v[i] = slice(&self.v[i], r)?;
+        }
+        self.shard = Some(shard);
+        Ok(())
+    }
+
+    /// Bytes of the moments and master copies this process holds.
+    pub fn state_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let moments: usize = self.m.iter().chain(&self.v).map(bytes).sum();
+        moments + self.master.iter().flatten().map(bytes).sum::<usize>()
     }
 
     /// One update at learning rate `lr`, in place on the parameters (and their master copies)
@@ -102,13 +168,20 @@ impl AdamW {
                 if self.master[i].is_some() {
                     candle_core::bail!("the CPU trains f32 parameters, which need no master copy");
                 }
+                let r = match &self.shard {
+                    Some(s) => s.ranges[i].clone(),
+                    None => 0..g.len(),
+                };
                 with_mut(p, |p| {
                     with_mut(&self.m[i], |m| {
-                        with_mut(&self.v[i], |v| step.apply(p, g, m, v))
+                        with_mut(&self.v[i], |v| step.apply(&mut p[r.clone()], &g[r], m, v))
                     })
                 })???;
             }
             return Ok(());
+        }
+        if self.shard.is_some() {
+            candle_core::bail!("AdamW: sharded state updates parameters on the CPU only");
         }
         let device = grads
             .device()

@@ -1,10 +1,16 @@
 //! What a run of several processes adds to a step: each rank's rows of the step, and the sums
 //! that make the gradients, the token count and the loss those of the whole step on every rank,
 //! so that every rank clips and updates alike and the weights stay equal without being sent.
+//! With the optimizer state sharded (ZeRO stage 1), each rank updates its span of the elements
+//! and the spans are gathered.
 
+use candle_core::Tensor;
 use pctrain_data::PackedRow;
 use pctrain_dist::{World, BUCKET};
+use pctrain_model::cpu::view::{view, with_mut};
 use pctrain_model::Gradients;
+
+use crate::optim::{AdamW, Shard};
 
 /// Rank `rank`'s share of one micro-batch's `rows` (those of every rank, in the seeded order):
 /// rows `rank * batch_size ..` of them, so that `n` ranks with `--batch-size B` train on the rows
@@ -55,4 +61,59 @@ pub fn sum_gradients(grads: &mut Gradients, world: &World) -> candle_core::Resul
             flush(&mut bucket, &mut members, bufs);
         })
         .map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// Puts every rank's updated elements into every rank's parameters after a sharded update
+/// (ZeRO stage 1): each rank's span, in rank order, is the parameters laid end to end.
+pub fn share_updates(params: &[&Tensor], shard: &Shard, world: &World) -> candle_core::Result<()> {
+    let mut mine = Vec::with_capacity(shard.counts[world.rank()]);
+    for (p, r) in params.iter().zip(&shard.ranges) {
+        mine.extend_from_slice(&view(p)?[r.clone()]);
+    }
+    let mut all = vec![0f32; shard.counts.iter().sum()];
+    world.all_gather_f32(&mine, &shard.counts, &mut all);
+    let mut at = 0;
+    for p in params {
+        let n = p.elem_count();
+        with_mut(p, |p| p.copy_from_slice(&all[at..at + n]))?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// The optimizer with every rank's moments gathered (what a checkpoint holds), from a sharded
+/// one; on every rank, as each takes part in the gathering.
+pub fn whole_optimizer(
+    optimizer: &AdamW,
+    params: &[&Tensor],
+    world: &World,
+) -> candle_core::Result<AdamW> {
+    let Some(shard) = &optimizer.shard else {
+        return Ok(optimizer.clone());
+    };
+    let gather = |parts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
+        let mut mine = Vec::with_capacity(shard.counts[world.rank()]);
+        for t in parts {
+            mine.extend_from_slice(&view(t)?);
+        }
+        let mut all = vec![0f32; shard.counts.iter().sum()];
+        world.all_gather_f32(&mine, &shard.counts, &mut all);
+        let mut at = 0;
+        params
+            .iter()
+            .map(|p| {
+                let n = p.elem_count();
+                at += n;
+                Tensor::from_slice(&all[at - n..at], p.shape(), p.device())
+            })
+            .collect()
+    };
+    Ok(AdamW {
+        config: optimizer.config,
+        step: optimizer.step,
+        m: gather(&optimizer.m)?,
+        v: gather(&optimizer.v)?,
+        master: optimizer.master.clone(),
+        shard: None,
+    })
 }

@@ -8,7 +8,7 @@ use pctrain_model::{Batch, Gradients, Model, StepOptions};
 use pctrain_dist::World;
 
 use crate::optim::{clip_grad_norm, AdamW};
-use crate::ranks::sum_gradients;
+use crate::ranks::{share_updates, sum_gradients};
 use crate::schedule::Schedule;
 
 /// Why an optimizer step did not happen.
@@ -110,6 +110,9 @@ pub fn optimizer_step(
         let params = model.trainable(opts.mode);
         let refs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
         optimizer.update(&refs, grads, lr, &clip)?;
+        if let Some(shard) = &optimizer.shard {
+            share_updates(&refs, shard, world)?;
+        }
     }
     // The step's one read back (on a GPU the update is queued behind it already).
     let (grad_norm, applied, sum) = clip.read(&total)?;

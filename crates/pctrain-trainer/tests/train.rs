@@ -48,6 +48,7 @@ fn config() -> TrainConfig {
         },
         adamw: AdamWConfig::default(),
         clip_norm: 1.0,
+        zero_stage: 0,
         step: StepOptions {
             mode: TrainMode::Full,
             recompute: true,

@@ -12,6 +12,7 @@ use pctrain_data::loader::epoch_rows;
 use pctrain_data::{Encoded, LoaderConfig, Position};
 use pctrain_model::save::write_atomic;
 use pctrain_model::{Model, StepOptions};
+use pctrain_trainer::ranks::whole_optimizer;
 use pctrain_trainer::{
     checkpoint_ranks, checkpoints, load_checkpoint, remove_unfinished, save_checkpoint, train,
     AdamW, AdamWConfig, Device, Schedule, TrainConfig, World,
@@ -260,7 +261,11 @@ impl Recipe {
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
         let (mode, pipeline, device) = (self.run.mode, &self.run.pipeline, &self.device);
-        let checkpoint = |model: &Model, optimizer: &AdamW, position: Position| {
+        let checkpoint = |model: &Model, optimizer: &AdamW, position: Position| -> Result<()> {
+            // Every rank gives its share of a sharded optimizer state; rank 0 writes it whole.
+            let params = model.trainable(mode);
+            let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
+            let whole = whole_optimizer(optimizer, &refs, world)?;
             if !writes {
                 return Ok(());
             }
@@ -268,13 +273,13 @@ impl Recipe {
                 output,
                 model,
                 mode,
-                optimizer,
+                &whole,
                 position,
                 &settings_json,
                 settings.keep_last,
                 world.size(),
-            )
-            .map(drop)
+            )?;
+            Ok(())
         };
         let mut last = std::time::Instant::now();
         let mut saved_step = start_step;
@@ -298,6 +303,7 @@ impl Recipe {
                     bar.println(format!("step {step}: {said}"));
                 }
                 line["memory"] = memory(device);
+                line["memory"]["optimizer_state_bytes"] = progress.optimizer.state_bytes().into();
                 if let Some(m) = metrics.as_mut() {
                     m.append(&line)?;
                 }
@@ -402,6 +408,7 @@ fn plan(
             ..AdamWConfig::default()
         },
         clip_norm: settings.clip_norm,
+        zero_stage: settings.zero_stage,
         step: StepOptions {
             mode: run.mode,
             recompute: settings.recompute,
