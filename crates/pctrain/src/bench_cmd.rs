@@ -155,6 +155,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         loss_chunk: 1024,
         dropout_seed: 0,
     };
+    // Under mpirun every rank steps on its own batch of the same shape, and the sums make
+    // each step one over all of them.
+    let world = World::init()?;
     let mut step = || -> Result<f64> {
         device.synchronize()?;
         let start = Instant::now();
@@ -166,7 +169,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &mut grads,
             &schedule,
             1.0,
-            &World::solo(),
+            &world,
         )?;
         device.synchronize()?;
         std::hint::black_box(report);
@@ -203,13 +206,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         TrainMode::Lora => 4.0 * (frozen + trained) + attention,
         TrainMode::Full => 6.0 * trained + attention,
     };
-    let tokens_per_s = n as f64 / step_s;
+    let tokens_per_s = (n * world.size()) as f64 / step_s;
     let matmul = matmul_tflops(&device, dtype)?;
     let line = json!({
         "tool": "pctrain",
         "shape": args.base.as_ref().map_or(args.shape.clone(), |b| b.display().to_string()),
         "packed": args.packed, "threads": pctrain_model::cpu::threads(), "mode": args.mode, "dtype": args.dtype,
-        "device": args.device, "rows": rows, "seq_len": seq_len,
+        "device": args.device, "rows": rows, "seq_len": seq_len, "ranks": world.size(),
         "parameters": frozen + trained, "trainable_parameters": trained,
         "step_s": step_s, "tokens_per_s": tokens_per_s, "flops_per_token": flops_per_token,
         "matmul_tflops": matmul,
@@ -217,7 +220,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "process_memory": crate::metrics::process_memory(),
         "profile": profile,
     });
-    println!("{line}");
+    if world.is_first() {
+        println!("{line}");
+    }
     Ok(())
 }
 

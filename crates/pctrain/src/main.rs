@@ -53,7 +53,8 @@ enum Command {
     /// Write a run's PEFT adapter, or with --merged the whole model, in the Hugging Face layout;
     /// optionally upload it to the hub.
     Export(export_cmd::ExportArgs),
-    /// Time whole training steps on a model shape with random weights (one JSON line).
+    /// Time whole training steps on a model shape with random weights (one JSON line; under
+    /// mpirun, steps of every rank together, printed by rank 0).
     #[command(hide = true)]
     Bench(bench_cmd::BenchArgs),
     /// List the presets (`--base NAME`), or print one's config.
