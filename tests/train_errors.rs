@@ -221,3 +221,17 @@ fn resuming_needs_the_same_data_settings_and_replays_from_an_earlier_checkpoint(
     let b = std::fs::read(dir.path().join("model/model.safetensors")).unwrap();
     assert!(a == b, "the replayed run differs from the straight one");
 }
+
+/// Started by an MPI launcher as one of several processes, a binary built without MPI refuses to
+/// train alone into the folder the others write too.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn several_processes_without_mpi_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = tiny_run(dir.path(), "1");
+    let o = common::pctrain_env(&run_args(&args), &[("OMPI_COMM_WORLD_SIZE", "2")]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--features mpi") && err.contains("2 processes"), "{err}");
+    assert!(checkpoint_names(dir.path()).is_empty(), "it trained: {err}");
+}

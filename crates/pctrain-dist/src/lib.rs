@@ -13,6 +13,12 @@ pub const BUCKET: usize = 1 << 22;
 pub enum DistError {
     #[error("MPI: {0}")]
     Mpi(String),
+    /// Started by an MPI launcher as one of several processes, without MPI to join them.
+    #[error(
+        "started as one of {0} processes by an MPI launcher, but this pctrain was built without \
+         MPI: build it with `cargo build --release --features mpi`"
+    )]
+    NotBuilt(usize),
 }
 
 /// This process's place in the run, and the collectives among its processes.
@@ -54,6 +60,14 @@ impl World {
         #[cfg(feature = "mpi")]
         if launched_by_mpi() {
             return mpi_world::MpiWorld::init();
+        }
+        // Without MPI, several processes would each train alone into the same folder.
+        let size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+            .unwrap_or(1);
+        if size > 1 {
+            return Err(DistError::NotBuilt(size));
         }
         Ok(World::solo())
     }
@@ -104,8 +118,8 @@ impl World {
     }
 
     /// Every rank's `mine` in rank order into `all` (of the length of them all together), on
-    /// every rank; `counts[r]` is rank `r`'s length. In rounds of at most [`BUCKET`] floats a
-    /// rank, so that no count passes MPI's 32-bit counts.
+    /// every rank; `counts[r]` is rank `r`'s length. In rounds of at most [`BUCKET`] floats in
+    /// all, so that no count or offset passes MPI's 32-bit counts.
     pub fn all_gather_f32(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
         assert_eq!(counts.len(), self.size, "a count per rank");
         assert_eq!(counts[self.rank], mine.len(), "this rank's count");
@@ -172,6 +186,16 @@ mod mpi_world {
                 .ok_or_else(|| DistError::Mpi("MPI was already initialised".into()))?;
             let comm = universe.world();
             let local = comm.split_shared(comm.rank());
+            if comm.size() > 1 {
+                // A panic would finalize MPI and wait there for ranks that wait for this one.
+                let rank = comm.rank();
+                let report = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    report(info);
+                    eprintln!("rank {rank} panicked: ending every rank");
+                    SimpleCommunicator::world().abort(101);
+                }));
+            }
             Ok(World {
                 rank: comm.rank() as usize,
                 size: comm.size() as usize,
@@ -191,9 +215,10 @@ mod mpi_world {
                 .all_reduce_into(&send[..], values, SystemOperation::sum());
         }
 
-        /// [`World::all_gather_f32`]: in round `k` each rank sends its floats `k * BUCKET ..`,
-        /// received into a round buffer and put in place.
+        /// [`World::all_gather_f32`]: in round `k` each rank sends its floats `k * part ..`
+        /// (`part` a share of [`BUCKET`] per rank), received into a round buffer and put in place.
         pub fn all_gather(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
+            let share = (BUCKET / counts.len()).max(1);
             let starts: Vec<usize> = counts
                 .iter()
                 .scan(0, |at, &c| {
@@ -202,10 +227,10 @@ mod mpi_world {
                     Some(s)
                 })
                 .collect();
-            let rounds = counts.iter().max().map_or(0, |m| m.div_ceil(BUCKET));
+            let rounds = counts.iter().max().map_or(0, |m| m.div_ceil(share));
             let mut round = Vec::new();
             for k in 0..rounds {
-                let part = |c: usize| c.saturating_sub(k * BUCKET).min(BUCKET);
+                let part = |c: usize| c.saturating_sub(k * share).min(share);
                 let sizes: Vec<Count> = counts.iter().map(|&c| part(c) as Count).collect();
                 let displs: Vec<Count> = sizes
                     .iter()
@@ -216,13 +241,13 @@ mod mpi_world {
                     })
                     .collect();
                 round.resize(sizes.iter().sum::<Count>() as usize, 0f32);
-                let lo = (k * BUCKET).min(mine.len());
+                let lo = (k * share).min(mine.len());
                 let send = &mine[lo..lo + part(mine.len())];
                 let mut recv = PartitionMut::new(&mut round[..], &sizes[..], &displs[..]);
                 self.comm.all_gather_varcount_into(send, &mut recv);
                 for r in 0..counts.len() {
                     let (d, n) = (displs[r] as usize, sizes[r] as usize);
-                    let at = starts[r] + k * BUCKET;
+                    let at = starts[r] + k * share;
                     all[at..at + n].copy_from_slice(&round[d..d + n]);
                 }
             }

@@ -75,8 +75,8 @@ pub(crate) fn loss<K: Backend>(k: &mut K, acts: &mut Acts<K::Buf>) -> Result<Los
 }
 
 /// Forward and backward: the summed loss, its gradients times `scale` added to `g`, and the
-/// gradient of the embedding lookup's output (before Granite's multiplier) left in
-/// `acts.scratch.grad`. Without `keep_all`, each layer's activations are recomputed from its
+/// gradient with respect to the scaled embeddings (the first layer's input; Granite's multiplier
+/// not yet applied to it) left in `acts.scratch.grad`. Without `keep_all`, each layer's activations are recomputed from its
 /// input in backward.
 pub(crate) fn forward_backward<K: Backend>(
     k: &mut K,

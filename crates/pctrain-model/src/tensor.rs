@@ -362,7 +362,8 @@ impl Model {
     /// Forward and backward of `batch` on tensors, one op at a time (a GPU's path, and a CPU's
     /// for narrower dtypes): the summed loss, the gradients of `opts.mode`'s trainable tensors
     /// (of the loss times `1 / normalizer`, in [`Model::trainable_params`]' order) and the
-    /// gradient of the embedding lookup's output before Granite's multiplier, `[N, H]`.
+    /// gradient with respect to the scaled embeddings (Granite's multiplier not yet applied to
+    /// it), `[N, H]`.
     pub(crate) fn tensor_forward_backward(
         &self,
         batch: &Batch,

@@ -73,10 +73,9 @@ pub fn optimizer_step(
     let normalizer = count[0] as usize;
     grads.zero()?;
     let mut total: Option<LossSum> = None;
-    let first = world.rank() * micro_batches.len();
     for (i, batch) in micro_batches.iter().enumerate() {
-        // Each micro-batch (of each rank) draws its own dropout masks.
-        let index = (first + i) as u64;
+        // Each micro-batch of each rank draws its own dropout masks.
+        let index = (i * world.size() + world.rank()) as u64;
         let opts = StepOptions {
             dropout_seed: opts
                 .dropout_seed

@@ -74,10 +74,16 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    crate::setup::in_world(|world| bench(args, world))
+}
+
+/// Under mpirun every rank steps on its own batch of the same shape, and the sums make each
+/// step one over all of them.
+fn bench(args: BenchArgs, world: &World) -> Result<()> {
     if args.steps == 0 || args.rows == 0 || args.seq_len == 0 {
         bail!("--steps, --rows and --seq-len must be at least 1");
     }
-    let device = crate::setup::device(&args.device)?;
+    let device = crate::setup::rank_device(&args.device, world)?;
     let dtype = crate::setup::parse_dtype(&args.dtype)?;
     let mode = match args.mode.as_str() {
         "lora" => TrainMode::Lora,
@@ -155,9 +161,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         loss_chunk: 1024,
         dropout_seed: 0,
     };
-    // Under mpirun every rank steps on its own batch of the same shape, and the sums make
-    // each step one over all of them.
-    let world = World::init()?;
     let mut step = || -> Result<f64> {
         device.synchronize()?;
         let start = Instant::now();
@@ -169,7 +172,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &mut grads,
             &schedule,
             1.0,
-            &world,
+            world,
         )?;
         device.synchronize()?;
         std::hint::black_box(report);

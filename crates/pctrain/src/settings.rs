@@ -103,8 +103,8 @@ pub struct Settings {
     /// Global gradient norm bound; 0 turns clipping off.
     #[arg(long, default_value_t = 1.0)]
     pub clip_norm: f64,
-    /// Under mpirun: 1 shards AdamW's moments across the ranks (ZeRO stage 1, full fine-tuning on
-    /// the CPU), 0 keeps them whole on every rank.
+    /// Under mpirun: 1 shards AdamW's moments across the ranks (ZeRO stage 1; f32 training on the
+    /// CPU), 0 keeps them whole on every rank. One process keeps them whole either way.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero_stage: u8,
     /// lora or full (default: full for `tiny`, whose weights are random; else lora).

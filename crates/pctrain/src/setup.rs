@@ -10,6 +10,7 @@ use pctrain_export::{published_name, ExportMeta};
 use pctrain_model::lora::read_adapter_config;
 use pctrain_model::{LoraAdapter, LoraConfig, Model, TrainMode};
 use pctrain_trainer::preset::TINY_CONFIG;
+use pctrain_trainer::World;
 use pctrain_trainer::{load_base, tiny_model, DType, Device};
 
 use crate::data_cmd::DataArgs;
@@ -24,9 +25,29 @@ pub fn device(spec: &str) -> Result<Device> {
     }
 }
 
-/// The device of this rank: `spec` alone, or with several ranks on a GPU, `cuda:LOCAL_RANK` (the
-/// local rank picks the GPU, so `spec` names none).
-pub fn rank_device(spec: &str, world: &pctrain_trainer::World) -> Result<Device> {
+/// Runs `f` in the run's world (MPI's under mpirun or srun, else this process alone); an error on
+/// one of several ranks is reported with its rank and ends them all, which would otherwise wait
+/// for it.
+pub fn in_world(f: impl FnOnce(&World) -> Result<()>) -> Result<()> {
+    let world = World::init().context("starting MPI")?;
+    let result = f(&world);
+    if let Err(e) = &result {
+        if world.size() > 1 {
+            eprintln!(
+                "error on rank {} of {}: {e:#}; ending every rank",
+                world.rank(),
+                world.size()
+            );
+            world.abort(1);
+        }
+    }
+    result
+}
+
+/// The device of this rank: `spec` alone, or with several ranks on GPUs, the GPU of its local
+/// rank among those it sees (`spec` names none: launchers that give each rank one GPU make it
+/// `cuda:0` for all).
+pub fn rank_device(spec: &str, world: &World) -> Result<Device> {
     if world.size() == 1 || spec == "cpu" {
         return device(spec);
     }
@@ -38,14 +59,25 @@ pub fn rank_device(spec: &str, world: &pctrain_trainer::World) -> Result<Device>
         );
     }
     let local = world.local_rank();
-    device(&format!("cuda:{local}")).with_context(|| {
+    let gpu = local % visible_gpus()?.max(1);
+    device(&format!("cuda:{gpu}")).with_context(|| {
         format!(
-            "rank {} is local rank {local} of {} on its machine: start at most as many ranks on \
-             a machine as it has GPUs",
+            "rank {} (local rank {local} of {} on its machine) opening GPU {gpu}",
             world.rank(),
             world.local_size()
         )
     })
+}
+
+/// GPUs this process sees.
+#[cfg(feature = "cuda")]
+fn visible_gpus() -> Result<usize> {
+    pctrain_model::cuda::device_count().context("counting the GPUs")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn visible_gpus() -> Result<usize> {
+    Ok(1)
 }
 
 #[cfg(feature = "cuda")]

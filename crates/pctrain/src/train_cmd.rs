@@ -43,19 +43,7 @@ impl std::error::Error for Interrupted {}
 /// with the `mpi` feature) every rank runs it; rank 0 alone writes the run's files, and an error
 /// on any rank ends them all.
 pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
-    let world = World::init().context("starting MPI")?;
-    let result = run_in(&world, args, matches);
-    if let Err(e) = &result {
-        if world.size() > 1 {
-            eprintln!(
-                "error on rank {} of {}: {e:#}; ending every rank",
-                world.rank(),
-                world.size()
-            );
-            world.abort(1);
-        }
-    }
-    result
+    setup::in_world(|world| run_in(world, args, matches))
 }
 
 fn run_in(world: &World, args: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {

@@ -351,8 +351,8 @@ impl Model {
 
     /// Forward and backward of `batch` on the CPU kernels, adding the gradients of its summed
     /// loss times `1 / normalizer` to `grads` ([`Model::trainable`]'s buffers). Returns the loss
-    /// sum and, with `want_input_grad`, the gradient of the embedding lookup's output before
-    /// Granite's multiplier, `[N, H]`.
+    /// sum and, with `want_input_grad`, the gradient with respect to the scaled embeddings
+    /// (Granite's multiplier not yet applied to it), `[N, H]`.
     pub(crate) fn cpu_forward_backward(
         &self,
         batch: &Batch,

@@ -381,6 +381,14 @@ pub fn adamw(
     }
 }
 
+/// The GPUs this process sees (those `CUDA_VISIBLE_DEVICES` leaves it).
+pub fn device_count() -> Result<usize> {
+    use candle_core::cuda_backend::cudarc::driver::result;
+    let failed = |e| candle_core::Error::Msg(format!("the CUDA driver: {e}"));
+    result::init().map_err(failed)?;
+    Ok(result::device::get_count().map_err(failed)? as usize)
+}
+
 /// Keeps memory that the step frees in the device's pool instead of handing it back to the driver
 /// at each synchronisation (the pool's release threshold, 0 by default, raised to its maximum),
 /// so a step's allocations reuse it. Called once, when the device opens.
