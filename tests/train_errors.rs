@@ -232,6 +232,9 @@ fn several_processes_without_mpi_are_refused() {
     let o = common::pctrain_env(&run_args(&args), &[("OMPI_COMM_WORLD_SIZE", "2")]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("--features mpi") && err.contains("2 processes"), "{err}");
+    assert!(
+        err.contains("--features mpi") && err.contains("2 processes"),
+        "{err}"
+    );
     assert!(checkpoint_names(dir.path()).is_empty(), "it trained: {err}");
 }
