@@ -215,31 +215,17 @@ mod mpi_world {
                 .all_reduce_into(&send[..], values, SystemOperation::sum());
         }
 
-        /// [`World::all_gather_f32`]: in round `k` each rank sends its floats `k * part ..`
-        /// (`part` a share of [`BUCKET`] per rank), received into a round buffer and put in place.
+        /// [`World::all_gather_f32`]: in round `k` each rank sends its floats `k * share ..`
+        /// (`share` [`BUCKET`] over the ranks), received into a round buffer and put in place.
         pub fn all_gather(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
             let share = (BUCKET / counts.len()).max(1);
-            let starts: Vec<usize> = counts
-                .iter()
-                .scan(0, |at, &c| {
-                    let s = *at;
-                    *at += c;
-                    Some(s)
-                })
-                .collect();
+            let starts = offsets(counts);
             let rounds = counts.iter().max().map_or(0, |m| m.div_ceil(share));
             let mut round = Vec::new();
             for k in 0..rounds {
                 let part = |c: usize| c.saturating_sub(k * share).min(share);
                 let sizes: Vec<Count> = counts.iter().map(|&c| part(c) as Count).collect();
-                let displs: Vec<Count> = sizes
-                    .iter()
-                    .scan(0, |at, &c| {
-                        let d = *at;
-                        *at += c;
-                        Some(d)
-                    })
-                    .collect();
+                let displs = offsets(&sizes);
                 round.resize(sizes.iter().sum::<Count>() as usize, 0f32);
                 let lo = (k * share).min(mine.len());
                 let send = &mine[lo..lo + part(mine.len())];
@@ -256,5 +242,17 @@ mod mpi_world {
         pub fn abort(&self, code: i32) -> ! {
             self.comm.abort(code)
         }
+    }
+
+    /// Where each of `counts` starts when they are laid end to end.
+    fn offsets<T: Copy + Default + std::ops::Add<Output = T>>(counts: &[T]) -> Vec<T> {
+        counts
+            .iter()
+            .scan(T::default(), |at, &c| {
+                let start = *at;
+                *at = *at + c;
+                Some(start)
+            })
+            .collect()
     }
 }

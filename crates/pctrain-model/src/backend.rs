@@ -1,9 +1,10 @@
 //! The line between the decoder's composition and what it runs on. The layer
-//! ([`crate::layer`]) and the pass ([`crate::pass`]) are written once over [`Backend`]: a
-//! backend's buffers and the operations they are made of, each with its backward. Two backends
-//! implement it: the CPU kernels over f32 buffers reused from step to step
+//! ([`crate::layer`]) and the pass ([`crate::pass`]) are written once over [`Forward`] and
+//! [`Backward`]: a backend's buffers and the operations they are made of, each with its backward.
+//! Training backends implement both: the CPU kernels over f32 buffers reused from step to step
 //! ([`crate::cpu::backend`]), and candle tensors ([`crate::tensor`]), whose layer entries run the
-//! CUDA kernels on a GPU and the CPU kernels for narrower dtypes.
+//! CUDA kernels on a GPU and the CPU kernels for narrower dtypes. The decoders of
+//! [`crate::generate`] implement [`Forward`], with attention over their key/value cache.
 //!
 //! The line is drawn at the layer functions, as llm.c draws it between `train_gpt2.c` and
 //! `train_gpt2.cu` (each op a function over named buffers, written into rather than returned),
@@ -13,7 +14,7 @@
 //! Buffers are written in place: an op's output argument is overwritten, or added to where it
 //! says `accumulate`. An activation is `[N, width]`, token-major (`N = B * T`), except the roped q
 //! and k and their gradients, which lie as the backend's attention wants them (only
-//! [`Backend::attention`], its backward and [`Backend::rope`] read them).
+//! [`Forward::attention`], its backward and [`Forward::rope`] read them).
 
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -21,24 +22,18 @@ use crate::layers::loss::LossSum;
 use crate::lora::Target;
 use crate::params::{LayerPlaced, Param, Placed};
 
-/// A pass's operations on one backend, for one batch.
-pub(crate) trait Backend {
+/// A forward pass's operations on one backend: what training, evaluation and decoding share.
+pub(crate) trait Forward {
     /// An activation buffer.
     type Buf;
-    /// Where one trainable tensor's gradient is added.
-    type Grad;
 
     fn config(&self) -> &ModelConfig;
 
     /// A buffer with nothing in it yet (an op's output sizes it).
     fn empty(&self) -> Self::Buf;
 
-    /// `x` = the batch's token embeddings times Granite's multiplier, `[N, H]`.
+    /// `x` = the tokens' embeddings times Granite's multiplier, `[N, H]`.
     fn embed(&mut self, x: &mut Self::Buf) -> Result<()>;
-
-    /// Adds the embedding's gradient for the lookup's output gradient `dx` (before the
-    /// multiplier), when the embedding trains.
-    fn embed_backward(&mut self, dx: &Self::Buf, g: &mut Placed<Self::Grad>) -> Result<()>;
 
     /// `y = rms_norm(x) * w` for the norm weight `w` (a layer's or the final one), keeping
     /// each row's `1 / rms` in `rstd` where the backend's backward reads it.
@@ -48,19 +43,6 @@ pub(crate) trait Backend {
         x: &Self::Buf,
         y: &mut Self::Buf,
         rstd: &mut Self::Buf,
-    ) -> Result<()>;
-
-    /// `dx (+)= d rms_norm / dx`; adds `w`'s gradient to `dw` when given.
-    #[allow(clippy::too_many_arguments)]
-    fn rms_norm_backward(
-        &mut self,
-        w: Param,
-        dy: &Self::Buf,
-        x: &Self::Buf,
-        rstd: &Self::Buf,
-        dx: &mut Self::Buf,
-        accumulate: bool,
-        dw: Option<&mut Self::Grad>,
     ) -> Result<()>;
 
     /// `y (+)= alpha * target(x)` for layer `l`'s projection `target` with its adapter (and the
@@ -77,7 +59,53 @@ pub(crate) trait Backend {
         accumulate: bool,
     ) -> Result<()>;
 
-    /// The backward of [`Backend::linear`] for the output gradient `alpha * dy`: `dx (+)=`, and
+    /// Rotates `x` (`heads` heads) by the tokens' positions in place.
+    fn rope(&mut self, x: &mut Self::Buf, heads: usize) -> Result<()>;
+
+    /// Layer `l`'s masked attention of roped `q`, `k` over `v`: the output `o` `[N, heads * d]`
+    /// and each score row's log-sum-exp `lse` (a decoder's keys and values go into its cache
+    /// first, and it attends over the cache).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        l: usize,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        o: &mut Self::Buf,
+        lse: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `z = silu(gate) * up`.
+    fn swiglu(&mut self, gate: &Self::Buf, up: &Self::Buf, z: &mut Self::Buf) -> Result<()>;
+
+    /// `dst = src`.
+    fn copy(&mut self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+}
+
+/// A training pass's operations besides the forward's: the loss and each op's backward.
+pub(crate) trait Backward: Forward {
+    /// Where one trainable tensor's gradient is added.
+    type Grad;
+
+    /// Adds the embedding's gradient for the lookup's output gradient `dx` (before the
+    /// multiplier), when the embedding trains.
+    fn embed_backward(&mut self, dx: &Self::Buf, g: &mut Placed<Self::Grad>) -> Result<()>;
+
+    /// `dx (+)= d rms_norm / dx`; adds `w`'s gradient to `dw` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_backward(
+        &mut self,
+        w: Param,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        rstd: &Self::Buf,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+        dw: Option<&mut Self::Grad>,
+    ) -> Result<()>;
+
+    /// The backward of [`Forward::linear`] for the output gradient `alpha * dy`: `dx (+)=`, and
     /// the adapter's (LoRA) or the weight's (full) gradients added to `g`.
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
@@ -93,24 +121,11 @@ pub(crate) trait Backend {
         g: &mut LayerPlaced<Self::Grad>,
     ) -> Result<()>;
 
-    /// Rotates `x` (`heads` heads) by the pass's positions in place; with `backward`, the
-    /// transpose, turning a roped gradient back into a token-major one.
-    fn rope(&mut self, x: &mut Self::Buf, heads: usize, backward: bool) -> Result<()>;
+    /// The transpose of [`Forward::rope`], turning a roped gradient back into a token-major one.
+    fn rope_backward(&mut self, x: &mut Self::Buf, heads: usize) -> Result<()>;
 
-    /// Masked attention of roped `q`, `k` over `v`: the output `o` `[N, heads * d]` and each
-    /// score row's log-sum-exp `lse`.
-    fn attention(
-        &mut self,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
-        o: &mut Self::Buf,
-        lse: &mut Self::Buf,
-    ) -> Result<()>;
-
-    /// The backward of [`Backend::attention`] for `do_`: `dq`, `dk` (roped, for
-    /// [`Backend::rope`]'s backward) and `dv` (token-major).
-    #[allow(clippy::too_many_arguments)]
+    /// The backward of [`Forward::attention`] for `do_`: `dq`, `dk` (roped, for
+    /// [`Backward::rope_backward`]) and `dv` (token-major).
     fn attention_backward(
         &mut self,
         saved: AttentionSaved<'_, Self::Buf>,
@@ -120,10 +135,7 @@ pub(crate) trait Backend {
         dv: &mut Self::Buf,
     ) -> Result<()>;
 
-    /// `z = silu(gate) * up`.
-    fn swiglu(&mut self, gate: &Self::Buf, up: &Self::Buf, z: &mut Self::Buf) -> Result<()>;
-
-    /// The backward of [`Backend::swiglu`].
+    /// The backward of [`Forward::swiglu`].
     fn swiglu_backward(
         &mut self,
         dz: &Self::Buf,
@@ -132,9 +144,6 @@ pub(crate) trait Backend {
         dgate: &mut Self::Buf,
         dup: &mut Self::Buf,
     ) -> Result<()>;
-
-    /// `dst = src`.
-    fn copy(&mut self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
 
     /// The batch's summed next-token loss from the final hidden states `h`; with `grads`, its
     /// gradient times `grads.scale` written into `grads.dh`, and the output projection's added
@@ -152,7 +161,7 @@ pub(crate) struct AttentionSaved<'a, B> {
 }
 
 /// Where the loss's backward writes.
-pub(crate) struct LossBackward<'a, K: Backend + ?Sized> {
+pub(crate) struct LossBackward<'a, K: Backward + ?Sized> {
     /// The caller's `1 / normalizer`.
     pub scale: f64,
     pub dh: &'a mut K::Buf,

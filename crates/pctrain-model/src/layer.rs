@@ -1,4 +1,4 @@
-//! One decoder layer, forward and backward side by side, written once over a [`Backend`]:
+//! One decoder layer, forward and backward side by side, written once over a backend ([`Forward`], [`Backward`]):
 //! `x_mid = x + r * o_proj(attention(rope(q(norm(x))), rope(k(..)), v(..)))`,
 //! `out = x_mid + r * down(silu(gate(norm(x_mid))) * up(norm(x_mid)))`, with `r` Granite's residual
 //! multiplier (1 elsewhere). Activations are named as llm.c names them and listed once
@@ -6,7 +6,7 @@
 //! sums it. `N = B*T` tokens; `H` hidden size, `Q = heads * head_dim`, `K = kv_heads *
 //! head_dim`, `I` intermediate size, `r` an adapter's rank.
 
-use crate::backend::{AttentionSaved, Backend};
+use crate::backend::{AttentionSaved, Backward, Forward};
 use crate::error::Result;
 use crate::lora::Target;
 use crate::model::Model;
@@ -195,7 +195,7 @@ impl Model {
 }
 
 /// Forward of layer `l` from `x` (`[N, H]`): fills `a` and writes the output into `out`.
-pub(crate) fn layer_forward<K: Backend>(
+pub(crate) fn layer_forward<K: Forward>(
     k: &mut K,
     l: usize,
     x: &K::Buf,
@@ -214,9 +214,9 @@ pub(crate) fn layer_forward<K: Backend>(
     k.linear(l, Target::Q, &a.h1, xq, &mut a.q, 1.0, false)?;
     k.linear(l, Target::K, &a.h1, xk, &mut a.k, 1.0, false)?;
     k.linear(l, Target::V, &a.h1, xv, &mut a.v, 1.0, false)?;
-    k.rope(&mut a.q, heads, false)?;
-    k.rope(&mut a.k, kv_heads, false)?;
-    k.attention(&a.q, &a.k, &a.v, &mut a.o, &mut a.lse)?;
+    k.rope(&mut a.q, heads)?;
+    k.rope(&mut a.k, kv_heads)?;
+    k.attention(l, &a.q, &a.k, &a.v, &mut a.o, &mut a.lse)?;
     k.copy(x, &mut a.x_mid)?;
     k.linear(l, Target::O, &a.o, xo, &mut a.x_mid, r, true)?;
 
@@ -236,7 +236,7 @@ pub(crate) fn layer_forward<K: Backend>(
 
 /// Backward of layer `l` whose input was `x`: `s.grad` holds the output's gradient and is
 /// replaced by the input's; the parameters' gradients are added to `g`.
-pub(crate) fn layer_backward<K: Backend>(
+pub(crate) fn layer_backward<K: Backward>(
     k: &mut K,
     l: usize,
     x: &K::Buf,
@@ -289,8 +289,8 @@ pub(crate) fn layer_backward<K: Backend>(
         lse: &a.lse,
     };
     k.attention_backward(saved, &s.da, &mut s.dq, &mut s.dk, &mut s.dv)?;
-    k.rope(&mut s.dq, heads, true)?;
-    k.rope(&mut s.dk, kv_heads, true)?;
+    k.rope_backward(&mut s.dq, heads)?;
+    k.rope_backward(&mut s.dk, kv_heads)?;
     k.linear_backward(l, Target::Q, &s.dq, &a.h1, xq, 1.0, &mut s.dh, false, g)?;
     k.linear_backward(l, Target::K, &s.dk, &a.h1, xk, 1.0, &mut s.dh, true, g)?;
     k.linear_backward(l, Target::V, &s.dv, &a.h1, xv, 1.0, &mut s.dh, true, g)?;

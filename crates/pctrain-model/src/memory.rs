@@ -97,7 +97,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::backend::Backend;
+    use crate::backend::Forward;
     use crate::model::Batch;
     use crate::pass::{self, Acts};
     use crate::tensor::TensorBackend;

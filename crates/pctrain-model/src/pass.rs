@@ -1,10 +1,10 @@
-//! A pass, written once over a [`Backend`]: embeddings, the layers' forward ([`crate::layer`]),
+//! A pass, written once over a backend ([`Forward`], [`Backward`]): embeddings, the layers' forward ([`crate::layer`]),
 //! the final norm and the chunked loss, then the explicit backward walking the layers in reverse,
 //! adding each gradient into the step's slots. Frozen weights get no gradient slot and cost no
 //! weight-gradient GEMM; with recomputation a layer keeps only its input and recomputes the rest
 //! in backward.
 
-use crate::backend::{Backend, LossBackward};
+use crate::backend::{Backward, Forward, LossBackward};
 use crate::error::Result;
 use crate::layer::{layer_backward, layer_forward, LayerActs, Scratch};
 use crate::layers::loss::LossSum;
@@ -43,7 +43,7 @@ impl<B> Acts<B> {
 /// Embeddings, then every layer, then the final norm into `acts.final_h`: keeping every layer's
 /// activations (`keep_all`) or reusing one set, and every layer's input (`backward`) or two in
 /// turn. `acts` holds as many of each as that takes ([`Acts::new`]).
-pub(crate) fn forward<K: Backend>(
+pub(crate) fn forward<K: Forward>(
     k: &mut K,
     acts: &mut Acts<K::Buf>,
     keep_all: bool,
@@ -69,7 +69,7 @@ pub(crate) fn forward<K: Backend>(
 }
 
 /// The summed loss of a forward-only pass.
-pub(crate) fn loss<K: Backend>(k: &mut K, acts: &mut Acts<K::Buf>) -> Result<LossSum> {
+pub(crate) fn loss<K: Backward>(k: &mut K, acts: &mut Acts<K::Buf>) -> Result<LossSum> {
     forward(k, acts, false, false)?;
     k.loss(&acts.final_h, None)
 }
@@ -78,7 +78,7 @@ pub(crate) fn loss<K: Backend>(k: &mut K, acts: &mut Acts<K::Buf>) -> Result<Los
 /// gradient with respect to the scaled embeddings (the first layer's input; Granite's multiplier
 /// not yet applied to it) left in `acts.scratch.grad`. Without `keep_all`, each layer's activations are recomputed from its
 /// input in backward.
-pub(crate) fn forward_backward<K: Backend>(
+pub(crate) fn forward_backward<K: Backward>(
     k: &mut K,
     acts: &mut Acts<K::Buf>,
     keep_all: bool,

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::backend::{AttentionSaved, Backend, LossBackward};
+use crate::backend::{AttentionSaved, Backward, Forward, LossBackward};
 use crate::backward::StepOptions;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -148,9 +148,8 @@ fn scaled(y: Tensor, alpha: f32) -> Result<Tensor> {
     Ok(if alpha == 1.0 { y } else { (y * alpha as f64)? })
 }
 
-impl Backend for TensorBackend<'_> {
+impl Forward for TensorBackend<'_> {
     type Buf = Tensor;
-    type Grad = Option<Tensor>;
 
     fn config(&self) -> &ModelConfig {
         &self.model.config
@@ -166,36 +165,8 @@ impl Backend for TensorBackend<'_> {
         Ok(())
     }
 
-    fn embed_backward(&mut self, dx: &Tensor, g: &mut Placed<Option<Tensor>>) -> Result<()> {
-        if g.embed.is_none() {
-            return Ok(());
-        }
-        let dx = (dx * self.model.config.embedding_multiplier)?;
-        let zeros = self.model.weights.embed_tokens.zeros_like()?;
-        add(g.embed.as_mut(), zeros.index_add(&self.ids, &dx, 0)?)
-    }
-
     fn rms_norm(&mut self, w: Param, x: &Tensor, y: &mut Tensor, _: &mut Tensor) -> Result<()> {
         *y = rms_norm_forward(x, self.weight(w), self.model.config.rms_norm_eps)?;
-        Ok(())
-    }
-
-    fn rms_norm_backward(
-        &mut self,
-        w: Param,
-        dy: &Tensor,
-        x: &Tensor,
-        _: &Tensor,
-        dx: &mut Tensor,
-        accumulate: bool,
-        dw: Option<&mut Option<Tensor>>,
-    ) -> Result<()> {
-        let eps = self.model.config.rms_norm_eps;
-        let (d, g) = rms_norm_backward(dy, x, self.weight(w), eps, dw.is_some())?;
-        write(dx, d, accumulate)?;
-        if let Some(g) = g {
-            add(dw, g)?;
-        }
         Ok(())
     }
 
@@ -216,6 +187,70 @@ impl Backend for TensorBackend<'_> {
             *xa = kept;
         }
         write(y, scaled(out, alpha)?, accumulate)
+    }
+
+    fn rope(&mut self, x: &mut Tensor, heads: usize) -> Result<()> {
+        *x = rope_forward(&self.by_heads(x, heads)?, &self.cos, &self.sin)?;
+        Ok(())
+    }
+
+    fn attention(
+        &mut self,
+        _: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &mut Tensor,
+        lse: &mut Tensor,
+    ) -> Result<()> {
+        let c = &self.model.config;
+        let v = self.by_heads(v, c.num_kv_heads)?;
+        let saved = flash_attention_forward(q, k, &v, &self.mask, c.attention_scale)?;
+        *o = self.by_tokens(&saved.out)?;
+        *lse = saved.lse;
+        Ok(())
+    }
+
+    fn swiglu(&mut self, gate: &Tensor, up: &Tensor, z: &mut Tensor) -> Result<()> {
+        *z = swiglu_forward(gate, up)?;
+        Ok(())
+    }
+
+    fn copy(&mut self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        *dst = src.clone();
+        Ok(())
+    }
+}
+
+impl Backward for TensorBackend<'_> {
+    type Grad = Option<Tensor>;
+
+    fn embed_backward(&mut self, dx: &Tensor, g: &mut Placed<Option<Tensor>>) -> Result<()> {
+        if g.embed.is_none() {
+            return Ok(());
+        }
+        let dx = (dx * self.model.config.embedding_multiplier)?;
+        let zeros = self.model.weights.embed_tokens.zeros_like()?;
+        add(g.embed.as_mut(), zeros.index_add(&self.ids, &dx, 0)?)
+    }
+
+    fn rms_norm_backward(
+        &mut self,
+        w: Param,
+        dy: &Tensor,
+        x: &Tensor,
+        _: &Tensor,
+        dx: &mut Tensor,
+        accumulate: bool,
+        dw: Option<&mut Option<Tensor>>,
+    ) -> Result<()> {
+        let eps = self.model.config.rms_norm_eps;
+        let (d, g) = rms_norm_backward(dy, x, self.weight(w), eps, dw.is_some())?;
+        write(dx, d, accumulate)?;
+        if let Some(g) = g {
+            add(dw, g)?;
+        }
+        Ok(())
     }
 
     fn linear_backward(
@@ -248,28 +283,8 @@ impl Backend for TensorBackend<'_> {
         Ok(())
     }
 
-    fn rope(&mut self, x: &mut Tensor, heads: usize, backward: bool) -> Result<()> {
-        *x = if backward {
-            self.by_tokens(&rope_backward(x, &self.cos, &self.sin)?)?
-        } else {
-            rope_forward(&self.by_heads(x, heads)?, &self.cos, &self.sin)?
-        };
-        Ok(())
-    }
-
-    fn attention(
-        &mut self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        o: &mut Tensor,
-        lse: &mut Tensor,
-    ) -> Result<()> {
-        let c = &self.model.config;
-        let v = self.by_heads(v, c.num_kv_heads)?;
-        let saved = flash_attention_forward(q, k, &v, &self.mask, c.attention_scale)?;
-        *o = self.by_tokens(&saved.out)?;
-        *lse = saved.lse;
+    fn rope_backward(&mut self, x: &mut Tensor, _: usize) -> Result<()> {
+        *x = self.by_tokens(&rope_backward(x, &self.cos, &self.sin)?)?;
         Ok(())
     }
 
@@ -297,11 +312,6 @@ impl Backend for TensorBackend<'_> {
         Ok(())
     }
 
-    fn swiglu(&mut self, gate: &Tensor, up: &Tensor, z: &mut Tensor) -> Result<()> {
-        *z = swiglu_forward(gate, up)?;
-        Ok(())
-    }
-
     fn swiglu_backward(
         &mut self,
         dz: &Tensor,
@@ -311,11 +321,6 @@ impl Backend for TensorBackend<'_> {
         dup: &mut Tensor,
     ) -> Result<()> {
         (*dgate, *dup) = swiglu_backward(dz, gate, up)?;
-        Ok(())
-    }
-
-    fn copy(&mut self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
-        *dst = src.clone();
         Ok(())
     }
 

@@ -49,6 +49,17 @@ impl Aligned {
     }
 }
 
+impl Default for Aligned {
+    /// No elements, and no allocation.
+    fn default() -> Self {
+        Aligned {
+            buf: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+}
+
 impl Deref for Aligned {
     type Target = [f32];
 

@@ -4,7 +4,7 @@
 
 use std::marker::PhantomData;
 
-use crate::backend::{AttentionSaved, Backend, LossBackward};
+use crate::backend::{AttentionSaved, Backward, Forward, LossBackward};
 use crate::backward::StepOptions;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -102,9 +102,23 @@ impl<'a> CpuBackend<'a, '_> {
     }
 }
 
-impl<'g> Backend for CpuBackend<'_, 'g> {
+impl CpuBackend<'_, '_> {
+    /// Rope on token-major rows of `heads` heads, or its transpose.
+    fn rotate(&self, x: &mut [f32], heads: usize, backward: bool) {
+        let layout = RopeLayout::TokenMajor { heads };
+        rope_cpu(
+            x,
+            self.config.head_dim,
+            layout,
+            self.cos,
+            self.sin,
+            backward,
+        );
+    }
+}
+
+impl Forward for CpuBackend<'_, '_> {
     type Buf = Vec<f32>;
-    type Grad = &'g mut [f32];
 
     fn config(&self) -> &ModelConfig {
         self.config
@@ -126,21 +140,6 @@ impl<'g> Backend for CpuBackend<'_, 'g> {
         Ok(())
     }
 
-    fn embed_backward(&mut self, dx: &Vec<f32>, g: &mut Placed<Self::Grad>) -> Result<()> {
-        let Some(de) = g.embed.as_deref_mut() else {
-            return Ok(());
-        };
-        let h = self.config.hidden_size;
-        let mult = self.config.embedding_multiplier as f32;
-        for (g, &id) in dx.chunks_exact(h).zip(&self.batch.input_ids) {
-            let row = &mut de[id as usize * h..(id as usize + 1) * h];
-            for (d, g) in row.iter_mut().zip(g) {
-                *d = g.mul_add(mult, *d);
-            }
-        }
-        Ok(())
-    }
-
     fn rms_norm(
         &mut self,
         w: Param,
@@ -150,21 +149,6 @@ impl<'g> Backend for CpuBackend<'_, 'g> {
     ) -> Result<()> {
         let eps = self.config.rms_norm_eps as f32;
         rms_norm_cpu_forward(x, self.views.weight(w), eps, y, rstd);
-        Ok(())
-    }
-
-    fn rms_norm_backward(
-        &mut self,
-        w: Param,
-        dy: &Vec<f32>,
-        x: &Vec<f32>,
-        rstd: &Vec<f32>,
-        dx: &mut Vec<f32>,
-        accumulate: bool,
-        dw: Option<&mut Self::Grad>,
-    ) -> Result<()> {
-        let dw = dw.map(|g| &mut **g);
-        rms_norm_cpu_backward(dy, x, rstd, self.views.weight(w), dx, accumulate, dw);
         Ok(())
     }
 
@@ -188,6 +172,70 @@ impl<'g> Backend for CpuBackend<'_, 'g> {
         });
         let w = p.weight(LayerParam::of(target));
         linear_cpu_forward(self.n, x, w, lora, y, alpha, accumulate);
+        Ok(())
+    }
+
+    fn rope(&mut self, x: &mut Vec<f32>, heads: usize) -> Result<()> {
+        self.rotate(x, heads, false);
+        Ok(())
+    }
+
+    fn attention(
+        &mut self,
+        _: usize,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        o: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+    ) -> Result<()> {
+        let scale = self.config.attention_scale as f32;
+        let seg = &self.batch.segment_ids;
+        attention_cpu_forward(&self.attn, q, k, v, seg, self.reach, scale, o, lse);
+        Ok(())
+    }
+
+    fn swiglu(&mut self, gate: &Vec<f32>, up: &Vec<f32>, z: &mut Vec<f32>) -> Result<()> {
+        swiglu_cpu_forward(gate, up, z);
+        Ok(())
+    }
+
+    fn copy(&mut self, src: &Vec<f32>, dst: &mut Vec<f32>) -> Result<()> {
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+impl<'g> Backward for CpuBackend<'_, 'g> {
+    type Grad = &'g mut [f32];
+
+    fn embed_backward(&mut self, dx: &Vec<f32>, g: &mut Placed<Self::Grad>) -> Result<()> {
+        let Some(de) = g.embed.as_deref_mut() else {
+            return Ok(());
+        };
+        let h = self.config.hidden_size;
+        let mult = self.config.embedding_multiplier as f32;
+        for (g, &id) in dx.chunks_exact(h).zip(&self.batch.input_ids) {
+            let row = &mut de[id as usize * h..(id as usize + 1) * h];
+            for (d, g) in row.iter_mut().zip(g) {
+                *d = g.mul_add(mult, *d);
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm_backward(
+        &mut self,
+        w: Param,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        rstd: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        accumulate: bool,
+        dw: Option<&mut Self::Grad>,
+    ) -> Result<()> {
+        let dw = dw.map(|g| &mut **g);
+        rms_norm_cpu_backward(dy, x, rstd, self.views.weight(w), dx, accumulate, dw);
         Ok(())
     }
 
@@ -233,24 +281,8 @@ impl<'g> Backend for CpuBackend<'_, 'g> {
         Ok(())
     }
 
-    fn rope(&mut self, x: &mut Vec<f32>, heads: usize, backward: bool) -> Result<()> {
-        let layout = RopeLayout::TokenMajor { heads };
-        let d = self.config.head_dim;
-        rope_cpu(x, d, layout, self.cos, self.sin, backward);
-        Ok(())
-    }
-
-    fn attention(
-        &mut self,
-        q: &Vec<f32>,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
-        o: &mut Vec<f32>,
-        lse: &mut Vec<f32>,
-    ) -> Result<()> {
-        let scale = self.config.attention_scale as f32;
-        let seg = &self.batch.segment_ids;
-        attention_cpu_forward(&self.attn, q, k, v, seg, self.reach, scale, o, lse);
+    fn rope_backward(&mut self, x: &mut Vec<f32>, heads: usize) -> Result<()> {
+        self.rotate(x, heads, true);
         Ok(())
     }
 
@@ -277,11 +309,6 @@ impl<'g> Backend for CpuBackend<'_, 'g> {
         Ok(())
     }
 
-    fn swiglu(&mut self, gate: &Vec<f32>, up: &Vec<f32>, z: &mut Vec<f32>) -> Result<()> {
-        swiglu_cpu_forward(gate, up, z);
-        Ok(())
-    }
-
     fn swiglu_backward(
         &mut self,
         dz: &Vec<f32>,
@@ -291,11 +318,6 @@ impl<'g> Backend for CpuBackend<'_, 'g> {
         dup: &mut Vec<f32>,
     ) -> Result<()> {
         swiglu_cpu_backward(dz, gate, up, dgate, dup);
-        Ok(())
-    }
-
-    fn copy(&mut self, src: &Vec<f32>, dst: &mut Vec<f32>) -> Result<()> {
-        dst.copy_from_slice(src);
         Ok(())
     }
 

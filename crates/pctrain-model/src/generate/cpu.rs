@@ -1,14 +1,18 @@
-//! Decoding on the CPU kernels: a step's tokens through every layer over buffers sized once, the
-//! projections on [`dots`], attention over the cache, then the picks. The buffers and the cache
-//! are allocated when decoding starts; a step allocates only its list of picked ids.
+//! Decoding on the CPU kernels: a step's tokens through the decoder's one forward
+//! ([`crate::pass::forward`], [`crate::layer::layer_forward`]) with the operations of
+//! [`StepOps`] (projections on [`dots`], attention over the cache), then the picks. The buffers
+//! (cache-line aligned, sized for the largest step) and the cache are allocated when decoding
+//! starts; a step allocates only its list of picked ids.
 
 use rayon::prelude::*;
 
 use super::schedule::Room;
 use super::{pick, Backend, Sampling, Step};
+use crate::backend::Forward;
+use crate::config::ModelConfig;
 use crate::cpu::aligned::Aligned;
 use crate::cpu::dots::{dots, Product};
-use crate::cpu::params::{LayerParams, Views};
+use crate::cpu::params::Views;
 use crate::error::Result;
 use crate::layers::kv_cache::{
     cache_attention_cpu, cache_write_cpu, CacheAttention, CacheShape, Places,
@@ -18,38 +22,19 @@ use crate::layers::norm::rms_norm_cpu_forward;
 use crate::layers::rope::{rope_cpu, rope_table_into, RopeLayout};
 use crate::lora::Target;
 use crate::model::Model;
-use crate::params::LayerParam;
+use crate::params::{LayerParam, Param};
+use crate::pass::{self, Acts};
 
-/// A step's activations, `N` tokens (`M` of them picked): `H` hidden, `Q`/`K` query and
-/// key/value widths, `I` intermediate, `V` vocabulary, `r` the largest adapter rank.
-struct Buffers {
-    /// The residual stream `[N, H]`, a normed copy `[N, H]` and its `1 / rms` `[N]`.
-    x: Aligned,
-    h: Aligned,
-    rstd: Aligned,
-    /// `[N, Q]`, `[N, K]`, `[N, K]`, attention's output `[N, Q]`.
-    q: Aligned,
-    k: Aligned,
-    v: Aligned,
-    o: Aligned,
-    /// `[N, I]` each.
-    gate: Aligned,
-    up: Aligned,
-    z: Aligned,
-    /// An adapter's `x A^T`, `[N, r]`.
-    xa: Aligned,
-    /// Rope tables `[N, head_dim]`.
-    cos: Aligned,
-    sin: Aligned,
-    /// The picked tokens' hidden states `[M, H]` (then normed, `[M, H]`), logits `[M, V]` and
-    /// the picks' scratch ids `[M, V]`.
-    last: Aligned,
+/// The picks' buffers, `M` picked tokens: their normed hidden states `[M, H]`, logits `[M, V]`
+/// and the picks' scratch ids `[M, V]`.
+struct Picks {
     last_h: Aligned,
     logits: Aligned,
     order: Vec<u32>,
 }
 
-/// The CPU backend: the model's weights as views, the cache and the step's buffers.
+/// The CPU decoder: the model's weights as views, the cache, the pass's activations (one layer's
+/// set, sized for the largest step), the rope tables and the picks' buffers.
 pub(crate) struct CpuDecoder<'m> {
     model: &'m Model,
     views: Views<'m>,
@@ -57,7 +42,11 @@ pub(crate) struct CpuDecoder<'m> {
     shape: CacheShape,
     keys: Aligned,
     values: Aligned,
-    b: Buffers,
+    acts: Acts<Aligned>,
+    /// Rope tables `[N, head_dim]`.
+    cos: Aligned,
+    sin: Aligned,
+    picks: Picks,
 }
 
 impl<'m> CpuDecoder<'m> {
@@ -65,81 +54,37 @@ impl<'m> CpuDecoder<'m> {
         let c = &model.config;
         let shape = CacheShape::of(c, room.slots, room.positions);
         let (n, m) = (room.tokens, room.slots);
-        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let rank = model.lora.as_ref().map_or(0, |a| a.config.r);
-        let f = Aligned::zeros;
-        let b = Buffers {
-            x: f(n * c.hidden_size)?,
-            h: f(n * c.hidden_size)?,
-            rstd: f(n)?,
-            q: f(n * q)?,
-            k: f(n * kv)?,
-            v: f(n * kv)?,
-            o: f(n * q)?,
-            gate: f(n * c.intermediate_size)?,
-            up: f(n * c.intermediate_size)?,
-            z: f(n * c.intermediate_size)?,
-            xa: f(n * rank)?,
-            cos: f(n * c.head_dim)?,
-            sin: f(n * c.head_dim)?,
-            last: f(m * c.hidden_size)?,
-            last_h: f(m * c.hidden_size)?,
-            logits: f(m * c.vocab_size)?,
-            order: vec![0u32; m * c.vocab_size],
-        };
+        let sizes = model.sizes(1, n);
+        // Every buffer of a forward-only pass, at the largest step's length.
+        let mut acts = Acts::new(c.num_layers, false, false, Aligned::default);
+        for x in &mut acts.inputs {
+            *x = Aligned::zeros(n * c.hidden_size)?;
+        }
+        for (b, _, len) in acts.layers[0].with_lengths(&sizes) {
+            *b = Aligned::zeros(len)?;
+        }
+        acts.final_h = Aligned::zeros(n * c.hidden_size)?;
+        acts.final_rstd = Aligned::zeros(n)?;
+        for (b, len) in acts.scratch.with_lengths(&sizes, false) {
+            *b = Aligned::zeros(len)?;
+        }
         Ok(CpuDecoder {
             model,
             views: model.views()?,
             sampling,
             shape,
             // Zeroed, so a cache sized for the longest answer costs only what is used.
-            keys: f(shape.len())?,
-            values: f(shape.len())?,
-            b,
+            keys: Aligned::zeros(shape.len())?,
+            values: Aligned::zeros(shape.len())?,
+            acts,
+            cos: Aligned::zeros(n * c.head_dim)?,
+            sin: Aligned::zeros(n * c.head_dim)?,
+            picks: Picks {
+                last_h: Aligned::zeros(m * c.hidden_size)?,
+                logits: Aligned::zeros(m * c.vocab_size)?,
+                order: vec![0u32; m * c.vocab_size],
+            },
         })
-    }
-}
-
-/// `x` (`[n, k]`) through the projections `outs` (target, output) of one layer: each output
-/// `y (+)= alpha * (x W^T + scale * (x A^T) B^T)`, the adapter's `x A^T` in `xa`.
-#[allow(clippy::too_many_arguments)]
-fn project<const P: usize>(
-    p: &LayerParams,
-    x: &[f32],
-    n: usize,
-    k: usize,
-    outs: [(Target, &mut [f32]); P],
-    alpha: f32,
-    accumulate: bool,
-    xa: &mut [f32],
-) {
-    let targets: [Target; P] = std::array::from_fn(|i| outs[i].0);
-    let mut products = outs.map(|(t, y)| Product {
-        w: p.weight(LayerParam::of(t)),
-        y,
-        alpha,
-        accumulate,
-    });
-    dots(x, n, k, &mut products);
-    for (t, product) in targets.into_iter().zip(products) {
-        let Some(l) = &p.lora[t as usize] else {
-            continue;
-        };
-        let xa = &mut xa[..n * l.r];
-        let down = Product {
-            w: l.a,
-            y: xa,
-            alpha: 1.0,
-            accumulate: false,
-        };
-        dots(x, n, k, &mut [down]);
-        let up = Product {
-            w: l.b,
-            y: product.y,
-            alpha: alpha * l.scale,
-            accumulate: true,
-        };
-        dots(xa, n, l.r, &mut [up]);
     }
 }
 
@@ -152,123 +97,222 @@ impl Backend for CpuDecoder<'_> {
             shape,
             keys,
             values,
-            b,
+            acts,
+            cos,
+            sin,
+            picks,
         } = self;
-        let (model, views) = (*model, &*views);
+        let c = &model.config;
+        let n = step.ids.len();
+        let d = c.head_dim;
+        rope_table_into(
+            model.inv_freq(),
+            &step.positions,
+            &mut cos[..n * d],
+            &mut sin[..n * d],
+        );
         // On a thread of the pool, so that the step's many parallel loops start there rather
         // than each being handed over from this thread and waited for.
-        Ok(rayon::scope(|_| {
-            let cache = (&*shape, &mut **keys, &mut **values);
-            forward(model, views, *sampling, cache, b, step)
-        }))
+        rayon::scope(|_| {
+            let mut ops = StepOps {
+                config: c,
+                views: &*views,
+                step,
+                n,
+                cos: &cos[..n * d],
+                sin: &sin[..n * d],
+                shape: &*shape,
+                keys: &mut keys[..],
+                values: &mut values[..],
+            };
+            pass::forward(&mut ops, acts, false, false)?;
+            Ok(choose(c, views, &acts.final_h, step, *sampling, picks))
+        })
     }
 }
 
-/// One step: the tokens of `step` through every layer, their keys and values into the cache,
-/// and the picks.
-fn forward(
-    model: &Model,
+/// The picked rows of the normed hidden states `h` (`[N, H]`) through the output projection,
+/// and a token chosen from each.
+fn choose(
+    c: &ModelConfig,
     v: &Views,
-    sampling: Sampling,
-    (shape, keys, values): (&CacheShape, &mut [f32], &mut [f32]),
-    b: &mut Buffers,
+    h: &[f32],
     step: &Step,
+    sampling: Sampling,
+    p: &mut Picks,
 ) -> Vec<u32> {
-    let c = &model.config;
-    let (hs, d, n) = (c.hidden_size, c.head_dim, step.ids.len());
-    let (qw, kw, iw) = (c.num_heads * d, c.num_kv_heads * d, c.intermediate_size);
-    let (eps, r) = (c.rms_norm_eps as f32, c.residual_multiplier as f32);
-    let mult = c.embedding_multiplier as f32;
-    for (x, &id) in b.x.chunks_exact_mut(hs).zip(&step.ids) {
-        let row = &v.embed[id as usize * hs..(id as usize + 1) * hs];
-        for (x, e) in x.iter_mut().zip(row) {
-            *x = e * mult;
-        }
+    let (hs, vocab, m) = (c.hidden_size, c.vocab_size, step.picks.len());
+    for (row, &t) in p.last_h.chunks_exact_mut(hs).zip(&step.picks) {
+        row.copy_from_slice(&h[t * hs..(t + 1) * hs]);
     }
-    rope_table_into(
-        model.inv_freq(),
-        &step.positions,
-        &mut b.cos[..n * d],
-        &mut b.sin[..n * d],
-    );
-    let places = Places {
-        slots: &step.slots,
-        positions: &step.positions,
-    };
-    let attn = CacheAttention {
-        heads: c.num_heads,
-        window: c.sliding_window.unwrap_or(0),
-        scale: c.attention_scale as f32,
-    };
-    let x = &mut b.x[..n * hs];
-    let h = &mut b.h[..n * hs];
-    let rstd = &mut b.rstd[..n];
-    let (q, k, vv, o) = (
-        &mut b.q[..n * qw],
-        &mut b.k[..n * kw],
-        &mut b.v[..n * kw],
-        &mut b.o[..n * qw],
-    );
-    let (gate, up, z) = (
-        &mut b.gate[..n * iw],
-        &mut b.up[..n * iw],
-        &mut b.z[..n * iw],
-    );
-    let (cos, sin) = (&b.cos[..n * d], &b.sin[..n * d]);
-    for l in 0..c.num_layers {
-        let p = v.layer(l, None);
-        rms_norm_cpu_forward(x, p.weight(LayerParam::InputNorm), eps, h, rstd);
-        let qkv = [
-            (Target::Q, &mut *q),
-            (Target::K, &mut *k),
-            (Target::V, &mut *vv),
-        ];
-        project(&p, h, n, hs, qkv, 1.0, false, &mut b.xa);
-        rope_cpu(
-            q,
-            d,
-            RopeLayout::TokenMajor { heads: c.num_heads },
-            cos,
-            sin,
-            false,
-        );
-        let k_rows = RopeLayout::TokenMajor {
-            heads: c.num_kv_heads,
-        };
-        rope_cpu(k, d, k_rows, cos, sin, false);
-        cache_write_cpu(shape, l, places, k, vv, keys, values);
-        cache_attention_cpu(shape, l, &attn, places, q, keys, values, o);
-        project(&p, o, n, qw, [(Target::O, &mut *x)], r, true, &mut b.xa);
-        rms_norm_cpu_forward(x, p.weight(LayerParam::PostNorm), eps, h, rstd);
-        let mlp = [(Target::Gate, &mut *gate), (Target::Up, &mut *up)];
-        project(&p, h, n, hs, mlp, 1.0, false, &mut b.xa);
-        swiglu_cpu_forward(gate, up, z);
-        project(&p, z, n, iw, [(Target::Down, &mut *x)], r, true, &mut b.xa);
-    }
-
-    let m = step.picks.len();
-    let vocab = c.vocab_size;
-    for (row, &t) in b.last.chunks_exact_mut(hs).zip(&step.picks) {
-        row.copy_from_slice(&x[t * hs..(t + 1) * hs]);
-    }
-    let (last, last_h) = (&b.last[..m * hs], &mut b.last_h[..m * hs]);
-    rms_norm_cpu_forward(last, &v.norm, eps, last_h, &mut b.rstd[..m]);
-    let logits = &mut b.logits[..m * vocab];
+    let logits = &mut p.logits[..m * vocab];
     let output = Product {
         w: v.output(),
         y: logits,
         alpha: 1.0,
         accumulate: false,
     };
-    dots(last_h, m, hs, &mut [output]);
+    dots(&p.last_h[..m * hs], m, hs, &mut [output]);
     let scaling = c.logits_scaling as f32;
     if scaling != 1.0 {
         logits.iter_mut().for_each(|l| *l /= scaling);
     }
     logits
         .par_chunks_mut(vocab)
-        .zip(b.order[..m * vocab].par_chunks_mut(vocab))
+        .zip(p.order[..m * vocab].par_chunks_mut(vocab))
         .zip(&step.draws)
         .map(|((row, order), &u)| pick(row, order, &sampling, u))
         .collect()
+}
+
+/// One step's operations: `n` tokens at their positions, the projections on [`dots`], keys and
+/// values into the cache and attention over it. Buffers are sized for the largest step; each op
+/// reads and writes the first `n` rows.
+struct StepOps<'a> {
+    config: &'a ModelConfig,
+    views: &'a Views<'a>,
+    step: &'a Step,
+    n: usize,
+    /// Rope tables `[n, head_dim]`.
+    cos: &'a [f32],
+    sin: &'a [f32],
+    shape: &'a CacheShape,
+    keys: &'a mut [f32],
+    values: &'a mut [f32],
+}
+
+impl Forward for StepOps<'_> {
+    type Buf = Aligned;
+
+    fn config(&self) -> &ModelConfig {
+        self.config
+    }
+
+    fn empty(&self) -> Aligned {
+        Aligned::default()
+    }
+
+    fn embed(&mut self, x: &mut Aligned) -> Result<()> {
+        let h = self.config.hidden_size;
+        let mult = self.config.embedding_multiplier as f32;
+        for (x, &id) in x.chunks_exact_mut(h).zip(&self.step.ids) {
+            let row = &self.views.embed[id as usize * h..(id as usize + 1) * h];
+            for (x, e) in x.iter_mut().zip(row) {
+                *x = e * mult;
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &mut self,
+        w: Param,
+        x: &Aligned,
+        y: &mut Aligned,
+        rstd: &mut Aligned,
+    ) -> Result<()> {
+        let (n, h) = (self.n, self.config.hidden_size);
+        let eps = self.config.rms_norm_eps as f32;
+        let w = self.views.weight(w);
+        rms_norm_cpu_forward(&x[..n * h], w, eps, &mut y[..n * h], &mut rstd[..n]);
+        Ok(())
+    }
+
+    /// `y (+)= alpha * (x W^T + scale * (x A^T) B^T)`, each product on [`dots`].
+    fn linear(
+        &mut self,
+        l: usize,
+        target: Target,
+        x: &Aligned,
+        xa: &mut Aligned,
+        y: &mut Aligned,
+        alpha: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        let n = self.n;
+        let p = self.views.layer(l, None);
+        let w = p.weight(LayerParam::of(target));
+        let (out, k) = target.shape(self.config);
+        let (x, y) = (&x[..n * k], &mut y[..n * out]);
+        let base = Product {
+            w,
+            y,
+            alpha,
+            accumulate,
+        };
+        dots(x, n, k, &mut [base]);
+        if let Some(a) = &p.lora[target as usize] {
+            let xa = &mut xa[..n * a.r];
+            let down = Product {
+                w: a.a,
+                y: xa,
+                alpha: 1.0,
+                accumulate: false,
+            };
+            dots(x, n, k, &mut [down]);
+            let up = Product {
+                w: a.b,
+                y,
+                alpha: alpha * a.scale,
+                accumulate: true,
+            };
+            dots(xa, n, a.r, &mut [up]);
+        }
+        Ok(())
+    }
+
+    fn rope(&mut self, x: &mut Aligned, heads: usize) -> Result<()> {
+        let d = self.config.head_dim;
+        let layout = RopeLayout::TokenMajor { heads };
+        rope_cpu(
+            &mut x[..self.n * heads * d],
+            d,
+            layout,
+            self.cos,
+            self.sin,
+            false,
+        );
+        Ok(())
+    }
+
+    /// The step's keys and values into layer `l` of the cache, then each query over its slot.
+    fn attention(
+        &mut self,
+        l: usize,
+        q: &Aligned,
+        k: &Aligned,
+        v: &Aligned,
+        o: &mut Aligned,
+        _: &mut Aligned,
+    ) -> Result<()> {
+        let c = self.config;
+        let (n, d) = (self.n, c.head_dim);
+        let (qw, kw) = (n * c.num_heads * d, n * c.num_kv_heads * d);
+        let places = Places {
+            slots: &self.step.slots,
+            positions: &self.step.positions,
+        };
+        let attn = CacheAttention {
+            heads: c.num_heads,
+            window: c.sliding_window.unwrap_or(0),
+            scale: c.attention_scale as f32,
+        };
+        let (keys, values) = (&mut *self.keys, &mut *self.values);
+        cache_write_cpu(self.shape, l, places, &k[..kw], &v[..kw], keys, values);
+        let out = &mut o[..qw];
+        cache_attention_cpu(self.shape, l, &attn, places, &q[..qw], keys, values, out);
+        Ok(())
+    }
+
+    fn swiglu(&mut self, gate: &Aligned, up: &Aligned, z: &mut Aligned) -> Result<()> {
+        let len = self.n * self.config.intermediate_size;
+        swiglu_cpu_forward(&gate[..len], &up[..len], &mut z[..len]);
+        Ok(())
+    }
+
+    fn copy(&mut self, src: &Aligned, dst: &mut Aligned) -> Result<()> {
+        let len = self.n * self.config.hidden_size;
+        dst[..len].copy_from_slice(&src[..len]);
+        Ok(())
+    }
 }
