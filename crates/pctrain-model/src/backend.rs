@@ -59,6 +59,20 @@ pub(crate) trait Forward {
         accumulate: bool,
     ) -> Result<()>;
 
+    /// `y = target(x)` for several of layer `l`'s projections of one input (q, k and v; gate
+    /// and up): one [`Forward::linear`] each, unless the backend shares the reads of `x`.
+    fn project<const P: usize>(
+        &mut self,
+        l: usize,
+        x: &Self::Buf,
+        outs: [Projection<'_, Self::Buf>; P],
+    ) -> Result<()> {
+        for p in outs {
+            self.linear(l, p.target, x, p.xa, p.y, 1.0, false)?;
+        }
+        Ok(())
+    }
+
     /// Rotates `x` (`heads` heads) by the tokens' positions in place.
     fn rope(&mut self, x: &mut Self::Buf, heads: usize) -> Result<()>;
 
@@ -149,6 +163,19 @@ pub(crate) trait Backward: Forward {
     /// gradient times `grads.scale` written into `grads.dh`, and the output projection's added
     /// to `grads.g` when it trains.
     fn loss(&mut self, h: &Self::Buf, grads: Option<LossBackward<'_, Self>>) -> Result<LossSum>;
+}
+
+/// One output of [`Forward::project`]: the target, where its adapter keeps `x A^T`, and `y`.
+pub(crate) struct Projection<'a, B> {
+    pub target: Target,
+    pub xa: &'a mut B,
+    pub y: &'a mut B,
+}
+
+impl<'a, B> Projection<'a, B> {
+    pub fn new(target: Target, xa: &'a mut B, y: &'a mut B) -> Self {
+        Projection { target, xa, y }
+    }
 }
 
 /// What the attention forward kept for its backward.

@@ -6,7 +6,7 @@
 //! sums it. `N = B*T` tokens; `H` hidden size, `Q = heads * head_dim`, `K = kv_heads *
 //! head_dim`, `I` intermediate size, `r` an adapter's rank.
 
-use crate::backend::{AttentionSaved, Backward, Forward};
+use crate::backend::{AttentionSaved, Backward, Forward, Projection};
 use crate::error::Result;
 use crate::lora::Target;
 use crate::model::Model;
@@ -211,9 +211,12 @@ pub(crate) fn layer_forward<K: Forward>(
 
     // Attention block: x_mid = x + r * o_proj(attention(rope(q), rope(k), v)).
     k.rms_norm(norm(LayerParam::InputNorm), x, &mut a.h1, &mut a.rstd1)?;
-    k.linear(l, Target::Q, &a.h1, xq, &mut a.q, 1.0, false)?;
-    k.linear(l, Target::K, &a.h1, xk, &mut a.k, 1.0, false)?;
-    k.linear(l, Target::V, &a.h1, xv, &mut a.v, 1.0, false)?;
+    let qkv = [
+        Projection::new(Target::Q, xq, &mut a.q),
+        Projection::new(Target::K, xk, &mut a.k),
+        Projection::new(Target::V, xv, &mut a.v),
+    ];
+    k.project(l, &a.h1, qkv)?;
     k.rope(&mut a.q, heads)?;
     k.rope(&mut a.k, kv_heads)?;
     k.attention(l, &a.q, &a.k, &a.v, &mut a.o, &mut a.lse)?;
@@ -227,8 +230,11 @@ pub(crate) fn layer_forward<K: Forward>(
         &mut a.h2,
         &mut a.rstd2,
     )?;
-    k.linear(l, Target::Gate, &a.h2, xg, &mut a.gate, 1.0, false)?;
-    k.linear(l, Target::Up, &a.h2, xu, &mut a.up, 1.0, false)?;
+    let gate_up = [
+        Projection::new(Target::Gate, xg, &mut a.gate),
+        Projection::new(Target::Up, xu, &mut a.up),
+    ];
+    k.project(l, &a.h2, gate_up)?;
     k.swiglu(&a.gate, &a.up, &mut s.z)?;
     k.copy(&a.x_mid, out)?;
     k.linear(l, Target::Down, &s.z, xdn, out, r, true)

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::schedule::Room;
 use super::{pick, Backend, Sampling, Step};
-use crate::backend::Forward;
+use crate::backend::{Forward, Projection};
 use crate::config::ModelConfig;
 use crate::cpu::aligned::Aligned;
 use crate::cpu::dots::{dots, Product};
@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::layers::kv_cache::{
     cache_attention_cpu, cache_write_cpu, CacheAttention, CacheShape, Places,
 };
+use crate::layers::linear::LoraView;
 use crate::layers::mlp::swiglu_cpu_forward;
 use crate::layers::norm::rms_norm_cpu_forward;
 use crate::layers::rope::{rope_cpu, rope_table_into, RopeLayout};
@@ -165,6 +166,24 @@ fn choose(
         .collect()
 }
 
+/// `y += alpha * scale * (x A^T) B^T` for the adapter `a`, its `x A^T` (`[n, r]`) into `xa`.
+fn lora(a: &LoraView, x: &[f32], n: usize, k: usize, xa: &mut [f32], y: &mut [f32], alpha: f32) {
+    let down = Product {
+        w: a.a,
+        y: xa,
+        alpha: 1.0,
+        accumulate: false,
+    };
+    dots(x, n, k, &mut [down]);
+    let up = Product {
+        w: a.b,
+        y,
+        alpha: alpha * a.scale,
+        accumulate: true,
+    };
+    dots(xa, n, a.r, &mut [up]);
+}
+
 /// One step's operations: `n` tokens at their positions, the projections on [`dots`], keys and
 /// values into the cache and attention over it. Buffers are sized for the largest step; each op
 /// reads and writes the first `n` rows.
@@ -242,21 +261,36 @@ impl Forward for StepOps<'_> {
         };
         dots(x, n, k, &mut [base]);
         if let Some(a) = &p.lora[target as usize] {
-            let xa = &mut xa[..n * a.r];
-            let down = Product {
-                w: a.a,
-                y: xa,
-                alpha: 1.0,
-                accumulate: false,
-            };
-            dots(x, n, k, &mut [down]);
-            let up = Product {
-                w: a.b,
-                y,
-                alpha: alpha * a.scale,
-                accumulate: true,
-            };
-            dots(xa, n, a.r, &mut [up]);
+            lora(a, x, n, k, &mut xa[..n * a.r], y, alpha);
+        }
+        Ok(())
+    }
+
+    /// The base products in one [`dots`] call, which reads `x` once for all of them; then
+    /// each adapter's.
+    fn project<const P: usize>(
+        &mut self,
+        l: usize,
+        x: &Aligned,
+        outs: [Projection<'_, Aligned>; P],
+    ) -> Result<()> {
+        let n = self.n;
+        let p = self.views.layer(l, None);
+        let k = outs[0].target.shape(self.config).1;
+        let x = &x[..n * k];
+        let mut outs = outs;
+        let mut products = outs.each_mut().map(|o| Product {
+            w: p.weight(LayerParam::of(o.target)),
+            y: &mut o.y[..n * o.target.shape(self.config).0],
+            alpha: 1.0,
+            accumulate: false,
+        });
+        dots(x, n, k, &mut products);
+        for o in outs {
+            if let Some(a) = &p.lora[o.target as usize] {
+                let out = o.target.shape(self.config).0;
+                lora(a, x, n, k, &mut o.xa[..n * a.r], &mut o.y[..n * out], 1.0);
+            }
         }
         Ok(())
     }
