@@ -39,6 +39,10 @@ pub(crate) struct TensorBackend<'a> {
     loss_chunk: usize,
     /// A tensor of no elements, what a buffer holds before an op writes it.
     nothing: Tensor,
+    /// A decoding step's key/value cache: attention writes the step's keys and values into it
+    /// and attends over it, instead of over the batch.
+    #[cfg(feature = "cuda")]
+    cache: Option<crate::generate::cuda::StepCache<'a>>,
 }
 
 impl<'a> TensorBackend<'a> {
@@ -63,7 +67,19 @@ impl<'a> TensorBackend<'a> {
             dropout_seed,
             loss_chunk,
             nothing: Tensor::zeros(0, DType::F32, device)?,
+            #[cfg(feature = "cuda")]
+            cache: None,
         })
+    }
+
+    /// The same operations for one decoding step (a batch of its tokens, each its own row),
+    /// attending over `cache`.
+    #[cfg(feature = "cuda")]
+    pub fn with_cache(self, cache: crate::generate::cuda::StepCache<'a>) -> Self {
+        TensorBackend {
+            cache: Some(cache),
+            ..self
+        }
     }
 
     /// The gradient slots of `params` (in [`Model::trainable_params`]' order), empty.
@@ -196,7 +212,7 @@ impl Forward for TensorBackend<'_> {
 
     fn attention(
         &mut self,
-        _: usize,
+        l: usize,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
@@ -204,6 +220,12 @@ impl Forward for TensorBackend<'_> {
         lse: &mut Tensor,
     ) -> Result<()> {
         let c = &self.model.config;
+        #[cfg(feature = "cuda")]
+        if let Some(cache) = &self.cache {
+            return cache.attend(c, l, q, k, v, o);
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = l; // the layer picks a decoding step's cache, which needs CUDA
         let v = self.by_heads(v, c.num_kv_heads)?;
         let saved = flash_attention_forward(q, k, &v, &self.mask, c.attention_scale)?;
         *o = self.by_tokens(&saved.out)?;

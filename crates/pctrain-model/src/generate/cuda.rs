@@ -1,7 +1,7 @@
-//! Decoding on a GPU: a step's tokens through the decoder's one forward ([`crate::pass::forward`])
-//! with the operations of [`StepOps`] (cuBLAS products, the decoder's own RMS norm, rope and
-//! SwiGLU kernels), the cache allocated once and written in place, attention over it and the
-//! picks by `cuda/decode.cu`'s kernels. A step
+//! Decoding on a GPU: a step's tokens (each a row of its own) through the decoder's one forward
+//! ([`crate::pass::forward`]) on the tensor backend (cuBLAS products, the decoder's own RMS norm,
+//! rope and SwiGLU kernels), its attention over the cache ([`StepCache`], allocated once and
+//! written in place), and the picks by `cuda/decode.cu`'s kernels. A step
 //! uploads its ids, slots, positions and draws, and reads back only the chosen ids.
 
 use candle_core::{DType, Tensor};
@@ -13,14 +13,11 @@ use crate::config::ModelConfig;
 use crate::cuda::decode::{cache_attention, cache_write, pick_rows};
 use crate::error::Result;
 use crate::layers::kv_cache::{CacheAttention, CacheShape};
-use crate::layers::linear::linear_forward;
-use crate::layers::mlp::swiglu_forward;
-use crate::layers::norm::rms_norm_forward;
-use crate::layers::rope::{rope_forward, rope_tables};
-use crate::lora::Target;
+use crate::layers::loss::IGNORE_INDEX;
+use crate::model::Batch;
 use crate::model::Model;
-use crate::params::{LayerParam, Param};
 use crate::pass::{self, Acts};
+use crate::tensor::TensorBackend;
 
 /// The GPU backend: the cache (keys and values, in the weights' type) and the picks' scratch.
 pub(crate) struct CudaDecoder<'m> {
@@ -61,20 +58,23 @@ impl Backend for CudaDecoder<'_> {
         let c = &model.config;
         let device = model.device();
         let n = step.ids.len();
-        // Tables [N, 1, d]: each token a row of one position, as rope's [B, T, d] wants.
-        let (cos, sin) = rope_tables(model.inv_freq(), &step.positions, n, device)?;
-        let mut ops = StepOps {
-            model,
-            ids: Tensor::from_slice(&step.ids, n, device)?,
-            slots: Tensor::from_slice(&step.slots, n, device)?,
-            positions: Tensor::from_slice(&step.positions, n, device)?,
-            cos,
-            sin,
+        // Each token a row of its own, at its position.
+        let batch = Batch {
+            rows: n,
+            seq_len: 1,
+            input_ids: step.ids.clone(),
+            position_ids: step.positions.clone(),
+            segment_ids: vec![1; n],
+            labels: vec![IGNORE_INDEX; n],
+        };
+        let cache = StepCache {
             shape: &self.shape,
             keys: &self.keys,
             values: &self.values,
-            nothing: Tensor::zeros(0, DType::F32, device)?,
+            slots: Tensor::from_slice(&step.slots, n, device)?,
+            positions: Tensor::from_slice(&step.positions, n, device)?,
         };
+        let mut ops = TensorBackend::new(model, &batch, None, 1)?.with_cache(cache);
         let mut acts = Acts::new(c.num_layers, false, false, || ops.empty());
         pass::forward(&mut ops, &mut acts, false, false)?;
         let m = step.picks.len();
@@ -96,91 +96,29 @@ impl Backend for CudaDecoder<'_> {
     }
 }
 
-/// One step's operations on the GPU: `N` tokens at their positions, the layer entries of
-/// [`crate::layers`] (cuBLAS products, the decoder's own kernels), keys and values into the cache
-/// and attention over it. Roped q and k lie `[N, heads, 1, d]`.
-struct StepOps<'a> {
-    model: &'a Model,
-    /// `[N]` u32 each.
-    ids: Tensor,
-    slots: Tensor,
-    positions: Tensor,
-    /// `[N, 1, d]`.
-    cos: Tensor,
-    sin: Tensor,
-    shape: &'a CacheShape,
-    keys: &'a Tensor,
-    values: &'a Tensor,
-    nothing: Tensor,
+/// A decoding step's view of the cache: where its tokens go (`[N]` slots and positions, u32 on
+/// the GPU) and the cache they go into.
+pub(crate) struct StepCache<'a> {
+    pub shape: &'a CacheShape,
+    pub keys: &'a Tensor,
+    pub values: &'a Tensor,
+    pub slots: Tensor,
+    pub positions: Tensor,
 }
 
-impl Forward for StepOps<'_> {
-    type Buf = Tensor;
-
-    fn config(&self) -> &ModelConfig {
-        &self.model.config
-    }
-
-    fn empty(&self) -> Tensor {
-        self.nothing.clone()
-    }
-
-    fn embed(&mut self, x: &mut Tensor) -> Result<()> {
-        let e = self.model.weights.embed_tokens.index_select(&self.ids, 0)?;
-        *x = (e * self.model.config.embedding_multiplier)?;
-        Ok(())
-    }
-
-    fn rms_norm(&mut self, w: Param, x: &Tensor, y: &mut Tensor, _: &mut Tensor) -> Result<()> {
-        let weights = &self.model.weights;
-        let w = match w {
-            Param::Layer(l, lw) => weights.layers[l].get(lw),
-            _ => &weights.norm,
-        };
-        *y = rms_norm_forward(x, w, self.model.config.rms_norm_eps)?;
-        Ok(())
-    }
-
-    fn linear(
-        &mut self,
-        l: usize,
-        target: Target,
-        x: &Tensor,
-        _: &mut Tensor,
-        y: &mut Tensor,
-        alpha: f32,
-        accumulate: bool,
-    ) -> Result<()> {
-        let w = self.model.weights.layers[l].get(LayerParam::of(target));
-        let lora = self.model.lora.as_ref();
-        let adapter = lora.and_then(|a| a.layers[l][target as usize].as_ref());
-        let out = linear_forward(x, w, adapter)?;
-        let out = if alpha == 1.0 {
-            out
-        } else {
-            (out * f64::from(alpha))?
-        };
-        *y = if accumulate { (&*y + out)? } else { out };
-        Ok(())
-    }
-
-    fn rope(&mut self, x: &mut Tensor, heads: usize) -> Result<()> {
-        let (n, d) = (x.dim(0)?, self.model.config.head_dim);
-        *x = rope_forward(&x.reshape((n, heads, 1, d))?, &self.cos, &self.sin)?;
-        Ok(())
-    }
-
-    /// The step's keys and values into layer `l` of the cache, then each query over its slot.
-    fn attention(
-        &mut self,
+impl StepCache<'_> {
+    /// Layer `l`'s attention for the step: its keys and values (roped `k` `[N, kv_heads, 1, d]`,
+    /// `v` `[N, kv_heads * d]`) into the cache, then each query (`q` `[N, heads, 1, d]`) over its
+    /// slot, into `o` `[N, heads * d]`.
+    pub fn attend(
+        &self,
+        c: &ModelConfig,
         l: usize,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         o: &mut Tensor,
-        _: &mut Tensor,
     ) -> Result<()> {
-        let c = &self.model.config;
         let attn = CacheAttention {
             heads: c.num_heads,
             window: c.sliding_window.unwrap_or(0),
@@ -191,16 +129,6 @@ impl Forward for StepOps<'_> {
         cache_write(self.shape, l, slots, positions, k, v, keys, values)?;
         let out = cache_attention(self.shape, l, &attn, slots, positions, q, keys, values)?;
         *o = out.reshape((q.dim(0)?, c.num_heads * c.head_dim))?;
-        Ok(())
-    }
-
-    fn swiglu(&mut self, gate: &Tensor, up: &Tensor, z: &mut Tensor) -> Result<()> {
-        *z = swiglu_forward(gate, up)?;
-        Ok(())
-    }
-
-    fn copy(&mut self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
-        *dst = src.clone();
         Ok(())
     }
 }

@@ -9,7 +9,7 @@
 
 mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod sample;
 mod schedule;
 
