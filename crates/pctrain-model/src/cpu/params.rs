@@ -61,6 +61,17 @@ impl Views<'_> {
         self.lm_head.as_deref().unwrap_or(&self.embed)
     }
 
+    /// `x` = the embeddings of `ids` times `mult`, `[ids, H]` (the first rows of `x`).
+    pub fn embed_rows(&self, ids: &[u32], mult: f32, x: &mut [f32]) {
+        let h = self.norm.len();
+        for (x, &id) in x.chunks_exact_mut(h).zip(ids) {
+            let row = &self.embed[id as usize * h..(id as usize + 1) * h];
+            for (x, e) in x.iter_mut().zip(row) {
+                *x = e * mult;
+            }
+        }
+    }
+
     /// The values of base weight `p` (an adapter's are read through [`Views::layer`]).
     pub fn weight(&self, p: Param) -> &[f32] {
         match p {

@@ -212,14 +212,8 @@ impl Forward for StepOps<'_> {
     }
 
     fn embed(&mut self, x: &mut Aligned) -> Result<()> {
-        let h = self.config.hidden_size;
         let mult = self.config.embedding_multiplier as f32;
-        for (x, &id) in x.chunks_exact_mut(h).zip(&self.step.ids) {
-            let row = &self.views.embed[id as usize * h..(id as usize + 1) * h];
-            for (x, e) in x.iter_mut().zip(row) {
-                *x = e * mult;
-            }
-        }
+        self.views.embed_rows(&self.step.ids, mult, x);
         Ok(())
     }
 
