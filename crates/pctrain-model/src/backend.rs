@@ -1,6 +1,6 @@
 //! The line between the decoder's composition and what it runs on. The layer
 //! ([`crate::layer`]) and the pass ([`crate::pass`]) are written once over [`Forward`] and
-//! [`Backward`]: a backend's buffers and the operations they are made of, each with its backward.
+//! [`Backward`]: a backend's buffers, the operations a forward is made of, and their backwards.
 //! Training backends implement both: the CPU kernels over f32 buffers reused from step to step
 //! ([`crate::cpu::backend`]), and candle tensors ([`crate::tensor`]), whose layer entries run the
 //! CUDA kernels on a GPU and the CPU kernels for narrower dtypes. The decoders of
@@ -77,8 +77,8 @@ pub(crate) trait Forward {
     fn rope(&mut self, x: &mut Self::Buf, heads: usize) -> Result<()>;
 
     /// Layer `l`'s masked attention of roped `q`, `k` over `v`: the output `o` `[N, heads * d]`
-    /// and each score row's log-sum-exp `lse` (a decoder's keys and values go into its cache
-    /// first, and it attends over the cache).
+    /// and each score row's log-sum-exp `lse` for the backward. A decoder writes its keys and
+    /// values into its cache first, attends over the cache, and leaves `lse` alone.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &mut self,

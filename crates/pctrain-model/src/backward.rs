@@ -1,5 +1,5 @@
 //! A training step's entry points: what trains, how a step runs, and the gradients a pass gives,
-//! on whichever backend holds the model (the pass itself is [`crate::pass`]).
+//! on whichever backend holds the model (the pass itself is `pass.rs`).
 
 use candle_core::Tensor;
 

@@ -1,4 +1,5 @@
-//! One decoder layer, forward and backward side by side, written once over a backend ([`Forward`], [`Backward`]):
+//! One decoder layer, forward and backward side by side, written once over a backend
+//! ([`Forward`], [`Backward`]):
 //! `x_mid = x + r * o_proj(attention(rope(q(norm(x))), rope(k(..)), v(..)))`,
 //! `out = x_mid + r * down(silu(gate(norm(x_mid))) * up(norm(x_mid)))`, with `r` Granite's residual
 //! multiplier (1 elsewhere). Activations are named as llm.c names them and listed once

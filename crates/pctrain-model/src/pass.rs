@@ -1,8 +1,8 @@
-//! A pass, written once over a backend ([`Forward`], [`Backward`]): embeddings, the layers' forward ([`crate::layer`]),
-//! the final norm and the chunked loss, then the explicit backward walking the layers in reverse,
-//! adding each gradient into the step's slots. Frozen weights get no gradient slot and cost no
-//! weight-gradient GEMM; with recomputation a layer keeps only its input and recomputes the rest
-//! in backward.
+//! A pass, written once over a backend ([`Forward`], [`Backward`]): embeddings, the layers' forward
+//! ([`crate::layer`]), the final norm and the chunked loss, then the explicit backward walking the
+//! layers in reverse, adding each gradient into the step's slots. Frozen weights get no gradient
+//! slot and cost no weight-gradient GEMM; with recomputation a layer keeps only its input and
+//! recomputes the rest in backward.
 
 use crate::backend::{Backward, Forward, LossBackward};
 use crate::error::Result;
@@ -15,7 +15,8 @@ use crate::params::{Param, Placed};
 /// and the backward's scratch.
 #[derive(Default)]
 pub(crate) struct Acts<B> {
-    /// `[N, H]` each: all `L + 1` in a training pass, two in turn when only the loss is wanted.
+    /// `[N, H]` each: all `L + 1` in a training pass, two in turn in a forward alone (the loss,
+    /// a decoding step).
     pub inputs: Vec<B>,
     pub layers: Vec<LayerActs<B>>,
     /// `[N, H]` and `[N]`.
@@ -76,8 +77,8 @@ pub(crate) fn loss<K: Backward>(k: &mut K, acts: &mut Acts<K::Buf>) -> Result<Lo
 
 /// Forward and backward: the summed loss, its gradients times `scale` added to `g`, and the
 /// gradient with respect to the scaled embeddings (the first layer's input; Granite's multiplier
-/// not yet applied to it) left in `acts.scratch.grad`. Without `keep_all`, each layer's activations are recomputed from its
-/// input in backward.
+/// not yet applied to it) left in `acts.scratch.grad`. Without `keep_all`, each layer's activations
+/// are recomputed from its input in backward.
 pub(crate) fn forward_backward<K: Backward>(
     k: &mut K,
     acts: &mut Acts<K::Buf>,

@@ -1,8 +1,8 @@
-//! The tensor backend: [`Backend`]'s operations as the candle-tensor entries of
-//! [`crate::layers`], which run the CUDA kernels on a GPU and the CPU kernels (through f32
+//! The tensor backend: the operations of [`Forward`] and [`Backward`] as the candle-tensor entries
+//! of [`crate::layers`], which run the CUDA kernels on a GPU and the CPU kernels (through f32
 //! copies) for narrower dtypes on the CPU. Activations are `[N, width]` tensors in the model's
-//! dtype; the roped q and k lie by heads, `[B, heads, T, d]`, as the attention kernels read them.
-//! A gradient slot is empty until its first gradient.
+//! dtype; the roped q and k lie by heads, `[B, heads, T, d]`, as the attention kernels read them. A
+//! gradient slot is empty until its first gradient.
 
 use candle_core::{DType, Tensor};
 

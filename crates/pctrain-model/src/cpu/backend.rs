@@ -1,6 +1,6 @@
-//! The CPU backend: [`Backend`]'s operations as the CPU kernels of [`crate::layers`], over f32
-//! buffers of the model's [`Workspace`] reused from step to step (no tensor is made per op), with
-//! q, k and v left token-major as the projections write them.
+//! The CPU training backend: the operations of [`Forward`] and [`Backward`] as the CPU kernels of
+//! [`crate::layers`], over f32 buffers of the model's [`Workspace`] reused from step to step (no
+//! tensor is made per op), with q, k and v left token-major as the projections write them.
 
 use std::marker::PhantomData;
 

@@ -271,6 +271,7 @@ impl Forward for StepOps<'_> {
         let n = self.n;
         let p = self.views.layer(l, None);
         let k = outs[0].target.shape(self.config).1;
+        debug_assert!(outs.iter().all(|o| o.target.shape(self.config).1 == k));
         let x = &x[..n * k];
         let mut outs = outs;
         let mut products = outs.each_mut().map(|o| Product {

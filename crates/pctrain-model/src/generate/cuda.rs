@@ -1,8 +1,8 @@
 //! Decoding on a GPU: a step's tokens (each a row of its own) through the decoder's one forward
-//! ([`crate::pass::forward`]) on the tensor backend (cuBLAS products, the decoder's own RMS norm,
-//! rope and SwiGLU kernels), its attention over the cache ([`StepCache`], allocated once and
-//! written in place), and the picks by `cuda/decode.cu`'s kernels. A step
-//! uploads its ids, slots, positions and draws, and reads back only the chosen ids.
+//! ([`crate::pass::forward`]) on the tensor backend (cuBLAS products, the CUDA kernels training
+//! uses too), its attention over the cache ([`StepCache`], allocated once and written in place),
+//! and the picks by `cuda/decode.cu`'s kernels. A step uploads its ids, positions, slots,
+//! segment ids, picks and draws, and reads back only the chosen ids.
 
 use candle_core::{DType, Tensor};
 
@@ -74,6 +74,7 @@ impl Backend for CudaDecoder<'_> {
             slots: Tensor::from_slice(&step.slots, n, device)?,
             positions: Tensor::from_slice(&step.positions, n, device)?,
         };
+        // No dropout; the loss chunk is never used (a decoder computes no loss).
         let mut ops = TensorBackend::new(model, &batch, None, 1)?.with_cache(cache);
         let mut acts = Acts::new(c.num_layers, false, false, || ops.empty());
         pass::forward(&mut ops, &mut acts, false, false)?;
