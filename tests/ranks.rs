@@ -158,7 +158,7 @@ fn two_ranks_train_as_one_process_with_the_doubled_batch() {
             bytes_of(&two, 4) == bytes_of(&again, 4),
             "{method}: two runs of two ranks differ"
         );
-        // Rank 0 alone writes the run folder, and the export.
+        // One metrics line a step (two writers would leave more, or a torn file), and the export.
         let export = if method == "lora" { "adapter" } else { "model" };
         assert!(two.join(export).is_dir());
     }

@@ -4,6 +4,8 @@
 //! With the optimizer state sharded (ZeRO stage 1), each rank updates its span of the elements
 //! and the spans are gathered.
 
+use std::borrow::Cow;
+
 use candle_core::Tensor;
 use pctrain_data::PackedRow;
 use pctrain_dist::{World, BUCKET};
@@ -66,12 +68,12 @@ pub fn sum_gradients(grads: &mut Gradients, world: &World) -> candle_core::Resul
 /// Puts every rank's updated elements into every rank's parameters after a sharded update
 /// (ZeRO stage 1): each rank's span, in rank order, is the parameters laid end to end.
 pub fn share_updates(params: &[&Tensor], shard: &Shard, world: &World) -> candle_core::Result<()> {
-    let mut mine = Vec::with_capacity(shard.counts[world.rank()]);
-    for (p, r) in params.iter().zip(&shard.ranges) {
-        mine.extend_from_slice(&view(p)?[r.clone()]);
-    }
-    let mut all = vec![0f32; shard.counts.iter().sum()];
-    world.all_gather_f32(&mine, &shard.counts, &mut all);
+    let mine = params
+        .iter()
+        .zip(&shard.ranges)
+        .map(|(p, r)| Ok(view(p)?[r.clone()].to_vec()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let all = gather_spans(&mine, shard, world);
     let mut at = 0;
     for p in params {
         let n = p.elem_count();
@@ -81,23 +83,22 @@ pub fn share_updates(params: &[&Tensor], shard: &Shard, world: &World) -> candle
     Ok(())
 }
 
-/// The optimizer with every rank's moments gathered (what a checkpoint holds), from a sharded
-/// one; on every rank, as each takes part in the gathering.
-pub fn whole_optimizer(
-    optimizer: &AdamW,
+/// The optimizer with every rank's moments gathered (what a checkpoint holds): itself when its
+/// state is whole, else a gathered copy. Every rank must call it, as each takes part.
+pub fn whole_optimizer<'a>(
+    optimizer: &'a AdamW,
     params: &[&Tensor],
     world: &World,
-) -> candle_core::Result<AdamW> {
+) -> candle_core::Result<Cow<'a, AdamW>> {
     let Some(shard) = &optimizer.shard else {
-        return Ok(optimizer.clone());
+        return Ok(Cow::Borrowed(optimizer));
     };
     let gather = |parts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
-        let mut mine = Vec::with_capacity(shard.counts[world.rank()]);
-        for t in parts {
-            mine.extend_from_slice(&view(t)?);
-        }
-        let mut all = vec![0f32; shard.counts.iter().sum()];
-        world.all_gather_f32(&mine, &shard.counts, &mut all);
+        let mine = parts
+            .iter()
+            .map(|t| Ok(view(t)?.to_vec()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let all = gather_spans(&mine, shard, world);
         let mut at = 0;
         params
             .iter()
@@ -108,12 +109,21 @@ pub fn whole_optimizer(
             })
             .collect()
     };
-    Ok(AdamW {
+    Ok(Cow::Owned(AdamW {
         config: optimizer.config,
         step: optimizer.step,
         m: gather(&optimizer.m)?,
         v: gather(&optimizer.v)?,
         master: optimizer.master.clone(),
         shard: None,
-    })
+    }))
+}
+
+/// Every rank's span (`mine`: its pieces, per parameter, in order) gathered into the whole, the
+/// parameters laid end to end.
+fn gather_spans(mine: &[Vec<f32>], shard: &Shard, world: &World) -> Vec<f32> {
+    let mine = mine.concat();
+    let mut all = vec![0f32; shard.counts.iter().sum()];
+    world.all_gather_f32(&mine, &shard.counts, &mut all);
+    all
 }

@@ -47,6 +47,7 @@ pub(crate) struct CpuBackend<'a, 'g> {
 
 /// What a pass on the CPU reads besides the weights: the batch's rope tables and attention
 /// reach, kept in the workspace.
+#[derive(Default)]
 pub(crate) struct Tables {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,

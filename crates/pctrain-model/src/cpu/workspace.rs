@@ -17,26 +17,12 @@ pub(crate) struct LoraScratch {
 }
 
 /// Everything a CPU pass writes.
+#[derive(Default)]
 pub(crate) struct Workspace {
     pub acts: Acts<Vec<f32>>,
     pub tables: Tables,
     pub lora: LoraScratch,
     pub loss: LossScratch,
-}
-
-impl Default for Workspace {
-    fn default() -> Self {
-        Workspace {
-            acts: Acts::default(),
-            tables: Tables {
-                cos: Vec::new(),
-                sin: Vec::new(),
-                reach: Vec::new(),
-            },
-            lora: LoraScratch::default(),
-            loss: LossScratch::default(),
-        }
-    }
 }
 
 impl Workspace {
