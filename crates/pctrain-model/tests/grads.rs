@@ -284,9 +284,11 @@ fn malformed_batches_are_errors_not_panics() {
 }
 
 /// A bf16 base under an f32 adapter (how a GPU trains): the step runs, the adapter's gradients
-/// stay f32, and they are the f32 model's to bf16 precision.
+/// stay f32, and they are the f32 model's within what bf16 rounding explains
+/// ([`pctrain_testkit::bf16`]: the loss within `u = 2^-8`, each gradient within `u * (4 + 12 L)`
+/// in relative L2 norm for `L` layers), the bound the GPU's bf16 step is held to.
 #[test]
-fn a_bf16_base_with_an_f32_adapter_gives_the_f32_gradients_closely() {
+fn a_bf16_base_with_an_f32_adapter_gives_the_f32_gradients_within_bf16_rounding() {
     let r = reference("llama");
     let b = batch(&r);
     let f32_model = model("llama", true);
@@ -303,21 +305,26 @@ fn a_bf16_base_with_an_f32_adapter_gives_the_f32_gradients_closely() {
         dropout_seed: 0,
     };
     let n = trained_targets(&b);
+    let tol = pctrain_testkit::bf16::bf16_step(f32_model.config.num_layers);
     let (l32, g32) = f32_model.forward_backward(&b, n, opts).unwrap();
     let (l16, g16) = bf16_model.forward_backward(&b, n, opts).unwrap();
-    assert!(
-        (l32.sum().unwrap() - l16.sum().unwrap()).abs() < 2e-2 * l32.sum().unwrap().abs(),
-        "{} vs {}",
-        l32.sum().unwrap(),
-        l16.sum().unwrap()
-    );
+    let (l32, l16) = (l32.sum().unwrap(), l16.sum().unwrap());
+    assert!((l32 - l16).abs() < tol.loss * l32.abs(), "{l32} vs {l16}");
+    let norm = |t: &Tensor| {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
+    };
+    let rel_l2 = |got: &Tensor, want: &Tensor| norm(&(got - want).unwrap()) / norm(want);
     let mut compared = 0;
     for (l, (a, c)) in g32.layers.iter().zip(&g16.layers).enumerate() {
         for (t, (x, y)) in a.lora.iter().zip(&c.lora).enumerate() {
             match (x, y) {
                 (Some((xa, xb)), Some((ya, yb))) => {
                     assert_eq!(ya.dtype(), candle_core::DType::F32);
-                    assert!(rel_diff(ya, xa) < 0.1 && rel_diff(yb, xb) < 0.1);
+                    for (got, want) in [(ya, xa), (yb, xb)] {
+                        let d = rel_l2(got, want);
+                        assert!(d < tol.gradient, "layer {l} target {t}: {d}");
+                    }
                     compared += 1;
                 }
                 (None, None) => {}

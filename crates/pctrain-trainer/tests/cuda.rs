@@ -12,6 +12,7 @@ use pctrain_model::rng::Rng64;
 use pctrain_model::{
     Batch, Gradients, LoraAdapter, LoraConfig, Model, ModelConfig, StepOptions, Target, TrainMode,
 };
+use pctrain_testkit::bf16::{bf16_step, Tolerance};
 use pctrain_trainer::preset::random_weights;
 use pctrain_trainer::{
     clip_grad_norm, optimizer_step, AdamW, AdamWConfig, Clip, Decay, Schedule, World,
@@ -267,24 +268,24 @@ fn one_step(
     (report, moved)
 }
 
-/// The GPU's step against the CPU's: loss within `tol`, gradient norm and each update within
-/// `10 * tol` (relative), the same tokens.
+/// The GPU's step against the CPU's: loss, gradient norm and each trainable tensor's update
+/// within `tol` (relative), the same tokens.
 fn assert_steps_match(
     what: &str,
     want: &(pctrain_trainer::StepReport, Vec<Tensor>),
     got: &(pctrain_trainer::StepReport, Vec<Tensor>),
-    tol: f64,
+    tol: Tolerance,
 ) {
     let ((want, want_moved), (got, got_moved)) = (want, got);
     let rel = |a: f64, b: f64| ((a - b) / b).abs();
     assert!(
-        rel(got.loss, want.loss) < tol,
+        rel(got.loss, want.loss) < tol.loss,
         "{what}: loss {} vs {}",
         got.loss,
         want.loss
     );
     assert!(
-        rel(got.grad_norm, want.grad_norm) < 10.0 * tol,
+        rel(got.grad_norm, want.grad_norm) < tol.grad_norm,
         "{what}: grad norm {} vs {}",
         got.grad_norm,
         want.grad_norm
@@ -305,13 +306,17 @@ fn assert_steps_match(
     for (i, (g, w)) in got_moved.iter().zip(want_moved).enumerate() {
         let d = norm(&(g - w).unwrap()) / norm(w).max(1e-30);
         assert!(
-            d < 10.0 * tol,
+            d < tol.gradient,
             "{what}: the update of trainable tensor {i} differs by {d}"
         );
     }
 }
 
-/// The step on the GPU, with the base in f32 and, looser, in bf16, against the step on the CPU.
+/// The step on the GPU, with the base in f32 and in bf16, against the step on the CPU: in f32
+/// within 1e-4 (loss) and 1e-3; in bf16 within what its rounding explains
+/// ([`pctrain_testkit::bf16`]: the loss and the norm within `u = 2^-8`, each update within
+/// `u * (4 + 12 L)` for `L` layers; AdamW's `eps` of 1 keeps a first update proportional to the
+/// gradient).
 fn steps_match(
     config: &ModelConfig,
     weights: &pctrain_model::ModelWeights,
@@ -323,7 +328,13 @@ fn steps_match(
     let step =
         |device: &Device, dtype| one_step(config, weights, adapter, mode, device, dtype, initial);
     let want = step(&Device::Cpu, DType::F32);
-    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+    let f32_tol = Tolerance {
+        loss: 1e-4,
+        grad_norm: 1e-3,
+        gradient: 1e-3,
+    };
+    let bf16_tol = bf16_step(config.num_layers);
+    for (dtype, tol) in [(DType::F32, f32_tol), (DType::BF16, bf16_tol)] {
         let what = format!("{mode:?} {dtype:?}");
         assert_steps_match(&what, &want, &step(&gpu, dtype), tol);
     }
@@ -331,7 +342,7 @@ fn steps_match(
 
 /// One optimizer step of a LoRA r=16 on all seven targets (B drawn too, so every gradient
 /// flows), with clipping: the GPU's loss, gradient norm and update of the adapter are the CPU's,
-/// with the base in f32 and, looser, in bf16.
+/// with the base in f32 and, within bf16's rounding, in bf16.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu-check.sh runs it with --include-ignored"]
 fn a_llama3_8b_shaped_lora_step_on_the_gpu_matches_the_cpu() {
