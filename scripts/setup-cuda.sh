@@ -8,7 +8,8 @@
 #
 # What the binary needs at run time: the NVIDIA driver (libcuda.so.1, 580 or newer for CUDA 13.0),
 # and libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13, libcudart.so.13 on the
-# library path (a cu130 PyTorch install has them under site-packages/nvidia/cu13/lib).
+# library path (a cu130 PyTorch install has them under site-packages/nvidia/cu13/lib); built with
+# `--features cuda,mpi`, also libnccl.so.2 (site-packages/nvidia/nccl/lib there).
 #
 # Knobs: CUDA_DIR (default .cuda), CUDA_COMPUTE_CAP (default 90: the compute capability candle's
 # own kernels are built for; pctrain's kernels are compiled at run time for the GPU present).
@@ -29,6 +30,17 @@ if [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
   pip install --quiet --no-deps --no-index --target "$CUDA_DIR" "$WHEELS"/*.whl >&2
   rm -rf "$WHEELS"
 fi
+
+# NCCL, for runs of several GPUs (`--features cuda,mpi`): the version cudarc's bindings name.
+# Its own folder: pip would replace the shared nvidia/ of the toolkit's.
+NCCL_LIB=$CUDA_DIR/nccl/nvidia/nccl/lib
+if [ ! -e "$NCCL_LIB/libnccl.so.2" ]; then
+  mkdir -p "$WHEELS"
+  pip download --quiet --no-deps -d "$WHEELS" nvidia-nccl-cu13==2.30.7 >&2
+  pip install --quiet --no-deps --no-index --target "$CUDA_DIR/nccl" "$WHEELS"/*.whl >&2
+  rm -rf "$WHEELS"
+fi
+ln -sfn libnccl.so.2 "$NCCL_LIB/libnccl.so"
 
 # The wheels ship only versioned libraries; the linker wants the plain names.
 for so in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
@@ -58,7 +70,7 @@ fi
 cat <<ENV
 export CUDA_HOME=$CUDA_HOME
 export PATH=$CUDA_HOME/bin:\$PATH
-export LIBRARY_PATH=$CUDA_HOME/lib:$CUDA_HOME/lib/stubs\${LIBRARY_PATH:+:\$LIBRARY_PATH}
+export LIBRARY_PATH=$CUDA_HOME/lib:$CUDA_HOME/lib/stubs:$NCCL_LIB\${LIBRARY_PATH:+:\$LIBRARY_PATH}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export CUDARC_CUDA_VERSION=13000
 export CUDAFORGE_THREADS=\$(nproc)

@@ -47,6 +47,15 @@ fn bad_settings_are_named() {
     assert!(err.contains("--features cuda"), "{err}");
     let err = fails(&["--base", "llama3-8b", "--lora-targets", "q,zz"]);
     assert!(err.contains("zz"), "{err}");
+    // ZeRO has stages 0 to 2, from a flag or a config file.
+    let err = refused(&["--zero-stage", "3"]);
+    assert!(
+        err.contains("--zero-stage") && err.contains("0..=2"),
+        "{err}"
+    );
+    std::fs::write(&config, "base = \"tiny\"\nzero_stage = 3\n").unwrap();
+    let err = fails(&["--config", config.to_str().unwrap()]);
+    assert!(err.contains("zero_stage must be 0, 1 or 2"), "{err}");
 }
 
 #[test]

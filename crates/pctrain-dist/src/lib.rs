@@ -6,6 +6,11 @@
 
 use std::fmt;
 
+#[cfg(all(feature = "mpi", feature = "cuda"))]
+mod nccl;
+#[cfg(all(feature = "mpi", feature = "cuda"))]
+pub use nccl::{DeviceFloat, GpuBuffer};
+
 /// Floats per all-reduce of a long buffer: gradients travel in buckets of this many.
 pub const BUCKET: usize = 1 << 22;
 
@@ -13,6 +18,8 @@ pub const BUCKET: usize = 1 << 22;
 pub enum DistError {
     #[error("MPI: {0}")]
     Mpi(String),
+    #[error("NCCL: {0}")]
+    Nccl(String),
     /// Started by an MPI launcher as one of several processes, without MPI to join them.
     #[error(
         "started as one of {0} processes by an MPI launcher, but this pctrain was built without \
@@ -29,6 +36,9 @@ pub struct World {
     local_size: usize,
     #[cfg(feature = "mpi")]
     mpi: Option<mpi_world::MpiWorld>,
+    /// The GPUs' communicator, once [`World::join_gpus`] made it.
+    #[cfg(all(feature = "mpi", feature = "cuda"))]
+    nccl: std::sync::OnceLock<nccl::Nccl>,
 }
 
 impl fmt::Debug for World {
@@ -51,6 +61,8 @@ impl World {
             local_size: 1,
             #[cfg(feature = "mpi")]
             mpi: None,
+            #[cfg(all(feature = "mpi", feature = "cuda"))]
+            nccl: std::sync::OnceLock::new(),
         }
     }
 
@@ -136,6 +148,102 @@ impl World {
         all.copy_from_slice(mine);
     }
 
+    /// Rank `r` of `counts.len()` receives into `mine` (`counts[r]` floats) the sum over the ranks
+    /// of their `values` at `counts[..r].sum() ..`: what an all-reduce of `values` would leave
+    /// there, and nothing elsewhere (half the traffic of the all-reduce). `values` are pieces
+    /// laid end to end (a model's gradients), never copied whole. In rounds of at most
+    /// [`BUCKET`] floats in all, as [`World::all_gather_f32`].
+    pub fn reduce_scatter_f32(&self, values: &[&[f32]], counts: &[usize], mine: &mut [f32]) {
+        assert_eq!(counts.len(), self.size, "a count per rank");
+        assert_eq!(counts[self.rank], mine.len(), "this rank's count");
+        assert_eq!(
+            counts.iter().sum::<usize>(),
+            values.iter().map(|v| v.len()).sum::<usize>(),
+            "a value for every rank's count"
+        );
+        #[cfg(feature = "mpi")]
+        if let Some(m) = &self.mpi {
+            m.reduce_scatter(values, counts, mine);
+            return;
+        }
+        copy_flat(values, 0, mine);
+    }
+
+    /// Rank 0's `value`, on every rank.
+    pub fn first_rank_value(&self, value: u32) -> u32 {
+        let mut v = [if self.rank == 0 {
+            f64::from(value)
+        } else {
+            0.0
+        }];
+        self.sum_f64(&mut v);
+        v[0] as u32
+    }
+
+    /// Whether the ranks on this machine all gave different `values` (their GPUs' PCI
+    /// addresses: no two ranks share a device), and if not, the local ranks of two that gave one.
+    pub fn distinct_on_machine(&self, value: u64) -> Result<(), (usize, usize)> {
+        #[cfg(feature = "mpi")]
+        if let Some(m) = &self.mpi {
+            let all = m.local_all_gather(value);
+            for (i, a) in all.iter().enumerate() {
+                if let Some(j) = all[i + 1..].iter().position(|b| b == a) {
+                    return Err((i, i + 1 + j));
+                }
+            }
+        }
+        let _ = value;
+        Ok(())
+    }
+
+    /// Joins the ranks' GPUs for [`World::sum_on_gpu`] (NCCL, its unique id sent by an MPI
+    /// broadcast), on `stream`, this rank's device's: every rank calls it once, after taking its
+    /// GPU. Alone, or built without MPI, there is nothing to join.
+    #[cfg(feature = "cuda")]
+    pub fn join_gpus(
+        &self,
+        stream: std::sync::Arc<cudarc::driver::CudaStream>,
+    ) -> Result<(), DistError> {
+        #[cfg(feature = "mpi")]
+        if let Some(m) = &self.mpi {
+            if self.size > 1 {
+                let mut id = [0 as std::ffi::c_char; 128];
+                if self.rank == 0 {
+                    id = nccl::Nccl::unique_id()?;
+                }
+                m.broadcast_from_first(&mut id);
+                let comm = nccl::Nccl::join(id, self.rank, self.size, stream)?;
+                let _ = self.nccl.set(comm);
+            }
+        }
+        let _ = stream;
+        Ok(())
+    }
+
+    /// Whether sums of GPU buffers go through NCCL ([`World::join_gpus`] made its communicator).
+    pub fn sums_on_gpu(&self) -> bool {
+        #[cfg(all(feature = "mpi", feature = "cuda"))]
+        if self.nccl.get().is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// Queues on the joined stream the in-place sums over the ranks of `buffers`, as one NCCL
+    /// group ([`World::sums_on_gpu`] must hold).
+    ///
+    /// # Safety
+    /// Each buffer's `ptr` holds its `count` elements of its `dtype` on this rank's GPU, and stays
+    /// allocated until the stream has run the sums.
+    #[cfg(all(feature = "mpi", feature = "cuda"))]
+    pub unsafe fn sum_on_gpu(&self, buffers: &[GpuBuffer]) -> Result<(), DistError> {
+        let comm = self
+            .nccl
+            .get()
+            .ok_or_else(|| DistError::Nccl("the ranks' GPUs were not joined".into()))?;
+        comm.sum_all(buffers)
+    }
+
     /// Whether `flag` is set on any rank.
     pub fn any(&self, flag: bool) -> bool {
         let mut v = [f64::from(u8::from(flag))];
@@ -152,6 +260,25 @@ impl World {
         }
         std::process::exit(code)
     }
+}
+
+/// Fills `out` from the floats of `pieces` laid end to end, starting at float `from`.
+fn copy_flat(pieces: &[&[f32]], mut from: usize, mut out: &mut [f32]) {
+    for piece in pieces {
+        if out.is_empty() {
+            return;
+        }
+        if from >= piece.len() {
+            from -= piece.len();
+            continue;
+        }
+        let n = (piece.len() - from).min(out.len());
+        let (head, rest) = out.split_at_mut(n);
+        head.copy_from_slice(&piece[from..from + n]);
+        out = rest;
+        from = 0;
+    }
+    assert!(out.is_empty(), "past the end of the pieces");
 }
 
 /// Whether an MPI launcher (OpenMPI's mpirun, MPICH's Hydra, Slurm's srun with PMI/PMIx)
@@ -172,11 +299,13 @@ mod mpi_world {
     use mpi::traits::*;
     use mpi::Count;
 
-    use super::{DistError, World, BUCKET};
+    use super::{copy_flat, DistError, World, BUCKET};
 
     /// MPI's world communicator, kept with the universe that finalizes MPI when dropped.
     pub struct MpiWorld {
         comm: SimpleCommunicator,
+        /// The ranks on this machine.
+        local: SimpleCommunicator,
         _universe: Universe,
     }
 
@@ -203,9 +332,25 @@ mod mpi_world {
                 local_size: local.size() as usize,
                 mpi: Some(MpiWorld {
                     comm,
+                    local,
                     _universe: universe,
                 }),
+                #[cfg(feature = "cuda")]
+                nccl: std::sync::OnceLock::new(),
             })
+        }
+
+        /// Every local rank's `value`, in local rank order.
+        pub fn local_all_gather(&self, value: u64) -> Vec<u64> {
+            let mut all = vec![0u64; self.local.size() as usize];
+            self.local.all_gather_into(&value, &mut all[..]);
+            all
+        }
+
+        /// Rank 0's `bytes`, on every rank.
+        #[cfg(feature = "cuda")]
+        pub fn broadcast_from_first(&self, bytes: &mut [std::ffi::c_char]) {
+            self.comm.process_at_rank(0).broadcast_into(bytes);
         }
 
         /// MPI's sum reads one buffer and writes another: `values` is copied first.
@@ -239,6 +384,33 @@ mod mpi_world {
             }
         }
 
+        /// [`World::reduce_scatter_f32`]: in round `k` each rank's block is its floats
+        /// `k * share ..` (`share` [`BUCKET`] over the ranks), padded with zeros to `share`, so
+        /// that MPI's reduce-scatter of equal blocks serves counts that differ.
+        pub fn reduce_scatter(&self, values: &[&[f32]], counts: &[usize], mine: &mut [f32]) {
+            let share = (BUCKET / counts.len()).max(1);
+            let starts = offsets(counts);
+            let rounds = counts.iter().max().map_or(0, |m| m.div_ceil(share));
+            let mut send = vec![0f32; share * counts.len()];
+            let mut recv = vec![0f32; share];
+            for k in 0..rounds {
+                let part = |c: usize| c.saturating_sub(k * share).min(share);
+                for (r, (&c, &start)) in counts.iter().zip(&starts).enumerate() {
+                    let n = part(c);
+                    let block = &mut send[r * share..(r + 1) * share];
+                    copy_flat(values, start + k * share, &mut block[..n]);
+                    block[n..].fill(0.0);
+                }
+                self.comm.reduce_scatter_block_into(
+                    &send[..],
+                    &mut recv[..],
+                    SystemOperation::sum(),
+                );
+                let n = part(mine.len());
+                mine[k * share..k * share + n].copy_from_slice(&recv[..n]);
+            }
+        }
+
         pub fn abort(&self, code: i32) -> ! {
             self.comm.abort(code)
         }
@@ -254,5 +426,37 @@ mod mpi_world {
                 Some(start)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_flat_reads_across_pieces() {
+        let pieces: [&[f32]; 4] = [&[0.0, 1.0], &[], &[2.0, 3.0, 4.0], &[5.0]];
+        let mut out = [0f32; 4];
+        copy_flat(&pieces, 1, &mut out);
+        assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+        let mut last = [0f32; 1];
+        copy_flat(&pieces, 5, &mut last);
+        assert_eq!(last, [5.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "past the end")]
+    fn copy_flat_refuses_to_read_past_the_end() {
+        let pieces: [&[f32]; 1] = [&[0.0, 1.0]];
+        copy_flat(&pieces, 1, &mut [0f32; 2]);
+    }
+
+    /// Alone, a reduce-scatter is the values laid end to end.
+    #[test]
+    fn a_reduce_scatter_alone_lays_the_pieces_end_to_end() {
+        let pieces: [&[f32]; 2] = [&[1.0, 2.0], &[3.0]];
+        let mut mine = [0f32; 3];
+        World::solo().reduce_scatter_f32(&pieces, &[3], &mut mine);
+        assert_eq!(mine, [1.0, 2.0, 3.0]);
     }
 }

@@ -260,6 +260,31 @@ impl Gradients {
         Ok(total.sqrt())
     }
 
+    /// The squares of the elements in `ranges` (one per gradient, in order) summed in f64: a
+    /// rank's part of the squared norm of gradients that are sharded across ranks. On the CPU.
+    pub fn sum_of_squares_in(&self, ranges: &[std::ops::Range<usize>]) -> Result<f64> {
+        let Store::Host { data, .. } = &self.store else {
+            candle_core::bail!("sharded gradients are kept in memory, on the CPU");
+        };
+        Ok(data
+            .iter()
+            .zip(ranges)
+            .map(|(g, r)| sum_of_squares(&g[r.clone()]))
+            .sum())
+    }
+
+    /// Multiplies the elements in `ranges` (one per gradient, in order) by `coef`. On the CPU.
+    pub fn scale_in(&mut self, coef: f64, ranges: &[std::ops::Range<usize>]) -> Result<()> {
+        let Store::Host { data, .. } = &mut self.store else {
+            candle_core::bail!("sharded gradients are kept in memory, on the CPU");
+        };
+        let c = coef as f32;
+        data.par_iter_mut()
+            .zip(ranges)
+            .for_each(|(g, r)| g[r.clone()].iter_mut().for_each(|v| *v *= c));
+        Ok(())
+    }
+
     /// Multiplies every gradient by `coef`.
     pub fn scale(&mut self, coef: f64) -> Result<()> {
         match &mut self.store {

@@ -11,7 +11,8 @@ use pctrain_model::save::write_safetensors;
 use pctrain_model::{Model, TrainMode};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, Shard};
+use crate::World;
 
 /// Errors while saving or loading a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,16 @@ struct State {
     /// Processes of the run that wrote it (checkpoints from before runs of several have none).
     #[serde(default = "one")]
     ranks: usize,
+    /// Files the optimizer's moments are sharded into, one per rank ([`shard_file`]); 0 when
+    /// they are whole, in `trainable.safetensors`.
+    #[serde(default)]
+    optimizer_shards: usize,
+}
+
+/// The file rank `rank` of `ranks` writes its span of the moments into: `adam_m.NAME` and
+/// `adam_v.NAME` (1-D) for each trainable tensor its span covers part of.
+fn shard_file(rank: usize, ranks: usize) -> String {
+    format!("optimizer-{rank:05}-of-{ranks:05}.safetensors")
 }
 
 fn one() -> usize {
@@ -64,9 +75,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
 
 /// Saves a checkpoint of `model`'s trainable tensors, `optimizer`, `position` and the run's
 /// `settings` (JSON text) into `output/checkpoint-{step}`, then removes all but the newest
-/// `keep_last` (0 keeps all), recording the `ranks` of the run. Refuses weights that are not
-/// finite; on any failure the folder being written is removed and the checkpoints already there
-/// are untouched.
+/// `keep_last` (0 keeps all), recording the ranks of `world`. Every rank calls it: rank 0 writes
+/// the weights and the state, and with the optimizer sharded each rank writes its shard
+/// ([`shard_file`]). Refuses weights that are not finite; on any failure (on any rank) the folder
+/// being written is removed and the checkpoints already there are untouched.
 #[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint(
     output: &Path,
@@ -76,23 +88,45 @@ pub fn save_checkpoint(
     position: Position,
     settings: &str,
     keep_last: usize,
-    ranks: usize,
+    world: &World,
 ) -> Result<PathBuf, CheckpointError> {
-    remove_unfinished(output)?;
     let name = format!("checkpoint-{:06}", optimizer.step);
     let target = output.join(&name);
-    let tmp = output.join(format!(".{name}{TMP_MARK}{}", std::process::id()));
+    let pid = world.first_rank_value(std::process::id());
+    let tmp = output.join(format!(".{name}{TMP_MARK}{pid}"));
+    let sharded = optimizer.shard.is_some();
     let state = State {
         step: optimizer.step,
         position,
         mode: mode_name(mode).into(),
         adamw: optimizer.config,
-        ranks,
+        ranks: world.size(),
+        optimizer_shards: if sharded { world.size() } else { 0 },
     };
-    let written = write_into(&tmp, model, mode, optimizer, &state, settings);
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+    // Rank 0 makes the folder, then every rank with a shard writes it there.
+    let mut written = Ok(());
+    if world.is_first() {
+        written = remove_unfinished(output)
+            .and_then(|()| write_into(&tmp, model, mode, optimizer, &state, settings));
+    }
+    let mut failed = world.any(written.is_err());
+    if !failed && sharded {
+        let file = tmp.join(shard_file(world.rank(), world.size()));
+        written = write_shard(&file, model, mode, optimizer);
+        failed = world.any(written.is_err());
+    }
+    if failed {
+        if world.is_first() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        written?;
+        return Err(CheckpointError::Invalid {
+            path: tmp,
+            message: "another rank failed to write its part; it reports why".into(),
+        });
+    }
+    if !world.is_first() {
+        return Ok(target);
     }
     if target.exists() {
         std::fs::remove_dir_all(&target).map_err(io(&target))?;
@@ -122,12 +156,6 @@ fn write_into(
     state: &State,
     settings: &str,
 ) -> Result<(), CheckpointError> {
-    if optimizer.shard.is_some() {
-        return Err(CheckpointError::Invalid {
-            path: dir.to_path_buf(),
-            message: "a checkpoint holds the whole optimizer state: gather the shards first".into(),
-        });
-    }
     let params = model.trainable(mode);
     for (i, (n, t)) in params.iter().enumerate() {
         // A sum carries NaN and infinity through (a max may skip NaN).
@@ -158,13 +186,76 @@ fn write_into(
             None => t.to_dtype(DType::F32)?,
         };
         tensors.push((format!("param.{n}"), value));
-        tensors.push((format!("adam_m.{n}"), optimizer.m[i].clone()));
-        tensors.push((format!("adam_v.{n}"), optimizer.v[i].clone()));
+        if optimizer.shard.is_none() {
+            tensors.push((format!("adam_m.{n}"), optimizer.m[i].clone()));
+            tensors.push((format!("adam_v.{n}"), optimizer.v[i].clone()));
+        }
     }
     write_safetensors(&dir.join("trainable.safetensors"), &tensors)?;
     let text = serde_json::to_string_pretty(state).expect("a state serialises") + "\n";
     pctrain_model::save::write_atomic(&dir.join("state.json"), text.as_bytes())?;
     pctrain_model::save::write_atomic(&dir.join("settings.json"), settings.as_bytes())?;
+    Ok(())
+}
+
+/// Writes this rank's span of the moments into `file` (in a folder rank 0 made).
+fn write_shard(
+    file: &Path,
+    model: &Model,
+    mode: TrainMode,
+    optimizer: &AdamW,
+) -> Result<(), CheckpointError> {
+    let shard = optimizer.shard.as_ref().expect("a sharded optimizer");
+    let mut tensors = Vec::new();
+    for (i, (n, _)) in model.trainable(mode).iter().enumerate() {
+        if !shard.ranges[i].is_empty() {
+            tensors.push((format!("adam_m.{n}"), optimizer.m[i].clone()));
+            tensors.push((format!("adam_v.{n}"), optimizer.v[i].clone()));
+        }
+    }
+    Ok(write_safetensors(file, &tensors)?)
+}
+
+/// Appends the moments that the shard `file` holds (the span `of` of the trainable tensors
+/// `names`) to each tensor's `pieces` (first moments, second moments).
+fn read_shard(
+    file: &Path,
+    names: &[&str],
+    of: &Shard,
+    pieces: &mut [(Vec<f32>, Vec<f32>)],
+) -> Result<(), CheckpointError> {
+    let invalid = |message: String| CheckpointError::Invalid {
+        path: file.to_path_buf(),
+        message,
+    };
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(file, &Device::Cpu).map_err(|e| invalid(e.to_string()))?;
+    for ((name, r), (pm, pv)) in names.iter().zip(&of.ranges).zip(pieces.iter_mut()) {
+        if r.is_empty() {
+            continue;
+        }
+        for (prefix, out) in [("adam_m", pm), ("adam_v", pv)] {
+            let key = format!("{prefix}.{name}");
+            let t = tensors.remove(&key).ok_or_else(|| {
+                invalid(format!(
+                    "no tensor `{key}`: a shard of another model or of another number of ranks?"
+                ))
+            })?;
+            if t.dims() != [r.len()] {
+                return Err(invalid(format!(
+                    "tensor `{key}` has shape {:?}, this shard's span of it is [{}]",
+                    t.dims(),
+                    r.len()
+                )));
+            }
+            out.extend(t.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        }
+    }
+    if let Some(extra) = tensors.keys().next() {
+        return Err(invalid(format!(
+            "tensor `{extra}` is in no span of this shard"
+        )));
+    }
     Ok(())
 }
 
@@ -220,11 +311,16 @@ fn read_state(dir: &Path) -> Result<State, CheckpointError> {
 }
 
 /// Loads a checkpoint into `model` (checking every name and shape) and returns the optimizer and
-/// the data position to continue from.
+/// the data position to continue from. The optimizer's moments are this rank's span alone when
+/// the checkpoint holds them in as many shards as `world` has ranks and the run is `sharded`
+/// (each rank then reads its own file); else they are whole, gathered from the shard files if
+/// need be.
 pub fn load_checkpoint(
     dir: &Path,
     model: &mut Model,
     mode: TrainMode,
+    world: &World,
+    sharded: bool,
 ) -> Result<(AdamW, Position), CheckpointError> {
     let invalid = |message: String| CheckpointError::Invalid {
         path: dir.to_path_buf(),
@@ -264,17 +360,53 @@ pub fn load_checkpoint(
         let value = take("param")?;
         master.push((t.dtype() != DType::F32).then(|| value.clone()));
         values.push(value.to_dtype(t.dtype())?);
-        m.push(take("adam_m")?);
-        v.push(take("adam_v")?);
+        if state.optimizer_shards == 0 {
+            m.push(take("adam_m")?);
+            v.push(take("adam_v")?);
+        }
     }
     if let Some(extra) = tensors.keys().next() {
         return Err(invalid(format!(
             "tensor `{extra}` belongs to no trainable tensor of this model"
         )));
     }
+    let mut shard = None;
+    if state.optimizer_shards > 0 {
+        let sizes: Vec<usize> = params.iter().map(|(_, t)| t.elem_count()).collect();
+        let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+        let ranks = state.optimizer_shards;
+        let mine = sharded && ranks == world.size();
+        let files: Vec<usize> = if mine {
+            vec![world.rank()]
+        } else {
+            (0..ranks).collect()
+        };
+        let mut pieces = vec![(Vec::new(), Vec::new()); sizes.len()];
+        for r in files {
+            let of = Shard::of(&sizes, r, ranks);
+            read_shard(&dir.join(shard_file(r, ranks)), &names, &of, &mut pieces)?;
+        }
+        for ((pm, pv), (_, t)) in pieces.into_iter().zip(&params) {
+            // A span stays 1-D; a whole moment takes its tensor's shape.
+            let moment = |p: Vec<f32>| -> candle_core::Result<Tensor> {
+                let n = p.len();
+                let p = Tensor::from_vec(p, n, &device)?;
+                if mine {
+                    Ok(p)
+                } else {
+                    p.reshape(t.shape())
+                }
+            };
+            m.push(moment(pm)?);
+            v.push(moment(pv)?);
+        }
+        if mine {
+            shard = Some(Shard::of(&sizes, world.rank(), ranks));
+        }
+    }
     model.set_trainable(mode, values);
     let optimizer = AdamW {
-        shard: None,
+        shard,
         config: state.adamw,
         step: state.step,
         m,

@@ -44,12 +44,12 @@ pub struct AdamW {
     /// f32 master copies of parameters stored in a narrower type (bf16 on a GPU), which the
     /// updates accumulate in; `None` for f32 parameters.
     pub master: Vec<Option<Tensor>>,
-    /// With ZeRO stage 1, the elements this rank keeps moments of and updates; the moments
+    /// With ZeRO stage 1 or 2, the elements this rank keeps moments of and updates; the moments
     /// are then those elements' alone (1-D).
     pub shard: Option<Shard>,
 }
 
-/// A rank's share of the optimizer's work (ZeRO stage 1): the parameters' elements laid end to
+/// A rank's share of the optimizer's work (ZeRO 1 and 2): the parameters' elements laid end to
 /// end in their order, split into one contiguous span per rank, of sizes differing by one at most.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
@@ -57,6 +57,9 @@ pub struct Shard {
     pub ranges: Vec<Range<usize>>,
     /// Each rank's element count.
     pub counts: Vec<usize>,
+    /// Whether the gradients are sharded too (ZeRO stage 2): summed by a reduce-scatter that
+    /// leaves each rank the sum of its span alone, which is all its update reads.
+    pub gradients: bool,
 }
 
 impl Shard {
@@ -77,6 +80,7 @@ impl Shard {
         Shard {
             ranges,
             counts: (0..ranks).map(|r| bound(r + 1) - bound(r)).collect(),
+            gradients: false,
         }
     }
 }
@@ -102,12 +106,12 @@ impl AdamW {
         })
     }
 
-    /// Keeps the moments of `shard`'s elements only (ZeRO stage 1), dropping the rest: on the
+    /// Keeps the moments of `shard`'s elements only (ZeRO 1 and 2), dropping the rest: on the
     /// CPU, for f32 parameters.
     pub fn keep_shard(&mut self, shard: Shard) -> Result<()> {
         if self.master.iter().any(Option::is_some) || !self.m.iter().all(|m| m.device().is_cpu()) {
             candle_core::bail!(
-                "sharded optimizer state (--zero-stage 1) is built for f32 training on the CPU; \
+                "sharded optimizer state (--zero-stage 1 or 2) is built for f32 training on the CPU; \
                  on GPUs it is not yet"
             );
         }
@@ -327,13 +331,37 @@ pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64, loss: &LossSum) -> R
     }
     let norm = grads.norm()?;
     let ok = norm.is_finite() && loss.sum()?.is_finite();
-    if ok && max_norm > 0.0 {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            grads.scale(coef)?;
-        }
+    if let Some(coef) = clip_coefficient(norm, ok, max_norm) {
+        grads.scale(coef)?;
     }
     Ok(Clip::Host { norm, ok })
+}
+
+/// [`clip_grad_norm`] of gradients sharded across the ranks of `world` (ZeRO stage 2), each
+/// rank holding the summed gradient of `shard`'s span alone: the norm is the square root of every
+/// rank's sum of squares over its span, summed, and each rank scales its span.
+pub fn clip_sharded_grad_norm(
+    grads: &mut Gradients,
+    max_norm: f64,
+    loss: &LossSum,
+    shard: &Shard,
+    world: &pctrain_dist::World,
+) -> Result<Clip> {
+    let mut squares = [grads.sum_of_squares_in(&shard.ranges)?];
+    world.sum_f64(&mut squares);
+    let norm = squares[0].sqrt();
+    let ok = norm.is_finite() && loss.sum()?.is_finite();
+    if let Some(coef) = clip_coefficient(norm, ok, max_norm) {
+        grads.scale_in(coef, &shard.ranges)?;
+    }
+    Ok(Clip::Host { norm, ok })
+}
+
+/// The factor that brings gradients of global norm `norm` to `max_norm` (torch's, with its
+/// 1e-6), when they are to be applied (`ok`), clipping is on, and they are past it.
+fn clip_coefficient(norm: f64, ok: bool, max_norm: f64) -> Option<f64> {
+    let coef = max_norm / (norm + 1e-6);
+    (ok && max_norm > 0.0 && coef < 1.0).then_some(coef)
 }
 
 #[cfg(test)]

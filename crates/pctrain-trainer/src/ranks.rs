@@ -2,15 +2,14 @@
 //! that make the gradients, the token count and the loss those of the whole step on every rank,
 //! so that every rank clips and updates alike and the weights stay equal without being sent.
 //! With the optimizer state sharded (ZeRO stage 1), each rank updates its span of the elements
-//! and the spans are gathered.
-
-use std::borrow::Cow;
+//! and the spans are gathered; with the gradients sharded too (stage 2), each rank receives the
+//! sum of its span's gradients alone.
 
 use candle_core::Tensor;
 use pctrain_data::PackedRow;
 use pctrain_dist::{World, BUCKET};
 use pctrain_model::cpu::view::{view, with_mut};
-use pctrain_model::Gradients;
+use pctrain_model::{Gradients, Model, TrainMode};
 
 use crate::optim::{AdamW, Shard};
 
@@ -24,11 +23,44 @@ pub fn my_rows(rows: Vec<PackedRow>, world: &World, batch_size: usize) -> Vec<Pa
         .collect()
 }
 
+/// Shards `optimizer`'s state across the ranks of `world` at ZeRO `stage` (1: the moments; 2: the
+/// summed gradients too): a whole state is cut to this rank's span, one resumed as this rank's
+/// span is kept. Alone, or at stage 0, the state stays whole.
+pub fn shard_optimizer(
+    optimizer: &mut AdamW,
+    model: &Model,
+    mode: TrainMode,
+    world: &World,
+    stage: u8,
+) -> candle_core::Result<()> {
+    if stage == 0 || world.size() == 1 {
+        return Ok(());
+    }
+    let sizes: Vec<usize> = model
+        .trainable(mode)
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .collect();
+    let shard = Shard::of(&sizes, world.rank(), world.size());
+    match &mut optimizer.shard {
+        Some(kept) => debug_assert_eq!(kept.ranges, shard.ranges, "this rank's span"),
+        None => optimizer.keep_shard(shard)?,
+    }
+    if let Some(kept) = &mut optimizer.shard {
+        kept.gradients = stage >= 2;
+    }
+    Ok(())
+}
+
 /// Sums every rank's gradients into each rank's, the small buffers gathered into buckets of up
 /// to [`BUCKET`] floats so that a LoRA step's hundreds of tensors take a few all-reduces.
 pub fn sum_gradients(grads: &mut Gradients, world: &World) -> candle_core::Result<()> {
     if world.size() == 1 {
         return Ok(());
+    }
+    #[cfg(all(feature = "cuda", feature = "mpi"))]
+    if let (Some(tensors), true) = (grads.device(), world.sums_on_gpu()) {
+        return sum_on_gpu(tensors, world);
     }
     grads
         .with_host_values(|bufs| {
@@ -65,6 +97,54 @@ pub fn sum_gradients(grads: &mut Gradients, world: &World) -> candle_core::Resul
         .map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
+/// Sums GPU gradients over the ranks in place (NCCL, one group), queued behind the backward
+/// that wrote them on the device's stream.
+#[cfg(all(feature = "cuda", feature = "mpi"))]
+fn sum_on_gpu(tensors: &[Tensor], world: &World) -> candle_core::Result<()> {
+    use candle_core::DType;
+    use pctrain_dist::{DeviceFloat, GpuBuffer};
+    let buffers = tensors
+        .iter()
+        .map(|t| {
+            let dtype = match t.dtype() {
+                DType::F32 => DeviceFloat::F32,
+                DType::BF16 => DeviceFloat::Bf16,
+                other => candle_core::bail!("gradients in {other:?} are not summed on GPUs"),
+            };
+            Ok(GpuBuffer {
+                ptr: pctrain_model::cuda::device_address(t)?,
+                count: t.elem_count(),
+                dtype,
+            })
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    // SAFETY: each address is a contiguous gradient of `count` elements of its type on this
+    // rank's GPU, which `grads` keeps until the next step, behind this sum on the stream.
+    unsafe { world.sum_on_gpu(&buffers) }.map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// Sums every rank's gradients into each rank's span of them alone (ZeRO stage 2): a
+/// reduce-scatter, half the traffic of [`sum_gradients`]; the rest of each buffer keeps this
+/// rank's own part, which nothing reads.
+pub fn reduce_scatter_gradients(
+    grads: &mut Gradients,
+    shard: &Shard,
+    world: &World,
+) -> candle_core::Result<()> {
+    grads
+        .with_host_values(|bufs| {
+            let mut mine = vec![0f32; shard.counts[world.rank()]];
+            let pieces: Vec<&[f32]> = bufs.iter().map(|b| &**b).collect();
+            world.reduce_scatter_f32(&pieces, &shard.counts, &mut mine);
+            let mut at = 0;
+            for (b, r) in bufs.iter_mut().zip(&shard.ranges) {
+                b[r.clone()].copy_from_slice(&mine[at..at + r.len()]);
+                at += r.len();
+            }
+        })
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
 /// Puts every rank's updated elements into every rank's parameters after a sharded update
 /// (ZeRO stage 1): each rank's span, in rank order, is the parameters laid end to end.
 pub fn share_updates(params: &[&Tensor], shard: &Shard, world: &World) -> candle_core::Result<()> {
@@ -81,42 +161,6 @@ pub fn share_updates(params: &[&Tensor], shard: &Shard, world: &World) -> candle
         at += n;
     }
     Ok(())
-}
-
-/// The optimizer with every rank's moments gathered (what a checkpoint holds): itself when its
-/// state is whole, else a gathered copy. Every rank must call it, as each takes part.
-pub fn whole_optimizer<'a>(
-    optimizer: &'a AdamW,
-    params: &[&Tensor],
-    world: &World,
-) -> candle_core::Result<Cow<'a, AdamW>> {
-    let Some(shard) = &optimizer.shard else {
-        return Ok(Cow::Borrowed(optimizer));
-    };
-    let gather = |parts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
-        let mine = parts
-            .iter()
-            .map(|t| Ok(view(t)?.to_vec()))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let all = gather_spans(&mine, shard, world);
-        let mut at = 0;
-        params
-            .iter()
-            .map(|p| {
-                let n = p.elem_count();
-                at += n;
-                Tensor::from_slice(&all[at - n..at], p.shape(), p.device())
-            })
-            .collect()
-    };
-    Ok(Cow::Owned(AdamW {
-        config: optimizer.config,
-        step: optimizer.step,
-        m: gather(&optimizer.m)?,
-        v: gather(&optimizer.v)?,
-        master: optimizer.master.clone(),
-        shard: None,
-    }))
 }
 
 /// Every rank's span (`mine`: its pieces, per parameter, in order) gathered into the whole, the

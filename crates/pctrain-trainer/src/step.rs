@@ -7,8 +7,8 @@ use pctrain_model::{Batch, Gradients, Model, StepOptions};
 
 use pctrain_dist::World;
 
-use crate::optim::{clip_grad_norm, AdamW};
-use crate::ranks::{share_updates, sum_gradients};
+use crate::optim::{clip_grad_norm, clip_sharded_grad_norm, AdamW};
+use crate::ranks::{reduce_scatter_gradients, share_updates, sum_gradients};
 use crate::schedule::Schedule;
 
 /// Why an optimizer step did not happen.
@@ -94,14 +94,22 @@ pub fn optimizer_step(
             // The step's loss over every rank; the gradients likewise.
             let mut sum = [local.map_or(Ok(0.0), |t| t.sum())?];
             world.sum_f64(&mut sum);
-            sum_gradients(grads, world)?;
+            match &optimizer.shard {
+                Some(shard) if shard.gradients => reduce_scatter_gradients(grads, shard, world)?,
+                _ => sum_gradients(grads, world)?,
+            }
             LossSum::host(sum[0], normalizer)
         }
     };
     let device = model.device().clone();
     let clip = {
         let _span = pctrain_model::profile::span("clip_grad_norm", &device);
-        clip_grad_norm(grads, clip_norm, &total)?
+        match &optimizer.shard {
+            Some(shard) if shard.gradients => {
+                clip_sharded_grad_norm(grads, clip_norm, &total, shard, world)?
+            }
+            _ => clip_grad_norm(grads, clip_norm, &total)?,
+        }
     };
     let lr = schedule.lr(optimizer.step);
     if !clip.refused() {

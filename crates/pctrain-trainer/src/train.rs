@@ -5,8 +5,8 @@ use pctrain_model::{Batch, Gradients, Model, ModelError, StepOptions};
 
 use pctrain_dist::World;
 
-use crate::optim::{AdamW, AdamWConfig, Shard};
-use crate::ranks::my_rows;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::ranks::{my_rows, shard_optimizer};
 use crate::schedule::Schedule;
 use crate::step::{optimizer_step, StepError, StepReport};
 
@@ -24,7 +24,8 @@ pub struct TrainConfig {
     pub adamw: AdamWConfig,
     /// Global gradient norm bound; 0 turns clipping off.
     pub clip_norm: f64,
-    /// ZeRO stage: 0 keeps the whole optimizer state on every rank; 1 shards it across them.
+    /// ZeRO stage: 0 keeps the whole optimizer state on every rank; 1 shards it across them;
+    /// 2 shards the summed gradients too.
     pub zero_stage: u8,
     pub step: StepOptions,
 }
@@ -70,15 +71,8 @@ pub fn train<E: From<StepError>>(
             )
         }
     };
-    if cfg.zero_stage >= 1 && world.size() > 1 {
-        let sizes: Vec<usize> = model
-            .trainable(cfg.step.mode)
-            .iter()
-            .map(|(_, t)| t.elem_count())
-            .collect();
-        let shard = Shard::of(&sizes, world.rank(), world.size());
-        optimizer.keep_shard(shard).map_err(model_err)?;
-    }
+    shard_optimizer(&mut optimizer, model, cfg.step.mode, world, cfg.zero_stage)
+        .map_err(model_err)?;
     let mut grads = Gradients::zeros(model, cfg.step.mode).map_err(model_err)?;
     let mut loader = Loader::new(samples, cfg.loader.clone(), pad_id, start)
         .map_err(|e| StepError::from(ModelError::Input(e.to_string())))?;

@@ -7,7 +7,7 @@ use pctrain_data::{LoaderConfig, Mixer, PcJoin, Pipeline, TemplateChoice, TextTo
 use pctrain_model::{StepOptions, TrainMode};
 use pctrain_trainer::{
     checkpoints, load_checkpoint, save_checkpoint, tiny_model, train, AdamWConfig, Decay, Device,
-    Schedule, TrainConfig, World,
+    Schedule, Shard, TrainConfig, World,
 };
 
 fn samples() -> (Vec<pctrain_data::Encoded>, u32) {
@@ -96,7 +96,7 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
                 p.position,
                 "{}",
                 2,
-                1,
+                &World::solo(),
             )?;
             Ok(())
         },
@@ -119,7 +119,14 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
 
     // Stopped after step 5, resumed from its checkpoint in a fresh model.
     let mut resumed = tiny_model(99, &Device::Cpu).unwrap();
-    let (optimizer, position) = load_checkpoint(&kept[0], &mut resumed, TrainMode::Full).unwrap();
+    let (optimizer, position) = load_checkpoint(
+        &kept[0],
+        &mut resumed,
+        TrainMode::Full,
+        &World::solo(),
+        false,
+    )
+    .unwrap();
     assert_eq!(optimizer.step, 5);
     let rest = train::<Box<dyn std::error::Error>>(
         &mut resumed,
@@ -143,7 +150,7 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
     let mut other =
         pctrain_model::Model::new(straight.config.clone(), straight.weights.clone(), None);
     other.weights.layers.pop();
-    let err = load_checkpoint(&kept[1], &mut other, TrainMode::Full)
+    let err = load_checkpoint(&kept[1], &mut other, TrainMode::Full, &World::solo(), false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("belongs to no trainable tensor"), "{err}");
@@ -151,11 +158,96 @@ fn the_tiny_preset_learns_and_a_resumed_run_ends_bit_identical() {
         &kept[1],
         &mut tiny_model(1, &Device::Cpu).unwrap(),
         TrainMode::Lora,
+        &World::solo(),
+        false,
     )
     .unwrap_err()
     .to_string();
     assert!(
         err.contains("a full checkpoint cannot resume a lora run"),
+        "{err}"
+    );
+}
+
+/// A checkpoint of a sharded optimizer holds its moments in one file per rank: with one rank it
+/// resumes as that rank's span (1-D moments) or whole (every shard read and laid end to end,
+/// equal to the moments before sharding), and a missing shard file is an error naming it.
+#[test]
+fn a_sharded_checkpoint_loads_as_its_span_or_whole() {
+    let (samples, pad) = samples();
+    let mut model = tiny_model(7, &Device::Cpu).unwrap();
+    let cfg = TrainConfig {
+        max_steps: 2,
+        ..config()
+    };
+    let end = train::<Box<dyn std::error::Error>>(
+        &mut model,
+        &samples,
+        pad,
+        &cfg,
+        None,
+        &World::solo(),
+        |_, _| Ok(()),
+    )
+    .unwrap();
+    let whole = end.optimizer;
+    let sizes: Vec<usize> = whole.m.iter().map(|m| m.elem_count()).collect();
+    let mut sharded = whole.clone();
+    sharded.keep_shard(Shard::of(&sizes, 0, 1)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let position = pctrain_data::Position::default();
+    let dir = save_checkpoint(
+        out.path(),
+        &model,
+        TrainMode::Full,
+        &sharded,
+        position,
+        "{}",
+        0,
+        &World::solo(),
+    )
+    .unwrap();
+    assert!(dir.join("optimizer-00000-of-00001.safetensors").is_file());
+    let values = |ts: &[pctrain_trainer::Tensor]| -> Vec<Vec<f32>> {
+        ts.iter()
+            .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    };
+    let mut fresh = tiny_model(1, &Device::Cpu).unwrap();
+    let (loaded, _) =
+        load_checkpoint(&dir, &mut fresh, TrainMode::Full, &World::solo(), false).unwrap();
+    assert!(loaded.shard.is_none());
+    assert_eq!(values(&loaded.m), values(&whole.m));
+    assert_eq!(values(&loaded.v), values(&whole.v));
+    assert_eq!(
+        loaded
+            .m
+            .iter()
+            .map(|m| m.dims().to_vec())
+            .collect::<Vec<_>>(),
+        whole
+            .m
+            .iter()
+            .map(|m| m.dims().to_vec())
+            .collect::<Vec<_>>(),
+        "whole moments take their tensors' shapes"
+    );
+    assert_eq!(bits(&fresh), bits(&model));
+    let (span, _) =
+        load_checkpoint(&dir, &mut fresh, TrainMode::Full, &World::solo(), true).unwrap();
+    assert_eq!(span.shard, sharded.shard);
+    assert_eq!(values(&span.v), values(&sharded.v));
+    assert!(
+        span.m.iter().all(|m| m.rank() == 1),
+        "a span's moments are 1-D"
+    );
+
+    std::fs::remove_file(dir.join("optimizer-00000-of-00001.safetensors")).unwrap();
+    let err = load_checkpoint(&dir, &mut fresh, TrainMode::Full, &World::solo(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("optimizer-00000-of-00001.safetensors"),
         "{err}"
     );
 }

@@ -14,6 +14,7 @@ use pctrain_model::{
     Target, TrainMode,
 };
 use pctrain_trainer::preset::{random_weights, TINY_CONFIG};
+use pctrain_trainer::ranks::shard_optimizer;
 use pctrain_trainer::{
     optimizer_step, AdamW, AdamWConfig, DType, Decay, Device, Schedule, Tensor, World,
 };
@@ -67,6 +68,9 @@ pub struct BenchArgs {
     /// Recompute each layer's activations in backward.
     #[arg(long)]
     recompute: bool,
+    /// Under mpirun: ZeRO stage 0, 1 or 2, as `pctrain --zero-stage`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    zero_stage: u8,
     /// After the timed steps, one more step with CUDA events around each layer function: its
     /// device time by function (a GPU only).
     #[arg(long)]
@@ -148,6 +152,7 @@ fn bench(args: BenchArgs, world: &World) -> Result<()> {
     let refs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
     let mut optimizer = AdamW::new(AdamWConfig::default(), &refs)?;
     drop(params);
+    shard_optimizer(&mut optimizer, &model, mode, world, args.zero_stage)?;
     let mut grads = Gradients::zeros(&model, mode)?;
     let schedule = Schedule {
         peak_lr: 1e-5,
@@ -216,6 +221,7 @@ fn bench(args: BenchArgs, world: &World) -> Result<()> {
         "shape": args.base.as_ref().map_or(args.shape.clone(), |b| b.display().to_string()),
         "packed": args.packed, "threads": pctrain_model::cpu::threads(), "mode": args.mode, "dtype": args.dtype,
         "device": args.device, "rows": rows, "seq_len": seq_len, "ranks": world.size(),
+        "zero_stage": args.zero_stage, "optimizer_state_bytes": optimizer.state_bytes(),
         "parameters": frozen + trained, "trainable_parameters": trained,
         "step_s": step_s, "tokens_per_s": tokens_per_s, "flops_per_token": flops_per_token,
         "matmul_tflops": matmul,

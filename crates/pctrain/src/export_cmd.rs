@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pctrain_export::{export_adapter, export_merged, MAX_SHARD_BYTES};
 use pctrain_model::TrainMode;
-use pctrain_trainer::{checkpoints, load_checkpoint, Device};
+use pctrain_trainer::{checkpoints, load_checkpoint, Device, World};
 
 use crate::settings::Settings;
 use crate::setup::{self, Setup};
@@ -98,7 +98,7 @@ pub fn export_run(
     settings.init_adapter = None;
     let dtype = setup::parse_dtype(&settings.dtype)?;
     let mut run = setup::build(&settings, &Device::Cpu, dtype)?;
-    load_checkpoint(&checkpoint, &mut run.model, run.mode)?;
+    load_checkpoint(&checkpoint, &mut run.model, run.mode, &World::solo(), false)?;
     export_model(&settings, &run, out, merged, max_shard_size)?;
     Ok(out.to_path_buf())
 }

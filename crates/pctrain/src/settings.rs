@@ -103,9 +103,10 @@ pub struct Settings {
     /// Global gradient norm bound; 0 turns clipping off.
     #[arg(long, default_value_t = 1.0)]
     pub clip_norm: f64,
-    /// Under mpirun: 1 shards AdamW's moments across the ranks (ZeRO stage 1; f32 training on the
-    /// CPU), 0 keeps them whole on every rank. One process keeps them whole either way.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    /// Under mpirun: 1 shards AdamW's moments across the ranks (ZeRO stage 1), 2 the summed
+    /// gradients too (stage 2), 0 keeps them whole on every rank; f32 training on the CPU. One
+    /// process keeps them whole either way.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub zero_stage: u8,
     /// lora or full (default: full for `tiny`, whose weights are random; else lora).
     #[arg(long, value_enum)]
@@ -427,6 +428,9 @@ impl Settings {
         }
         if self.save_every == 0 {
             bail!("save_every must be at least 1");
+        }
+        if self.zero_stage > 2 {
+            bail!("zero_stage must be 0, 1 or 2, not {}", self.zero_stage);
         }
         if self.eval_task.is_some() && self.eval_max_new_tokens == 0 {
             bail!("eval_max_new_tokens must be at least 1");

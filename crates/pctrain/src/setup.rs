@@ -60,13 +60,42 @@ pub fn rank_device(spec: &str, world: &World) -> Result<Device> {
     }
     let local = world.local_rank();
     let gpu = local % visible_gpus()?.max(1);
-    device(&format!("cuda:{gpu}")).with_context(|| {
+    let device = device(&format!("cuda:{gpu}")).with_context(|| {
         format!(
             "rank {} (local rank {local} of {} on its machine) opening GPU {gpu}",
             world.rank(),
             world.local_size()
         )
-    })
+    })?;
+    join_gpus(&device, world)?;
+    Ok(device)
+}
+
+/// Refuses two ranks of a machine on one GPU (more ranks than GPUs), then joins the ranks' GPUs
+/// for their sums (NCCL, built with `cuda` and `mpi`).
+#[cfg(feature = "cuda")]
+fn join_gpus(device: &Device, world: &World) -> Result<()> {
+    let Device::Cuda(dev) = device else {
+        return Ok(());
+    };
+    let address = pctrain_model::cuda::pci_address(dev)?;
+    if let Err((a, b)) = world.distinct_on_machine(address) {
+        bail!(
+            "local ranks {a} and {b} of this machine got the same GPU: start at most one rank per \
+             GPU ({} ranks here, {} GPUs visible to each)",
+            world.local_size(),
+            visible_gpus()?
+        );
+    }
+    world
+        .join_gpus(dev.cuda_stream())
+        .context("joining the ranks' GPUs")?;
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn join_gpus(_: &Device, _: &World) -> Result<()> {
+    Ok(())
 }
 
 /// GPUs this process sees.

@@ -12,7 +12,6 @@ use pctrain_data::loader::epoch_rows;
 use pctrain_data::{Encoded, LoaderConfig, Position};
 use pctrain_model::save::write_atomic;
 use pctrain_model::{Model, StepOptions};
-use pctrain_trainer::ranks::whole_optimizer;
 use pctrain_trainer::{
     checkpoint_ranks, checkpoints, load_checkpoint, remove_unfinished, save_checkpoint, train,
     AdamW, AdamWConfig, Device, Schedule, TrainConfig, World,
@@ -173,8 +172,9 @@ impl Recipe {
         let resume = match &self.resume_from {
             None => None,
             Some(dir) => {
+                let sharded = self.settings.zero_stage >= 1;
                 let (optimizer, position) =
-                    load_checkpoint(dir, &mut self.run.model, self.run.mode)?;
+                    load_checkpoint(dir, &mut self.run.model, self.run.mode, world, sharded)?;
                 if !writes {
                     return Ok(Some((optimizer, position)));
                 }
@@ -222,6 +222,7 @@ impl Recipe {
         if writes {
             let ranks = match world.size() {
                 1 => String::new(),
+                n if world.sums_on_gpu() => format!(" on {n} ranks (gradients summed by NCCL)"),
                 n => format!(" on {n} ranks"),
             };
             eprintln!(
@@ -250,22 +251,16 @@ impl Recipe {
             .context("installing the Ctrl-C handler")?;
         let (mode, pipeline, device) = (self.run.mode, &self.run.pipeline, &self.device);
         let checkpoint = |model: &Model, optimizer: &AdamW, position: Position| -> Result<()> {
-            // Every rank gives its share of a sharded optimizer state; rank 0 writes it whole.
-            let params = model.trainable(mode);
-            let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
-            let whole = whole_optimizer(optimizer, &refs, world)?;
-            if !writes {
-                return Ok(());
-            }
+            // Every rank writes its shard of a sharded optimizer state; rank 0 the rest.
             save_checkpoint(
                 output,
                 model,
                 mode,
-                &whole,
+                optimizer,
                 position,
                 &settings_json,
                 settings.keep_last,
-                world.size(),
+                world,
             )?;
             Ok(())
         };

@@ -428,6 +428,28 @@ pub fn memory_used_mib(dev: &Dev) -> Result<f64> {
     Ok((total - free) as f64 / (1024.0 * 1024.0))
 }
 
+/// The device address of `t`'s elements, for a collective that sums into it in place: `t` must
+/// be contiguous, and stay alive until the stream has run what reads the address.
+pub fn device_address(t: &Tensor) -> Result<u64> {
+    Ok(Slice::in_place(t)?.ptr())
+}
+
+/// The PCI address (domain, bus, device) of a GPU, as one number: two processes that get the
+/// same one share the GPU.
+pub fn pci_address(dev: &Dev) -> Result<u64> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
+    let ctx = dev.cuda_stream().context().clone();
+    let get = |a| {
+        ctx.attribute(a)
+            .map(|v| v as u64)
+            .map_err(|e| candle_core::Error::Msg(format!("reading the GPU's PCI address: {e}")))
+    };
+    let domain = get(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?;
+    let bus = get(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?;
+    let device = get(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?;
+    Ok(domain << 16 | bus << 8 | device)
+}
+
 /// Whether `x` is a tensor the kernels take: on a CUDA device, in f32 or bf16. Others (a CPU
 /// tensor, an f16 one) take the CPU twin's tensor code.
 pub fn runs_on(x: &Tensor) -> bool {
