@@ -8,6 +8,8 @@ use std::fmt;
 
 #[cfg(all(feature = "mpi", feature = "cuda"))]
 mod nccl;
+#[cfg(any(test, feature = "mpi"))]
+mod rounds;
 #[cfg(all(feature = "mpi", feature = "cuda"))]
 pub use nccl::{DeviceFloat, GpuBuffer};
 
@@ -28,17 +30,31 @@ pub enum DistError {
     NotBuilt(usize),
 }
 
+/// Floats this process has given to each kind of collective (on the CPU through MPI, on GPUs
+/// through NCCL), since the run started: what a step's communication costs, and which path it took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Summed on every rank (gradients).
+    pub all_reduce: u64,
+    /// Summed into one rank's span each (ZeRO stage 2's gradients).
+    pub reduce_scatter: u64,
+    /// Each rank's span shared with every rank (ZeRO's updated weights; broadcasts on GPUs).
+    pub all_gather: u64,
+}
+
 /// This process's place in the run, and the collectives among its processes.
 pub struct World {
+    traffic: std::cell::Cell<Traffic>,
     rank: usize,
     size: usize,
     local_rank: usize,
     local_size: usize,
-    #[cfg(feature = "mpi")]
-    mpi: Option<mpi_world::MpiWorld>,
-    /// The GPUs' communicator, once [`World::join_gpus`] made it.
+    /// The GPUs' communicator, once [`World::join_gpus`] made it; dropped (destroyed) before
+    /// MPI is finalized.
     #[cfg(all(feature = "mpi", feature = "cuda"))]
     nccl: std::sync::OnceLock<nccl::Nccl>,
+    #[cfg(feature = "mpi")]
+    mpi: Option<mpi_world::MpiWorld>,
 }
 
 impl fmt::Debug for World {
@@ -55,6 +71,7 @@ impl World {
     /// This process alone.
     pub fn solo() -> Self {
         World {
+            traffic: Default::default(),
             rank: 0,
             size: 1,
             local_rank: 0,
@@ -118,8 +135,20 @@ impl World {
         let _ = values;
     }
 
+    /// Floats given to each kind of collective so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic.get()
+    }
+
+    fn count(&self, add: impl FnOnce(&mut Traffic)) {
+        let mut t = self.traffic.get();
+        add(&mut t);
+        self.traffic.set(t);
+    }
+
     /// Replaces `values` on every rank with their sum over the ranks, in buckets of [`BUCKET`].
     pub fn sum_f32(&self, values: &mut [f32]) {
+        self.count(|t| t.all_reduce += values.len() as u64);
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
             for bucket in values.chunks_mut(BUCKET) {
@@ -140,6 +169,7 @@ impl World {
             all.len(),
             "room for every rank's"
         );
+        self.count(|t| t.all_gather += mine.len() as u64);
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
             m.all_gather(mine, counts, all);
@@ -161,6 +191,7 @@ impl World {
             values.iter().map(|v| v.len()).sum::<usize>(),
             "a value for every rank's count"
         );
+        self.count(|t| t.reduce_scatter += counts.iter().sum::<usize>() as u64);
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
             m.reduce_scatter(values, counts, mine);
@@ -180,8 +211,8 @@ impl World {
         v[0] as u32
     }
 
-    /// Whether the ranks on this machine all gave different `values` (their GPUs' PCI
-    /// addresses: no two ranks share a device), and if not, the local ranks of two that gave one.
+    /// Whether the ranks on this machine all gave different `values` (their GPUs' UUIDs: no two
+    /// ranks share a device), and if not, the local ranks of two that gave the same.
     pub fn distinct_on_machine(&self, value: u64) -> Result<(), (usize, usize)> {
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
@@ -241,7 +272,28 @@ impl World {
             .nccl
             .get()
             .ok_or_else(|| DistError::Nccl("the ranks' GPUs were not joined".into()))?;
+        self.count(|t| t.all_reduce += buffers.iter().map(|b| b.count as u64).sum::<u64>());
         comm.sum_all(buffers)
+    }
+
+    /// Queues on the joined stream, as one NCCL group, a broadcast of each of `buffers` from the
+    /// rank `roots` names for it into every rank's, in place ([`World::sums_on_gpu`] must hold).
+    ///
+    /// # Safety
+    /// As [`World::sum_on_gpu`]'s.
+    #[cfg(all(feature = "mpi", feature = "cuda"))]
+    pub unsafe fn broadcast_on_gpu(
+        &self,
+        buffers: &[GpuBuffer],
+        roots: &[usize],
+    ) -> Result<(), DistError> {
+        let comm = self
+            .nccl
+            .get()
+            .ok_or_else(|| DistError::Nccl("the ranks' GPUs were not joined".into()))?;
+        let mine = buffers.iter().zip(roots).filter(|(_, &r)| r == self.rank);
+        self.count(|t| t.all_gather += mine.map(|(b, _)| b.count as u64).sum::<u64>());
+        comm.broadcast_all(buffers, roots)
     }
 
     /// Whether `flag` is set on any rank.
@@ -299,7 +351,7 @@ mod mpi_world {
     use mpi::traits::*;
     use mpi::Count;
 
-    use super::{copy_flat, DistError, World, BUCKET};
+    use super::{rounds, DistError, World, BUCKET};
 
     /// MPI's world communicator, kept with the universe that finalizes MPI when dropped.
     pub struct MpiWorld {
@@ -326,6 +378,7 @@ mod mpi_world {
                 }));
             }
             Ok(World {
+                traffic: Default::default(),
                 rank: comm.rank() as usize,
                 size: comm.size() as usize,
                 local_rank: local.rank() as usize,
@@ -360,72 +413,29 @@ mod mpi_world {
                 .all_reduce_into(&send[..], values, SystemOperation::sum());
         }
 
-        /// [`World::all_gather_f32`]: in round `k` each rank sends its floats `k * share ..`
-        /// (`share` [`BUCKET`] over the ranks), received into a round buffer and put in place.
+        /// [`World::all_gather_f32`], in [`rounds`].
         pub fn all_gather(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
             let share = (BUCKET / counts.len()).max(1);
-            let starts = offsets(counts);
-            let rounds = counts.iter().max().map_or(0, |m| m.div_ceil(share));
-            let mut round = Vec::new();
-            for k in 0..rounds {
-                let part = |c: usize| c.saturating_sub(k * share).min(share);
-                let sizes: Vec<Count> = counts.iter().map(|&c| part(c) as Count).collect();
-                let displs = offsets(&sizes);
-                round.resize(sizes.iter().sum::<Count>() as usize, 0f32);
-                let lo = (k * share).min(mine.len());
-                let send = &mine[lo..lo + part(mine.len())];
-                let mut recv = PartitionMut::new(&mut round[..], &sizes[..], &displs[..]);
+            rounds::all_gather(mine, counts, all, share, |send, sizes, recv| {
+                let sizes: Vec<Count> = sizes.iter().map(|&n| n as Count).collect();
+                let displs = rounds::offsets(&sizes);
+                let mut recv = PartitionMut::new(recv, &sizes[..], &displs[..]);
                 self.comm.all_gather_varcount_into(send, &mut recv);
-                for r in 0..counts.len() {
-                    let (d, n) = (displs[r] as usize, sizes[r] as usize);
-                    let at = starts[r] + k * share;
-                    all[at..at + n].copy_from_slice(&round[d..d + n]);
-                }
-            }
+            });
         }
 
-        /// [`World::reduce_scatter_f32`]: in round `k` each rank's block is its floats
-        /// `k * share ..` (`share` [`BUCKET`] over the ranks), padded with zeros to `share`, so
-        /// that MPI's reduce-scatter of equal blocks serves counts that differ.
+        /// [`World::reduce_scatter_f32`], in [`rounds`].
         pub fn reduce_scatter(&self, values: &[&[f32]], counts: &[usize], mine: &mut [f32]) {
             let share = (BUCKET / counts.len()).max(1);
-            let starts = offsets(counts);
-            let rounds = counts.iter().max().map_or(0, |m| m.div_ceil(share));
-            let mut send = vec![0f32; share * counts.len()];
-            let mut recv = vec![0f32; share];
-            for k in 0..rounds {
-                let part = |c: usize| c.saturating_sub(k * share).min(share);
-                for (r, (&c, &start)) in counts.iter().zip(&starts).enumerate() {
-                    let n = part(c);
-                    let block = &mut send[r * share..(r + 1) * share];
-                    copy_flat(values, start + k * share, &mut block[..n]);
-                    block[n..].fill(0.0);
-                }
-                self.comm.reduce_scatter_block_into(
-                    &send[..],
-                    &mut recv[..],
-                    SystemOperation::sum(),
-                );
-                let n = part(mine.len());
-                mine[k * share..k * share + n].copy_from_slice(&recv[..n]);
-            }
+            rounds::reduce_scatter(values, counts, mine, share, |send, recv| {
+                self.comm
+                    .reduce_scatter_block_into(send, recv, SystemOperation::sum());
+            });
         }
 
         pub fn abort(&self, code: i32) -> ! {
             self.comm.abort(code)
         }
-    }
-
-    /// Where each of `counts` starts when they are laid end to end.
-    fn offsets<T: Copy + Default + std::ops::Add<Output = T>>(counts: &[T]) -> Vec<T> {
-        counts
-            .iter()
-            .scan(T::default(), |at, &c| {
-                let start = *at;
-                *at = *at + c;
-                Some(start)
-            })
-            .collect()
     }
 }
 

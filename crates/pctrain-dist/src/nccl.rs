@@ -114,6 +114,43 @@ impl Nccl {
     }
 }
 
+impl Nccl {
+    /// Queues on the stream, as one group, a broadcast of each buffer from its rank (`roots`, one
+    /// per buffer) into every rank's, in place.
+    ///
+    /// # Safety
+    /// As [`Nccl::sum_all`]'s.
+    pub unsafe fn broadcast_all(
+        &self,
+        buffers: &[GpuBuffer],
+        roots: &[usize],
+    ) -> Result<(), DistError> {
+        result::group_start().map_err(|e| nccl_err("starting a group of broadcasts", e))?;
+        let mut failed = None;
+        for (b, &root) in buffers.iter().zip(roots) {
+            let done = result::broadcast(
+                b.ptr as *const c_void,
+                b.ptr as *mut c_void,
+                b.count,
+                b.dtype.nccl(),
+                root as i32,
+                self.comm,
+                self.stream.cu_stream() as _,
+            );
+            if let Err(e) = done {
+                failed = Some(e);
+                break;
+            }
+        }
+        let ended = result::group_end();
+        if let Some(e) = failed {
+            return Err(nccl_err("sending the updated weights", e));
+        }
+        ended.map_err(|e| nccl_err("sending the updated weights", e))?;
+        Ok(())
+    }
+}
+
 impl Drop for Nccl {
     fn drop(&mut self) {
         // SAFETY: the communicator was made by `join` and is destroyed once, here.

@@ -1,7 +1,7 @@
-//! How far a training step with bf16 weights and activations may land from the f32 step, from
-//! bf16's unit roundoff `u = 2^-8` (8 significant bits, round to nearest): every op rounds its
-//! output to bf16 once (products are summed in f32), so a value carries one relative error of at
-//! most `u` per op it went through.
+//! How far a training step with bf16 weights and activations may land from the f32 step: an error
+//! budget (not a proof) in bf16's unit roundoff `u = 2^-8` (8 significant bits, round to nearest).
+//! Every op rounds its output to bf16 once (products are summed in f32), so a value carries one
+//! relative error of at most `u` per op it went through.
 //! - A weight's gradient is reached from the loss through at most 4 roundings at the ends (the
 //!   logits' gradient, the output projection's and the final norm's backward, the first layer's
 //!   normed input) and 12 per layer (in backward: down projection, SwiGLU, gate and up, post-norm,
@@ -13,10 +13,11 @@
 //!   projection of the gradients' errors on the gradient; both average errors that do not line
 //!   up, so they stay within `u`.
 //!
-//! Measured on the CPU's bf16 path against its f32 kernels, on the GPU tests' shapes (2 layers of
-//! Llama-3-8B's shape with a LoRA on every target, and 2 of Llama-3.2-1B's fully trained; bound
-//! `28u` = 0.109): loss 1.5e-4 and 9.1e-5, gradient norm 1.9e-5 and 4.0e-5, worst tensor 0.037
-//! and 0.023.
+//! Measured once (a throwaway harness, not kept) on the CPU's bf16 path against its f32 kernels,
+//! with the GPU tests' shapes and batch (2 layers of Llama-3-8B's shape with a LoRA on every
+//! target, and 2 of Llama-3.2-1B's fully trained; budget `28u` = 0.109): loss 1.5e-4 and 9.1e-5,
+//! gradient norm 1.9e-5 and 4.0e-5, worst tensor 0.037 and 0.023. The fixture's test in
+//! `pctrain-model` (`tests/grads.rs`) holds the CPU's bf16 path to it in CI.
 
 /// bf16's unit roundoff.
 pub const UNIT_ROUNDOFF: f64 = 1.0 / 256.0;

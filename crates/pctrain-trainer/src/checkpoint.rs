@@ -180,10 +180,11 @@ fn write_into(
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut tensors = Vec::with_capacity(params.len() * 3);
     for (i, (n, t)) in params.iter().enumerate() {
-        // A parameter with an f32 master copy is saved at full precision.
-        let value = match &optimizer.master[i] {
-            Some(master) => master.clone(),
-            None => t.to_dtype(DType::F32)?,
+        // A parameter with an f32 master copy is saved at full precision (a sharded master
+        // copy, by its shards).
+        let value = match (&optimizer.master[i], &optimizer.shard) {
+            (Some(master), None) => master.clone(),
+            _ => t.to_dtype(DType::F32)?,
         };
         tensors.push((format!("param.{n}"), value));
         if optimizer.shard.is_none() {
@@ -198,7 +199,8 @@ fn write_into(
     Ok(())
 }
 
-/// Writes this rank's span of the moments into `file` (in a folder rank 0 made).
+/// Writes this rank's span of the moments (and of the f32 master copies) into `file` (in a folder
+/// rank 0 made).
 fn write_shard(
     file: &Path,
     model: &Model,
@@ -211,18 +213,30 @@ fn write_shard(
         if !shard.ranges[i].is_empty() {
             tensors.push((format!("adam_m.{n}"), optimizer.m[i].clone()));
             tensors.push((format!("adam_v.{n}"), optimizer.v[i].clone()));
+            if let Some(master) = &optimizer.master[i] {
+                tensors.push((format!("master.{n}"), master.clone()));
+            }
         }
     }
     Ok(write_safetensors(file, &tensors)?)
 }
 
-/// Appends the moments that the shard `file` holds (the span `of` of the trainable tensors
-/// `names`) to each tensor's `pieces` (first moments, second moments).
+/// One trainable tensor's span (or the whole of it) of the optimizer's state, read from shards.
+#[derive(Debug, Clone, Default)]
+struct Pieces {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    /// Empty for an f32 parameter, which has no master copy.
+    master: Vec<f32>,
+}
+
+/// Appends the state that the shard `file` holds (the span `of` of the trainable tensors
+/// `names`) to each tensor's `pieces`.
 fn read_shard(
     file: &Path,
     names: &[&str],
     of: &Shard,
-    pieces: &mut [(Vec<f32>, Vec<f32>)],
+    pieces: &mut [Pieces],
 ) -> Result<(), CheckpointError> {
     let invalid = |message: String| CheckpointError::Invalid {
         path: file.to_path_buf(),
@@ -230,17 +244,20 @@ fn read_shard(
     };
     let mut tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(file, &Device::Cpu).map_err(|e| invalid(e.to_string()))?;
-    for ((name, r), (pm, pv)) in names.iter().zip(&of.ranges).zip(pieces.iter_mut()) {
+    for ((name, r), p) in names.iter().zip(&of.ranges).zip(pieces.iter_mut()) {
         if r.is_empty() {
             continue;
         }
-        for (prefix, out) in [("adam_m", pm), ("adam_v", pv)] {
+        let mut take = |prefix: &str, out: &mut Vec<f32>, needed: bool| {
             let key = format!("{prefix}.{name}");
-            let t = tensors.remove(&key).ok_or_else(|| {
-                invalid(format!(
+            let Some(t) = tensors.remove(&key) else {
+                if !needed {
+                    return Ok(());
+                }
+                return Err(invalid(format!(
                     "no tensor `{key}`: a shard of another model or of another number of ranks?"
-                ))
-            })?;
+                )));
+            };
             if t.dims() != [r.len()] {
                 return Err(invalid(format!(
                     "tensor `{key}` has shape {:?}, this shard's span of it is [{}]",
@@ -249,7 +266,11 @@ fn read_shard(
                 )));
             }
             out.extend(t.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-        }
+            Ok(())
+        };
+        take("adam_m", &mut p.m, true)?;
+        take("adam_v", &mut p.v, true)?;
+        take("master", &mut p.master, false)?;
     }
     if let Some(extra) = tensors.keys().next() {
         return Err(invalid(format!(
@@ -381,14 +402,14 @@ pub fn load_checkpoint(
         } else {
             (0..ranks).collect()
         };
-        let mut pieces = vec![(Vec::new(), Vec::new()); sizes.len()];
+        let mut pieces = vec![Pieces::default(); sizes.len()];
         for r in files {
             let of = Shard::of(&sizes, r, ranks);
             read_shard(&dir.join(shard_file(r, ranks)), &names, &of, &mut pieces)?;
         }
-        for ((pm, pv), (_, t)) in pieces.into_iter().zip(&params) {
-            // A span stays 1-D; a whole moment takes its tensor's shape.
-            let moment = |p: Vec<f32>| -> candle_core::Result<Tensor> {
+        for (i, (p, (n, t))) in pieces.into_iter().zip(&params).enumerate() {
+            // A span stays 1-D; a whole one takes its tensor's shape.
+            let state = |p: Vec<f32>| -> candle_core::Result<Tensor> {
                 let n = p.len();
                 let p = Tensor::from_vec(p, n, &device)?;
                 if mine {
@@ -397,8 +418,17 @@ pub fn load_checkpoint(
                     p.reshape(t.shape())
                 }
             };
-            m.push(moment(pm)?);
-            v.push(moment(pv)?);
+            if master[i].is_some() {
+                if p.master.len() != p.m.len() {
+                    return Err(invalid(format!(
+                        "the shards hold no f32 master copy of `{n}`, which the {:?} model needs",
+                        t.dtype()
+                    )));
+                }
+                master[i] = Some(state(p.master)?);
+            }
+            m.push(state(p.m)?);
+            v.push(state(p.v)?);
         }
         if mine {
             shard = Some(Shard::of(&sizes, world.rank(), ranks));

@@ -45,7 +45,7 @@ pub struct AdamW {
     /// updates accumulate in; `None` for f32 parameters.
     pub master: Vec<Option<Tensor>>,
     /// With ZeRO stage 1 or 2, the elements this rank keeps moments of and updates; the moments
-    /// are then those elements' alone (1-D).
+    /// and master copies are then those elements' alone (1-D).
     pub shard: Option<Shard>,
 }
 
@@ -106,22 +106,19 @@ impl AdamW {
         })
     }
 
-    /// Keeps the moments of `shard`'s elements only (ZeRO 1 and 2), dropping the rest: on the
-    /// CPU, for f32 parameters.
+    /// Keeps the moments and master copies of `shard`'s elements only (ZeRO 1 and 2), dropping
+    /// the rest, each a 1-D span of its parameter's elements.
     pub fn keep_shard(&mut self, shard: Shard) -> Result<()> {
-        if self.master.iter().any(Option::is_some) || !self.m.iter().all(|m| m.device().is_cpu()) {
-            candle_core::bail!(
-                "sharded optimizer state (--zero-stage 1 or 2) is built for f32 training on the CPU; \
-                 on GPUs it is not yet"
-            );
-        }
+        // A copy of its own, so that the whole tensor is freed.
         let slice = |t: &Tensor, r: &Range<usize>| -> Result<Tensor> {
-            let all = t.flatten_all()?.to_vec1::<f32>()?;
-            Tensor::from_slice(&all[r.clone()], r.len(), t.device())
+            t.flatten_all()?.narrow(0, r.start, r.len())?.copy()
         };
         for (i, r) in shard.ranges.iter().enumerate() {
             self.m[i] = slice(&self.m[i], r)?;
             self.v[i] = slice(&self.v[i], r)?;
+            if let Some(master) = &mut self.master[i] {
+                *master = slice(master, r)?;
+            }
         }
         self.shard = Some(shard);
         Ok(())
@@ -184,9 +181,6 @@ impl AdamW {
             }
             return Ok(());
         }
-        if self.shard.is_some() {
-            candle_core::bail!("AdamW: sharded state updates parameters on the CPU only");
-        }
         let device = grads
             .device()
             .expect("gradients are on the host or on a device");
@@ -196,7 +190,15 @@ impl AdamW {
             Clip::Host { .. } => None,
         };
         for (i, (p, g)) in params.iter().zip(device).enumerate() {
-            self.device_update(i, p, g, step, clip)?;
+            match self.shard.as_ref().map(|s| s.ranges[i].clone()) {
+                None => self.device_update(i, p, g, step, clip)?,
+                Some(r) if r.is_empty() => {}
+                // The span's elements of the parameter and its gradient, as views.
+                Some(r) => {
+                    let span = |t: &Tensor| t.flatten_all()?.narrow(0, r.start, r.len());
+                    self.device_update(i, &span(p)?, &span(g)?, step, clip)?
+                }
+            }
         }
         Ok(())
     }

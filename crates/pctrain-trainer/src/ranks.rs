@@ -36,14 +36,30 @@ pub fn shard_optimizer(
     if stage == 0 || world.size() == 1 {
         return Ok(());
     }
+    if model.device().is_cuda() {
+        if stage >= 2 {
+            candle_core::bail!(
+                "--zero-stage 2 is built for the CPU; on GPUs --zero-stage 1 shards the moments \
+                 and master weights"
+            );
+        }
+        if !world.sums_on_gpu() {
+            candle_core::bail!(
+                "sharded optimizer state on GPUs needs NCCL: build with --features cuda,mpi"
+            );
+        }
+    }
     let sizes: Vec<usize> = model
         .trainable(mode)
         .iter()
         .map(|(_, t)| t.elem_count())
         .collect();
     let shard = Shard::of(&sizes, world.rank(), world.size());
-    match &mut optimizer.shard {
-        Some(kept) => debug_assert_eq!(kept.ranges, shard.ranges, "this rank's span"),
+    match &optimizer.shard {
+        Some(kept) if kept.ranges != shard.ranges => {
+            candle_core::bail!("the optimizer state resumed is not this rank's span of it")
+        }
+        Some(_) => {}
         None => optimizer.keep_shard(shard)?,
     }
     if let Some(kept) = &mut optimizer.shard {
@@ -101,26 +117,55 @@ pub fn sum_gradients(grads: &mut Gradients, world: &World) -> candle_core::Resul
 /// that wrote them on the device's stream.
 #[cfg(all(feature = "cuda", feature = "mpi"))]
 fn sum_on_gpu(tensors: &[Tensor], world: &World) -> candle_core::Result<()> {
-    use candle_core::DType;
-    use pctrain_dist::{DeviceFloat, GpuBuffer};
     let buffers = tensors
         .iter()
-        .map(|t| {
-            let dtype = match t.dtype() {
-                DType::F32 => DeviceFloat::F32,
-                DType::BF16 => DeviceFloat::Bf16,
-                other => candle_core::bail!("gradients in {other:?} are not summed on GPUs"),
-            };
-            Ok(GpuBuffer {
-                ptr: pctrain_model::cuda::device_address(t)?,
-                count: t.elem_count(),
-                dtype,
-            })
-        })
+        .map(|t| gpu_buffer(t, 0..t.elem_count()))
         .collect::<candle_core::Result<Vec<_>>>()?;
     // SAFETY: each address is a contiguous gradient of `count` elements of its type on this
     // rank's GPU, which `grads` keeps until the next step, behind this sum on the stream.
     unsafe { world.sum_on_gpu(&buffers) }.map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// Elements `r` of the contiguous tensor `t` on a GPU, for a collective in place.
+#[cfg(all(feature = "cuda", feature = "mpi"))]
+fn gpu_buffer(
+    t: &Tensor,
+    r: std::ops::Range<usize>,
+) -> candle_core::Result<pctrain_dist::GpuBuffer> {
+    use candle_core::DType;
+    use pctrain_dist::DeviceFloat;
+    let dtype = match t.dtype() {
+        DType::F32 => DeviceFloat::F32,
+        DType::BF16 => DeviceFloat::Bf16,
+        other => candle_core::bail!("{other:?} tensors are not sent between GPUs"),
+    };
+    let base = pctrain_model::cuda::device_address(t)?;
+    Ok(pctrain_dist::GpuBuffer {
+        ptr: base + (r.start * t.dtype().size_in_bytes()) as u64,
+        count: r.len(),
+        dtype,
+    })
+}
+
+/// [`share_updates`] on GPUs: each rank's span of each parameter broadcast from it into every
+/// rank's (NCCL, one group).
+#[cfg(all(feature = "cuda", feature = "mpi"))]
+fn share_updates_on_gpu(params: &[&Tensor], world: &World) -> candle_core::Result<()> {
+    let sizes: Vec<usize> = params.iter().map(|p| p.elem_count()).collect();
+    let (mut buffers, mut roots) = (Vec::new(), Vec::new());
+    for q in 0..world.size() {
+        let of = Shard::of(&sizes, q, world.size());
+        for (p, r) in params.iter().zip(of.ranges) {
+            if !r.is_empty() {
+                buffers.push(gpu_buffer(p, r)?);
+                roots.push(q);
+            }
+        }
+    }
+    // SAFETY: each buffer is a span of a contiguous parameter on this rank's GPU, which the
+    // model keeps, behind the update that wrote it on the stream.
+    unsafe { world.broadcast_on_gpu(&buffers, &roots) }
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
 /// Sums every rank's gradients into each rank's span of them alone (ZeRO stage 2): a
@@ -146,8 +191,13 @@ pub fn reduce_scatter_gradients(
 }
 
 /// Puts every rank's updated elements into every rank's parameters after a sharded update
-/// (ZeRO stage 1): each rank's span, in rank order, is the parameters laid end to end.
+/// (ZeRO stage 1): each rank's span, in rank order, is the parameters laid end to end. On the
+/// CPU an MPI all-gather; on GPUs NCCL broadcasts from each span's rank.
 pub fn share_updates(params: &[&Tensor], shard: &Shard, world: &World) -> candle_core::Result<()> {
+    #[cfg(all(feature = "cuda", feature = "mpi"))]
+    if params.first().is_some_and(|p| p.device().is_cuda()) {
+        return share_updates_on_gpu(params, world);
+    }
     let mine = params
         .iter()
         .zip(&shard.ranges)

@@ -251,3 +251,64 @@ fn a_sharded_checkpoint_loads_as_its_span_or_whole() {
         "{err}"
     );
 }
+
+/// With bf16 weights the f32 master copies are sharded with the moments: a sharded checkpoint
+/// holds them in its shard files (the weights' file then holds the bf16 values), and loads them
+/// back whole, equal, or as the span.
+#[test]
+fn a_sharded_checkpoint_carries_the_master_copies_of_bf16_weights() {
+    let config = pctrain_model::ModelConfig::from_json(
+        pctrain_trainer::preset::TINY_CONFIG,
+        std::path::Path::new("tiny"),
+    )
+    .unwrap();
+    let bf16 = || {
+        let weights = pctrain_trainer::preset::random_weights(
+            &config,
+            pctrain_trainer::DType::BF16,
+            &Device::Cpu,
+        )
+        .unwrap();
+        pctrain_model::Model::new(config.clone(), weights, None)
+    };
+    let model = bf16();
+    let params = model.trainable(TrainMode::Full);
+    let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
+    let whole = pctrain_trainer::AdamW::new(AdamWConfig::default(), &refs).unwrap();
+    assert!(whole.master.iter().all(Option::is_some));
+    let sizes: Vec<usize> = refs.iter().map(|t| t.elem_count()).collect();
+    let mut sharded = whole.clone();
+    sharded.keep_shard(Shard::of(&sizes, 0, 1)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = save_checkpoint(
+        out.path(),
+        &model,
+        TrainMode::Full,
+        &sharded,
+        pctrain_data::Position::default(),
+        "{}",
+        0,
+        &World::solo(),
+    )
+    .unwrap();
+    let values = |ts: &[Option<pctrain_trainer::Tensor>]| -> Vec<Vec<f32>> {
+        ts.iter()
+            .map(|t| {
+                t.as_ref()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let mut fresh = bf16();
+    let (loaded, _) =
+        load_checkpoint(&dir, &mut fresh, TrainMode::Full, &World::solo(), false).unwrap();
+    assert_eq!(values(&loaded.master), values(&whole.master));
+    let (span, _) =
+        load_checkpoint(&dir, &mut fresh, TrainMode::Full, &World::solo(), true).unwrap();
+    assert_eq!(values(&span.master), values(&sharded.master));
+    assert!(span.master.iter().flatten().all(|m| m.rank() == 1));
+}

@@ -103,9 +103,9 @@ pub struct Settings {
     /// Global gradient norm bound; 0 turns clipping off.
     #[arg(long, default_value_t = 1.0)]
     pub clip_norm: f64,
-    /// Under mpirun: 1 shards AdamW's moments across the ranks (ZeRO stage 1), 2 the summed
-    /// gradients too (stage 2), 0 keeps them whole on every rank; f32 training on the CPU. One
-    /// process keeps them whole either way.
+    /// Under mpirun: 1 shards AdamW's moments and f32 master weights across the ranks (ZeRO
+    /// stage 1; CPUs, and GPUs with NCCL), 2 the summed gradients too (stage 2; CPUs), 0 keeps
+    /// them whole on every rank. One process keeps them whole either way.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub zero_stage: u8,
     /// lora or full (default: full for `tiny`, whose weights are random; else lora).

@@ -78,8 +78,8 @@ fn join_gpus(device: &Device, world: &World) -> Result<()> {
     let Device::Cuda(dev) = device else {
         return Ok(());
     };
-    let address = pctrain_model::cuda::pci_address(dev)?;
-    if let Err((a, b)) = world.distinct_on_machine(address) {
+    let uuid = pctrain_model::cuda::device_uuid(dev)?;
+    if let Err((a, b)) = world.distinct_on_machine(uuid) {
         bail!(
             "local ranks {a} and {b} of this machine got the same GPU: start at most one rank per \
              GPU ({} ranks here, {} GPUs visible to each)",

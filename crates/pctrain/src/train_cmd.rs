@@ -287,6 +287,11 @@ impl Recipe {
                 }
                 line["memory"] = memory(device);
                 line["memory"]["optimizer_state_bytes"] = progress.optimizer.state_bytes().into();
+                if world.size() > 1 {
+                    let t = world.traffic();
+                    line["floats_sent"] = json!({"all_reduce": t.all_reduce,
+                        "reduce_scatter": t.reduce_scatter, "all_gather": t.all_gather});
+                }
                 if let Some(m) = metrics.as_mut() {
                     m.append(&line)?;
                 }

@@ -434,20 +434,15 @@ pub fn device_address(t: &Tensor) -> Result<u64> {
     Ok(Slice::in_place(t)?.ptr())
 }
 
-/// The PCI address (domain, bus, device) of a GPU, as one number: two processes that get the
-/// same one share the GPU.
-pub fn pci_address(dev: &Dev) -> Result<u64> {
-    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
+/// A GPU's UUID (a MIG slice's own, for a slice), folded into one number: two processes that get
+/// the same one share the GPU.
+pub fn device_uuid(dev: &Dev) -> Result<u64> {
+    use candle_core::cuda_backend::cudarc::driver::result;
     let ctx = dev.cuda_stream().context().clone();
-    let get = |a| {
-        ctx.attribute(a)
-            .map(|v| v as u64)
-            .map_err(|e| candle_core::Error::Msg(format!("reading the GPU's PCI address: {e}")))
-    };
-    let domain = get(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?;
-    let bus = get(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?;
-    let device = get(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?;
-    Ok(domain << 16 | bus << 8 | device)
+    let uuid = result::device::get_uuid(ctx.cu_device())
+        .map_err(|e| candle_core::Error::Msg(format!("reading the GPU's UUID: {e}")))?;
+    let byte = |i: usize| u64::from(uuid.bytes[i] as u8);
+    Ok((0..8).fold(0, |h, i| h << 8 | (byte(i) ^ byte(i + 8))))
 }
 
 /// Whether `x` is a tensor the kernels take: on a CUDA device, in f32 or bf16. Others (a CPU
