@@ -116,6 +116,16 @@ mod tests {
         })
     }
 
+    /// Counts per rank and floats per rank a round: uneven counts over several rounds, ranks with
+    /// none (first, last, all), a share larger than every count.
+    const CASES: [(&[usize], usize); 5] = [
+        (&[5, 4, 4], 2),
+        (&[0, 3, 1], 2),
+        (&[3, 0], 2),
+        (&[0, 0], 2),
+        (&[2, 2], 7),
+    ];
+
     /// Rank `r`'s values: pieces of uneven lengths, `total` floats in all.
     fn values(r: usize, total: usize) -> Vec<Vec<f32>> {
         let flat: Vec<f32> = (0..total).map(|i| (100 * r + i) as f32).collect();
@@ -125,7 +135,7 @@ mod tests {
 
     #[test]
     fn a_reduce_scatter_in_rounds_sums_each_ranks_span() {
-        for (counts, share) in [(vec![5, 4, 4], 2), (vec![0, 3, 1], 2), (vec![2, 2], 7)] {
+        for (counts, share) in CASES.map(|(c, s)| (c.to_vec(), s)) {
             let total: usize = counts.iter().sum();
             let ranks = counts.len();
             let got = simulate(ranks, |rank, collective| {
@@ -152,18 +162,22 @@ mod tests {
 
     #[test]
     fn an_all_gather_in_rounds_lays_every_rank_end_to_end() {
-        for (counts, share) in [(vec![5, 4, 4], 2), (vec![0, 3, 1], 2), (vec![2, 2], 7)] {
+        for (counts, share) in CASES.map(|(c, s)| (c.to_vec(), s)) {
             let total: usize = counts.iter().sum();
             let got = simulate(counts.len(), |rank, collective| {
                 let mine: Vec<f32> = (0..counts[rank]).map(|i| (100 * rank + i) as f32).collect();
                 let mut all = vec![f32::NAN; total];
+                // Checked after the collective: a panic inside it would leave the others waiting.
+                let mut sizes_agree = true;
                 all_gather(&mine, &counts, &mut all, share, |send, sizes, recv| {
                     let every = collective(send);
-                    for (r, s) in every.iter().enumerate() {
-                        assert_eq!(s.len(), sizes[r], "rank {r} sends its size");
-                    }
+                    sizes_agree &= every.iter().map(Vec::len).eq(sizes.iter().copied());
                     recv.copy_from_slice(&every.concat());
                 });
+                assert!(
+                    sizes_agree,
+                    "{counts:?} by {share}: a rank sent other than its size"
+                );
                 all
             });
             let want: Vec<f32> = counts

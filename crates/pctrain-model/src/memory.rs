@@ -21,6 +21,27 @@ fn bytes(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
 }
 
+/// Bytes of the storage behind `t`: all of it, also where `t` is a view of part of it.
+pub fn stored_bytes(t: &Tensor) -> usize {
+    use candle_core::{CpuStorage, Storage};
+    let (storage, _) = t.storage_and_layout();
+    let elements = match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => v.len(),
+        Storage::Cpu(CpuStorage::BF16(v)) => v.len(),
+        Storage::Cpu(CpuStorage::F16(v)) => v.len(),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(c) => match t.dtype() {
+            DType::F32 => c.as_cuda_slice::<f32>().map_or(t.elem_count(), |s| s.len()),
+            DType::BF16 => c
+                .as_cuda_slice::<half::bf16>()
+                .map_or(t.elem_count(), |s| s.len()),
+            _ => t.elem_count(),
+        },
+        _ => t.elem_count(),
+    };
+    elements * t.dtype().size_in_bytes()
+}
+
 impl Model {
     /// The account for `mode` and a batch of `rows x seq_len`, with or without recomputation.
     pub fn memory_account(

@@ -11,7 +11,7 @@ use pctrain_model::save::write_safetensors;
 use pctrain_model::{Model, TrainMode};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::{AdamW, AdamWConfig, Shard};
+use crate::optim::{empty_span, AdamW, AdamWConfig, Shard};
 use crate::World;
 
 /// Errors while saving or loading a checkpoint.
@@ -411,6 +411,9 @@ pub fn load_checkpoint(
             // A span stays 1-D; a whole one takes its tensor's shape.
             let state = |p: Vec<f32>| -> candle_core::Result<Tensor> {
                 let n = p.len();
+                if mine && n == 0 {
+                    return empty_span();
+                }
                 let p = Tensor::from_vec(p, n, &device)?;
                 if mine {
                     Ok(p)

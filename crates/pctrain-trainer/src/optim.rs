@@ -49,6 +49,22 @@ pub struct AdamW {
     pub shard: Option<Shard>,
 }
 
+/// Elements `r` of `t`, flattened, in storage of their own (an empty span on the CPU: a GPU
+/// allocation of nothing fails).
+pub fn span(t: &Tensor, r: &Range<usize>) -> Result<Tensor> {
+    if r.is_empty() {
+        return empty_span();
+    }
+    t.flatten_all()?
+        .narrow(0, r.start, r.len())?
+        .force_contiguous()
+}
+
+/// The state of an empty span: no elements, on the CPU.
+pub fn empty_span() -> Result<Tensor> {
+    Tensor::zeros(0, DType::F32, &candle_core::Device::Cpu)
+}
+
 /// A rank's share of the optimizer's work (ZeRO 1 and 2): the parameters' elements laid end to
 /// end in their order, split into one contiguous span per rank, of sizes differing by one at most.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,27 +122,57 @@ impl AdamW {
         })
     }
 
-    /// Keeps the moments and master copies of `shard`'s elements only (ZeRO 1 and 2), dropping
-    /// the rest, each a 1-D span of its parameter's elements.
-    pub fn keep_shard(&mut self, shard: Shard) -> Result<()> {
-        // A copy of its own, so that the whole tensor is freed.
-        let slice = |t: &Tensor, r: &Range<usize>| -> Result<Tensor> {
-            t.flatten_all()?.narrow(0, r.start, r.len())?.copy()
+    /// Zero moments, and f32 master copies where `params` are narrower, of `shard`'s elements
+    /// of `params` alone (ZeRO 1 and 2): the whole state is never held.
+    pub fn new_sharded(config: AdamWConfig, params: &[&Tensor], shard: Shard) -> Result<Self> {
+        let zeros = |p: &&Tensor, r: &Range<usize>| match r.is_empty() {
+            true => empty_span(),
+            false => Tensor::zeros(r.len(), DType::F32, p.device()),
         };
+        let ranges = &shard.ranges;
+        Ok(AdamW {
+            config,
+            step: 0,
+            m: params
+                .iter()
+                .zip(ranges)
+                .map(|(p, r)| zeros(p, r))
+                .collect::<Result<_>>()?,
+            v: params
+                .iter()
+                .zip(ranges)
+                .map(|(p, r)| zeros(p, r))
+                .collect::<Result<_>>()?,
+            master: params
+                .iter()
+                .zip(ranges)
+                .map(|(p, r)| {
+                    (p.dtype() != DType::F32)
+                        .then(|| span(p, r)?.to_dtype(DType::F32))
+                        .transpose()
+                })
+                .collect::<Result<_>>()?,
+            shard: Some(shard),
+        })
+    }
+
+    /// Keeps the moments and master copies of `shard`'s elements only (ZeRO 1 and 2), dropping
+    /// the rest, each a 1-D span of its parameter's elements in storage of its own.
+    pub fn keep_shard(&mut self, shard: Shard) -> Result<()> {
         for (i, r) in shard.ranges.iter().enumerate() {
-            self.m[i] = slice(&self.m[i], r)?;
-            self.v[i] = slice(&self.v[i], r)?;
+            self.m[i] = span(&self.m[i], r)?;
+            self.v[i] = span(&self.v[i], r)?;
             if let Some(master) = &mut self.master[i] {
-                *master = slice(master, r)?;
+                *master = span(master, r)?;
             }
         }
         self.shard = Some(shard);
         Ok(())
     }
 
-    /// Bytes of the moments and master copies this process holds.
+    /// Bytes of the moments and master copies this process holds (their storage's, whole).
     pub fn state_bytes(&self) -> usize {
-        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let bytes = pctrain_model::memory::stored_bytes;
         let moments: usize = self.m.iter().chain(&self.v).map(bytes).sum();
         moments + self.master.iter().flatten().map(bytes).sum::<usize>()
     }
@@ -195,8 +241,11 @@ impl AdamW {
                 Some(r) if r.is_empty() => {}
                 // The span's elements of the parameter and its gradient, as views.
                 Some(r) => {
-                    let span = |t: &Tensor| t.flatten_all()?.narrow(0, r.start, r.len());
-                    self.device_update(i, &span(p)?, &span(g)?, step, clip)?
+                    if !p.is_contiguous() {
+                        candle_core::bail!("AdamW: a sharded update needs contiguous parameters");
+                    }
+                    let view = |t: &Tensor| t.flatten_all()?.narrow(0, r.start, r.len());
+                    self.device_update(i, &view(p)?, &view(g)?, step, clip)?
                 }
             }
         }

@@ -11,7 +11,7 @@ use pctrain_dist::{World, BUCKET};
 use pctrain_model::cpu::view::{view, with_mut};
 use pctrain_model::{Gradients, Model, TrainMode};
 
-use crate::optim::{AdamW, Shard};
+use crate::optim::{AdamW, AdamWConfig, Shard};
 
 /// Rank `rank`'s share of one micro-batch's `rows` (those of every rank, in the seeded order):
 /// rows `rank * batch_size ..` of them, so that `n` ranks with `--batch-size B` train on the rows
@@ -23,18 +23,17 @@ pub fn my_rows(rows: Vec<PackedRow>, world: &World, batch_size: usize) -> Vec<Pa
         .collect()
 }
 
-/// Shards `optimizer`'s state across the ranks of `world` at ZeRO `stage` (1: the moments; 2: the
-/// summed gradients too): a whole state is cut to this rank's span, one resumed as this rank's
-/// span is kept. Alone, or at stage 0, the state stays whole.
-pub fn shard_optimizer(
-    optimizer: &mut AdamW,
+/// This rank's share of the optimizer state at ZeRO `stage` (1: the moments and master copies;
+/// 2: the summed gradients too) among the ranks of `world`; none alone or at stage 0. Refuses
+/// what is not built: stage 2 on GPUs, and GPUs without NCCL.
+pub fn rank_shard(
     model: &Model,
     mode: TrainMode,
     world: &World,
     stage: u8,
-) -> candle_core::Result<()> {
+) -> candle_core::Result<Option<Shard>> {
     if stage == 0 || world.size() == 1 {
-        return Ok(());
+        return Ok(None);
     }
     if model.device().is_cuda() {
         if stage >= 2 {
@@ -54,18 +53,36 @@ pub fn shard_optimizer(
         .iter()
         .map(|(_, t)| t.elem_count())
         .collect();
-    let shard = Shard::of(&sizes, world.rank(), world.size());
-    match &optimizer.shard {
-        Some(kept) if kept.ranges != shard.ranges => {
-            candle_core::bail!("the optimizer state resumed is not this rank's span of it")
+    Ok(Some(Shard {
+        gradients: stage >= 2,
+        ..Shard::of(&sizes, world.rank(), world.size())
+    }))
+}
+
+/// The optimizer of a run that is resumed (`resumed`) or starts afresh, sharded to `shard`: a
+/// fresh one is built sharded (the whole state is never held), a whole resumed one is cut to the
+/// span, and one resumed as this rank's span is kept.
+pub fn rank_optimizer(
+    config: AdamWConfig,
+    params: &[&Tensor],
+    resumed: Option<AdamW>,
+    shard: Option<Shard>,
+) -> candle_core::Result<AdamW> {
+    let mut optimizer = match (resumed, &shard) {
+        (Some(o), _) => o,
+        (None, Some(s)) => return AdamW::new_sharded(config, params, s.clone()),
+        (None, None) => return AdamW::new(config, params),
+    };
+    if let Some(shard) = shard {
+        match &optimizer.shard {
+            Some(kept) if kept.ranges != shard.ranges => {
+                candle_core::bail!("the optimizer state resumed is not this rank's span of it")
+            }
+            Some(_) => optimizer.shard = Some(shard),
+            None => optimizer.keep_shard(shard)?,
         }
-        Some(_) => {}
-        None => optimizer.keep_shard(shard)?,
     }
-    if let Some(kept) = &mut optimizer.shard {
-        kept.gradients = stage >= 2;
-    }
-    Ok(())
+    Ok(optimizer)
 }
 
 /// Sums every rank's gradients into each rank's, the small buffers gathered into buckets of up

@@ -6,7 +6,7 @@ use pctrain_model::{Batch, Gradients, Model, ModelError, StepOptions};
 use pctrain_dist::World;
 
 use crate::optim::{AdamW, AdamWConfig};
-use crate::ranks::{my_rows, shard_optimizer};
+use crate::ranks::{my_rows, rank_optimizer, rank_shard};
 use crate::schedule::Schedule;
 use crate::step::{optimizer_step, StepError, StepReport};
 
@@ -60,19 +60,16 @@ pub fn train<E: From<StepError>>(
     mut on_step: impl FnMut(&StepReport, Progress) -> Result<(), E>,
 ) -> Result<Finished, E> {
     let model_err = |e: candle_core::Error| StepError::from(ModelError::from(e));
-    let (mut optimizer, start) = match resume {
-        Some(r) => r,
-        None => {
-            let params = model.trainable(cfg.step.mode);
-            let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
-            (
-                AdamW::new(cfg.adamw, &refs).map_err(model_err)?,
-                Position::default(),
-            )
-        }
+    let (resumed, start) = match resume {
+        Some((o, p)) => (Some(o), p),
+        None => (None, Position::default()),
     };
-    shard_optimizer(&mut optimizer, model, cfg.step.mode, world, cfg.zero_stage)
-        .map_err(model_err)?;
+    let shard = rank_shard(model, cfg.step.mode, world, cfg.zero_stage).map_err(model_err)?;
+    let mut optimizer = {
+        let params = model.trainable(cfg.step.mode);
+        let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
+        rank_optimizer(cfg.adamw, &refs, resumed, shard).map_err(model_err)?
+    };
     let mut grads = Gradients::zeros(model, cfg.step.mode).map_err(model_err)?;
     let mut loader = Loader::new(samples, cfg.loader.clone(), pad_id, start)
         .map_err(|e| StepError::from(ModelError::Input(e.to_string())))?;

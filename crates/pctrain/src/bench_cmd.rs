@@ -14,10 +14,8 @@ use pctrain_model::{
     Target, TrainMode,
 };
 use pctrain_trainer::preset::{random_weights, TINY_CONFIG};
-use pctrain_trainer::ranks::shard_optimizer;
-use pctrain_trainer::{
-    optimizer_step, AdamW, AdamWConfig, DType, Decay, Device, Schedule, Tensor, World,
-};
+use pctrain_trainer::ranks::{rank_optimizer, rank_shard};
+use pctrain_trainer::{optimizer_step, AdamWConfig, DType, Decay, Device, Schedule, Tensor, World};
 use serde_json::json;
 
 /// Llama 3 8B's `config.json` (the real shape).
@@ -150,9 +148,9 @@ fn bench(args: BenchArgs, world: &World) -> Result<()> {
     };
     let params = model.trainable(mode);
     let refs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
-    let mut optimizer = AdamW::new(AdamWConfig::default(), &refs)?;
+    let shard = rank_shard(&model, mode, world, args.zero_stage)?;
+    let mut optimizer = rank_optimizer(AdamWConfig::default(), &refs, None, shard)?;
     drop(params);
-    shard_optimizer(&mut optimizer, &model, mode, world, args.zero_stage)?;
     let mut grads = Gradients::zeros(&model, mode)?;
     let schedule = Schedule {
         peak_lr: 1e-5,
