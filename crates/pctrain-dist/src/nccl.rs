@@ -87,10 +87,9 @@ impl Nccl {
     /// Each buffer holds its `count` elements of its `dtype` on this communicator's device, and
     /// stays allocated until the stream has run the sums.
     pub unsafe fn sum_all(&self, buffers: &[GpuBuffer]) -> Result<(), DistError> {
-        result::group_start().map_err(|e| nccl_err("starting a group of sums", e))?;
-        let mut failed = None;
-        for b in buffers {
-            let done = result::all_reduce(
+        // SAFETY: the caller vouches for each buffer.
+        grouped("summing over the ranks' GPUs", buffers.iter(), |b| unsafe {
+            result::all_reduce(
                 b.ptr as *const c_void,
                 b.ptr as *mut c_void,
                 b.count,
@@ -98,23 +97,10 @@ impl Nccl {
                 sys::ncclRedOp_t::ncclSum,
                 self.comm,
                 self.stream.cu_stream() as _,
-            );
-            if let Err(e) = done {
-                failed = Some(e);
-                break;
-            }
-        }
-        // A group started is ended, even after a failed call.
-        let ended = result::group_end();
-        if let Some(e) = failed {
-            return Err(nccl_err("summing over the ranks' GPUs", e));
-        }
-        ended.map_err(|e| nccl_err("summing over the ranks' GPUs", e))?;
-        Ok(())
+            )
+        })
     }
-}
 
-impl Nccl {
     /// Queues on the stream, as one group, a broadcast of each buffer from its rank (`roots`, one
     /// per buffer) into every rank's, in place.
     ///
@@ -125,30 +111,40 @@ impl Nccl {
         buffers: &[GpuBuffer],
         roots: &[usize],
     ) -> Result<(), DistError> {
-        result::group_start().map_err(|e| nccl_err("starting a group of broadcasts", e))?;
-        let mut failed = None;
-        for (b, &root) in buffers.iter().zip(roots) {
-            let done = result::broadcast(
-                b.ptr as *const c_void,
-                b.ptr as *mut c_void,
-                b.count,
-                b.dtype.nccl(),
-                root as i32,
-                self.comm,
-                self.stream.cu_stream() as _,
-            );
-            if let Err(e) = done {
-                failed = Some(e);
-                break;
-            }
-        }
-        let ended = result::group_end();
-        if let Some(e) = failed {
-            return Err(nccl_err("sending the updated weights", e));
-        }
-        ended.map_err(|e| nccl_err("sending the updated weights", e))?;
-        Ok(())
+        // SAFETY: the caller vouches for each buffer.
+        grouped(
+            "sending the updated weights",
+            buffers.iter().zip(roots),
+            |(b, &root)| unsafe {
+                result::broadcast(
+                    b.ptr as *const c_void,
+                    b.ptr as *mut c_void,
+                    b.count,
+                    b.dtype.nccl(),
+                    root as i32,
+                    self.comm,
+                    self.stream.cu_stream() as _,
+                )
+            },
+        )
     }
+}
+
+/// Makes `call` on each of `items` inside one NCCL group, stopping at a failed call; the group
+/// started is ended either way.
+fn grouped<T>(
+    what: &str,
+    items: impl Iterator<Item = T>,
+    mut call: impl FnMut(T) -> Result<result::NcclStatus, result::NcclError>,
+) -> Result<(), DistError> {
+    result::group_start().map_err(|e| nccl_err(what, e))?;
+    let failed = items.map(&mut call).find_map(Result::err);
+    let ended = result::group_end();
+    if let Some(e) = failed {
+        return Err(nccl_err(what, e));
+    }
+    ended.map_err(|e| nccl_err(what, e))?;
+    Ok(())
 }
 
 impl Drop for Nccl {
