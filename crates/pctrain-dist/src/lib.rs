@@ -158,24 +158,21 @@ impl World {
         let _ = values;
     }
 
-    /// Every rank's `mine` in rank order into `all` (of the length of them all together), on
-    /// every rank; `counts[r]` is rank `r`'s length. In rounds of at most [`BUCKET`] floats in
-    /// all, so that no count or offset passes MPI's 32-bit counts.
-    pub fn all_gather_f32(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
+    /// Every rank's `mine` in rank order, on every rank, handed piece by piece to
+    /// `put(at, floats)` (`at`: their place among them all); `counts[r]` is rank `r`'s length. In
+    /// rounds of at most [`BUCKET`] floats in all, so that no count or offset passes MPI's 32-bit
+    /// counts, and no buffer of them all is needed.
+    pub fn all_gather_f32(&self, mine: &[f32], counts: &[usize], put: impl FnMut(usize, &[f32])) {
         assert_eq!(counts.len(), self.size, "a count per rank");
         assert_eq!(counts[self.rank], mine.len(), "this rank's count");
-        assert_eq!(
-            counts.iter().sum::<usize>(),
-            all.len(),
-            "room for every rank's"
-        );
         self.count(|t| t.all_gather += mine.len() as u64);
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
-            m.all_gather(mine, counts, all);
+            m.all_gather(mine, counts, put);
             return;
         }
-        all.copy_from_slice(mine);
+        let mut put = put;
+        put(0, mine);
     }
 
     /// Rank `r` of `counts.len()` receives into `mine` (`counts[r]` floats) the sum over the ranks
@@ -414,14 +411,15 @@ mod mpi_world {
         }
 
         /// [`World::all_gather_f32`], in [`rounds`].
-        pub fn all_gather(&self, mine: &[f32], counts: &[usize], all: &mut [f32]) {
+        pub fn all_gather(&self, mine: &[f32], counts: &[usize], put: impl FnMut(usize, &[f32])) {
             let share = (BUCKET / counts.len()).max(1);
-            rounds::all_gather(mine, counts, all, share, |send, sizes, recv| {
+            let gather = |send: &[f32], sizes: &[usize], recv: &mut [f32]| {
                 let sizes: Vec<Count> = sizes.iter().map(|&n| n as Count).collect();
                 let displs = rounds::offsets(&sizes);
                 let mut recv = PartitionMut::new(recv, &sizes[..], &displs[..]);
                 self.comm.all_gather_varcount_into(send, &mut recv);
-            });
+            };
+            rounds::all_gather(mine, counts, share, gather, put);
         }
 
         /// [`World::reduce_scatter_f32`], in [`rounds`].

@@ -24,15 +24,16 @@ fn part(c: usize, k: usize, share: usize) -> usize {
     c.saturating_sub(k * share).min(share)
 }
 
-/// Every rank's `mine` into `all`, laid end to end in rank order (`counts[r]` floats from rank
-/// `r`). `gather(send, sizes, recv)` is one all-gather: rank `r`'s `send` of `sizes[r]` floats
-/// into every rank's `recv`, laid end to end.
+/// Every rank's `mine`, laid end to end in rank order (`counts[r]` floats from rank `r`), handed
+/// round by round to `put(at, floats)`, `at` their place in the whole. `gather(send, sizes, recv)`
+/// is one all-gather: rank `r`'s `send` of `sizes[r]` floats into every rank's `recv`, laid end
+/// to end.
 pub fn all_gather(
     mine: &[f32],
     counts: &[usize],
-    all: &mut [f32],
     share: usize,
     mut gather: impl FnMut(&[f32], &[usize], &mut [f32]),
+    mut put: impl FnMut(usize, &[f32]),
 ) {
     let starts = offsets(counts);
     let mut round = Vec::new();
@@ -47,8 +48,10 @@ pub fn all_gather(
         );
         let displs = offsets(&sizes);
         for r in (0..counts.len()).filter(|&r| sizes[r] > 0) {
-            let at = starts[r] + k * share;
-            all[at..at + sizes[r]].copy_from_slice(&round[displs[r]..displs[r] + sizes[r]]);
+            put(
+                starts[r] + k * share,
+                &round[displs[r]..displs[r] + sizes[r]],
+            );
         }
     }
 }
@@ -169,11 +172,15 @@ mod tests {
                 let mut all = vec![f32::NAN; total];
                 // Checked after the collective: a panic inside it would leave the others waiting.
                 let mut sizes_agree = true;
-                all_gather(&mine, &counts, &mut all, share, |send, sizes, recv| {
+                let gather = |send: &[f32], sizes: &[usize], recv: &mut [f32]| {
                     let every = collective(send);
                     sizes_agree &= every.iter().map(Vec::len).eq(sizes.iter().copied());
                     recv.copy_from_slice(&every.concat());
-                });
+                };
+                let put = |at: usize, floats: &[f32]| {
+                    all[at..at + floats.len()].copy_from_slice(floats);
+                };
+                all_gather(&mine, &counts, share, gather, put);
                 assert!(
                     sizes_agree,
                     "{counts:?} by {share}: a rank sent other than its size"

@@ -215,26 +215,29 @@ pub fn share_updates(params: &[&Tensor], shard: &Shard, world: &World) -> candle
     if params.first().is_some_and(|p| p.device().is_cuda()) {
         return share_updates_on_gpu(params, world);
     }
-    let mine = params
-        .iter()
-        .zip(&shard.ranges)
-        .map(|(p, r)| Ok(view(p)?[r.clone()].to_vec()))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let all = gather_spans(&mine, shard, world);
-    let mut at = 0;
-    for p in params {
-        let n = p.elem_count();
-        with_mut(p, |p| p.copy_from_slice(&all[at..at + n]))?;
-        at += n;
+    let mut mine = Vec::with_capacity(shard.counts.iter().sum::<usize>() / shard.counts.len() + 1);
+    for (p, r) in params.iter().zip(&shard.ranges) {
+        mine.extend_from_slice(&view(p)?[r.clone()]);
     }
-    Ok(())
-}
-
-/// Every rank's span (`mine`: its pieces, per parameter, in order) gathered into the whole, the
-/// parameters laid end to end.
-fn gather_spans(mine: &[Vec<f32>], shard: &Shard, world: &World) -> Vec<f32> {
-    let mine = mine.concat();
-    let mut all = vec![0f32; shard.counts.iter().sum()];
-    world.all_gather_f32(&mine, &shard.counts, &mut all);
-    all
+    // Each round's floats go straight into the parameters they belong to.
+    let starts: Vec<usize> = params
+        .iter()
+        .scan(0, |at, p| {
+            let start = *at;
+            *at += p.elem_count();
+            Some(start)
+        })
+        .collect();
+    let mut failed = Ok(());
+    world.all_gather_f32(&mine, &shard.counts, |at, floats| {
+        let end = at + floats.len();
+        for (p, &start) in params.iter().zip(&starts) {
+            let (lo, hi) = (at.max(start), end.min(start + p.elem_count()));
+            if lo < hi && failed.is_ok() {
+                let src = &floats[lo - at..hi - at];
+                failed = with_mut(p, |p| p[lo - start..hi - start].copy_from_slice(src));
+            }
+        }
+    });
+    failed
 }
