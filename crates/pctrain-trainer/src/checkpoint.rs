@@ -379,7 +379,9 @@ pub fn load_checkpoint(
             Ok(found.to_device(&device)?)
         };
         let value = take("param")?;
-        master.push((t.dtype() != DType::F32).then(|| value.clone()));
+        // A narrower parameter's f32 master copy: the saved value, or (sharded) from the shards.
+        let whole_master = t.dtype() != DType::F32 && state.optimizer_shards == 0;
+        master.push(whole_master.then(|| value.clone()));
         values.push(value.to_dtype(t.dtype())?);
         if state.optimizer_shards == 0 {
             m.push(take("adam_m")?);
@@ -421,7 +423,7 @@ pub fn load_checkpoint(
                     p.reshape(t.shape())
                 }
             };
-            if master[i].is_some() {
+            if t.dtype() != DType::F32 {
                 if p.master.len() != p.m.len() {
                     return Err(invalid(format!(
                         "the shards hold no f32 master copy of `{n}`, which the {:?} model needs",
