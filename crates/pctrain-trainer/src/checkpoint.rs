@@ -411,7 +411,7 @@ pub fn load_checkpoint(
         }
         for (i, (p, (n, t))) in pieces.into_iter().zip(&params).enumerate() {
             // A span stays 1-D; a whole one takes its tensor's shape.
-            let state = |p: Vec<f32>| -> candle_core::Result<Tensor> {
+            let tensor_of = |p: Vec<f32>| -> candle_core::Result<Tensor> {
                 let n = p.len();
                 if mine && n == 0 {
                     return empty_span();
@@ -430,10 +430,10 @@ pub fn load_checkpoint(
                         t.dtype()
                     )));
                 }
-                master[i] = Some(state(p.master)?);
+                master[i] = Some(tensor_of(p.master)?);
             }
-            m.push(state(p.m)?);
-            v.push(state(p.v)?);
+            m.push(tensor_of(p.m)?);
+            v.push(tensor_of(p.v)?);
         }
         if mine {
             shard = Some(Shard::of(&sizes, world.rank(), ranks));
