@@ -301,12 +301,13 @@ fn moments(dir: &Path) -> std::collections::HashMap<String, Vec<f32>> {
     all
 }
 
-/// Rank 0's floats given to all-reduces, reduce-scatters and all-gathers, by the end of a run.
-fn floats_sent(out: &Path) -> [f64; 3] {
+/// Rank 0's floats given to all-reduces, reduce-scatters and all-gathers, and those of its sums
+/// started while the backward ran, by the end of a run.
+fn floats_sent(out: &Path) -> [f64; 4] {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     let sent = &last["floats_sent"];
-    ["all_reduce", "reduce_scatter", "all_gather"].map(|k| sent[k].as_f64().unwrap())
+    ["all_reduce", "reduce_scatter", "all_gather", "overlapped"].map(|k| sent[k].as_f64().unwrap())
 }
 
 /// The final memory figure of AdamW's state in a run's metrics, in bytes.
@@ -345,6 +346,8 @@ fn zero_stages_shard_the_optimizer_state_and_train_alike() {
         sent[0] > 0.0 && sent[1] == 0.0 && sent[2] == 0.0,
         "{sent:?}"
     );
+    // The layers' gradients are summed while the backward goes on, the embeddings' after it.
+    assert!(sent[3] > 0.0 && sent[3] < sent[0], "{sent:?}");
     let at = |out: &Path, step: usize| out.join(format!("checkpoint-{step:06}"));
     let params = |out: &Path| {
         let mut p = trained(out, 4);
@@ -384,6 +387,7 @@ fn zero_stages_shard_the_optimizer_state_and_train_alike() {
             );
         } else {
             assert!(sent[0] == 0.0 && sent[1] > 0.0, "stage 2: {sent:?}");
+            assert!(sent[3] > 0.0 && sent[3] < sent[1], "stage 2: {sent:?}");
             let diff = max_weight_difference(&params(&sharded), &params(&whole));
             assert!(diff < 0.01 * LR, "stage 2 and whole state differ by {diff}");
             for (a, b) in logged(&sharded, "loss").iter().zip(logged(&whole, "loss")) {

@@ -6,10 +6,12 @@
 
 use std::fmt;
 
+mod background;
 #[cfg(all(feature = "mpi", feature = "cuda"))]
 mod nccl;
 #[cfg(any(test, feature = "mpi"))]
 mod rounds;
+pub use background::{BackgroundSums, Summed};
 #[cfg(all(feature = "mpi", feature = "cuda"))]
 pub use nccl::{DeviceFloat, GpuBuffer};
 
@@ -40,6 +42,9 @@ pub struct Traffic {
     pub reduce_scatter: u64,
     /// Each rank's span shared with every rank (ZeRO's updated weights; broadcasts on GPUs).
     pub all_gather: u64,
+    /// Of the sums, those started while this process still computed (gradients summed while
+    /// the backward of earlier layers runs).
+    pub overlapped: u64,
 }
 
 /// This process's place in the run, and the collectives among its processes.
@@ -340,7 +345,7 @@ fn launched_by_mpi() -> bool {
 }
 
 #[cfg(feature = "mpi")]
-mod mpi_world {
+pub(crate) mod mpi_world {
     use mpi::collective::SystemOperation;
     use mpi::datatype::PartitionMut;
     use mpi::environment::Universe;
@@ -352,7 +357,7 @@ mod mpi_world {
 
     /// MPI's world communicator, kept with the universe that finalizes MPI when dropped.
     pub struct MpiWorld {
-        comm: SimpleCommunicator,
+        pub(crate) comm: SimpleCommunicator,
         /// The ranks on this machine.
         local: SimpleCommunicator,
         _universe: Universe,

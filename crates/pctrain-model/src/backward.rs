@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::layers::loss::LossSum;
 use crate::model::{Batch, Model};
 use crate::params::{place, Param};
-use crate::trainable::Gradients;
+use crate::trainable::{Gradients, HandOut};
 use crate::weights::LayerWeights;
 
 /// What trains.
@@ -116,7 +116,8 @@ impl Model {
             let host = grads
                 .host_mut()
                 .expect("the CPU kernels keep gradients in memory");
-            let (loss, dx) = self.cpu_forward_backward(batch, normalizer, opts, host, true)?;
+            let (loss, dx) =
+                self.cpu_forward_backward(batch, normalizer, opts, host, true, None)?;
             let dx = dx.expect("asked for");
             let dx = Tensor::from_vec(dx, dims, self.device())?;
             (loss, grads.to_tensors()?, dx)
@@ -143,11 +144,34 @@ impl Model {
         batch.check(self.config.vocab_size)?;
         if let Some(host) = grads.host_mut() {
             return Ok(self
-                .cpu_forward_backward(batch, normalizer, opts, host, false)?
+                .cpu_forward_backward(batch, normalizer, opts, host, false, None)?
                 .0);
         }
         let (loss, tensors, _) = self.tensor_forward_backward(batch, normalizer, opts)?;
         grads.add(tensors)?;
+        Ok(loss)
+    }
+
+    /// [`Model::accumulate_gradients`] on gradients kept in memory (the CPU kernels), handing
+    /// each part's buffers to `hand_out` as soon as the pass has added its last into them, in
+    /// [`crate::params::Finished::order`]: the last layer's while the backward of the others still
+    /// runs. A data-parallel run starts summing them over its ranks there.
+    pub fn accumulate_gradients_handing_out<'g>(
+        &self,
+        batch: &Batch,
+        normalizer: f64,
+        opts: StepOptions,
+        grads: &'g mut Gradients,
+        hand_out: HandOut<'_, 'g>,
+    ) -> Result<LossSum> {
+        batch.check(self.config.vocab_size)?;
+        let Some(host) = grads.host_mut() else {
+            return Err(crate::ModelError::Input(
+                "gradients handed out part by part are kept in memory".into(),
+            ));
+        };
+        let (loss, _) =
+            self.cpu_forward_backward(batch, normalizer, opts, host, false, Some(hand_out))?;
         Ok(loss)
     }
 }

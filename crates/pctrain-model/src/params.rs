@@ -171,6 +171,59 @@ impl<T> Placed<Option<T>> {
     }
 }
 
+/// A part of the trainable tensors whose gradients a pass has finished adding to, in the order a
+/// backward finishes them ([`Finished::order`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The final norm and the untied output projection (after the loss and the final norm).
+    Head,
+    /// A decoder layer's weights or adapters (after its backward).
+    Layer(usize),
+    /// The embeddings (at the end, the output projection's share included when tied).
+    Embeddings,
+}
+
+impl Finished {
+    /// The parts of a model of `layers` in the order a backward finishes them: the head, the
+    /// layers from the last, the embeddings.
+    pub fn order(layers: usize) -> impl Iterator<Item = Finished> {
+        std::iter::once(Finished::Head)
+            .chain((0..layers).rev().map(Finished::Layer))
+            .chain(std::iter::once(Finished::Embeddings))
+    }
+}
+
+impl<T> Placed<T> {
+    /// The values placed for `part`'s trainable tensors, taken out, with their parameters (in
+    /// the table's order).
+    pub fn take_part(&mut self, part: Finished) -> Vec<(Param, T)> {
+        let mut out = Vec::new();
+        match part {
+            Finished::Head => {
+                out.extend(self.norm.take().map(|v| (Param::Norm, v)));
+                out.extend(self.lm_head.take().map(|v| (Param::LmHead, v)));
+            }
+            Finished::Layer(l) => {
+                let layer = &mut self.layers[l];
+                for t in Target::ALL {
+                    if let Some((a, b)) = layer.lora[t as usize].take() {
+                        out.extend([(Param::LoraA(l, t), a), (Param::LoraB(l, t), b)]);
+                    }
+                }
+                for w in LayerParam::ALL {
+                    out.extend(
+                        layer.weights[w as usize]
+                            .take()
+                            .map(|v| (Param::Layer(l, w), v)),
+                    );
+                }
+            }
+            Finished::Embeddings => out.extend(self.embed.take().map(|v| (Param::Embed, v))),
+        }
+        out
+    }
+}
+
 /// `values`, one per parameter of `params` (in their order), placed for a model of `layers`.
 pub fn place<T>(layers: usize, params: &[Param], values: impl IntoIterator<Item = T>) -> Placed<T> {
     let mut placed = Placed {

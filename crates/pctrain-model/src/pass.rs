@@ -8,7 +8,7 @@ use crate::backend::{Backward, Forward, LossBackward};
 use crate::error::Result;
 use crate::layer::{layer_backward, layer_forward, LayerActs, Scratch};
 use crate::layers::loss::LossSum;
-use crate::params::{Param, Placed};
+use crate::params::{Finished, Param, Placed};
 
 /// Everything a pass writes: each layer's input (the last one the final norm's), every layer's
 /// activations or one set reused by each layer in turn, the final norm's output and `1 / rms`,
@@ -78,13 +78,16 @@ pub(crate) fn loss<K: Backward>(k: &mut K, acts: &mut Acts<K::Buf>) -> Result<Lo
 /// Forward and backward: the summed loss, its gradients times `scale` added to `g`, and the
 /// gradient with respect to the scaled embeddings (the first layer's input; Granite's multiplier
 /// not yet applied to it) left in `acts.scratch.grad`. Without `keep_all`, each layer's activations
-/// are recomputed from its input in backward.
+/// are recomputed from its input in backward. `finished(part, g)` is called as soon as the pass
+/// has added its last into `part`'s gradients, in [`Finished::order`] but for the embeddings,
+/// which are final when the pass returns.
 pub(crate) fn forward_backward<K: Backward>(
     k: &mut K,
     acts: &mut Acts<K::Buf>,
     keep_all: bool,
     scale: f64,
     g: &mut Placed<K::Grad>,
+    mut finished: impl FnMut(Finished, &mut Placed<K::Grad>) -> Result<()>,
 ) -> Result<LossSum> {
     forward(k, acts, keep_all, true)?;
     let layers = k.config().num_layers;
@@ -114,6 +117,7 @@ pub(crate) fn forward_backward<K: Backward>(
         false,
         dnorm,
     )?;
+    finished(Finished::Head, g)?;
 
     // Layers in reverse.
     for l in (0..layers).rev() {
@@ -125,6 +129,7 @@ pub(crate) fn forward_backward<K: Backward>(
             0
         };
         layer_backward(k, l, &inputs[l], &sets[set], scratch, &mut g.layers[l])?;
+        finished(Finished::Layer(l), g)?;
     }
     k.embed_backward(&scratch.grad, g)?;
     Ok(loss)

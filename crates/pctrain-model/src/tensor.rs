@@ -403,7 +403,14 @@ impl Model {
         let mut acts = Acts::new(layers, keep_all, true, || k.empty());
         let params = self.trainable_params(opts.mode);
         let mut g = k.slots(&params);
-        let loss = pass::forward_backward(&mut k, &mut acts, keep_all, 1.0 / normalizer, &mut g)?;
+        let loss = pass::forward_backward(
+            &mut k,
+            &mut acts,
+            keep_all,
+            1.0 / normalizer,
+            &mut g,
+            |_, _| Ok(()),
+        )?;
         let grads = params
             .iter()
             .map(|&p| {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::backward::{Grads, TrainMode};
 use crate::lora::Target;
 use crate::model::Model;
-use crate::params::{trainable_params, Param};
+use crate::params::{trainable_params, Finished, Param, Placed};
 
 impl Model {
     /// The parameters that train in `mode`, in the one order ([`trainable_params`]).
@@ -312,6 +312,64 @@ impl Gradients {
                 .map(|(d, s)| Tensor::from_slice(d, s.as_slice(), &candle_core::Device::Cpu))
                 .collect(),
         }
+    }
+}
+
+/// Receives gradient buffers a pass has finished with, by part: each buffer with where it starts
+/// among every trainable tensor's laid end to end (in [`Model::trainable`]'s order).
+pub type HandOut<'a, 'g> = &'a mut dyn FnMut(Finished, Vec<(usize, &'g mut [f32])>);
+
+/// Where each trainable tensor's gradient starts among them all laid end to end.
+pub(crate) struct FlatStarts(std::collections::HashMap<Param, usize>);
+
+impl FlatStarts {
+    /// For `params` (the table's order) of `lens` elements each.
+    pub fn of(params: &[Param], lens: impl IntoIterator<Item = usize>) -> Self {
+        let mut at = 0;
+        let starts = params.iter().zip(lens).map(|(&p, n)| {
+            let start = at;
+            at += n;
+            (p, start)
+        });
+        FlatStarts(starts.collect())
+    }
+
+    /// `part`'s buffers taken out of `slots` and handed to `hand_out`, each with where it starts.
+    pub fn hand_out<'g>(
+        &self,
+        part: Finished,
+        slots: &mut Placed<&'g mut [f32]>,
+        hand_out: HandOut<'_, 'g>,
+    ) {
+        let pieces = slots.take_part(part).into_iter();
+        hand_out(part, pieces.map(|(p, g)| (self.0[&p], g)).collect());
+    }
+}
+
+impl Model {
+    /// Hands `grads`' buffers ([`Model::trainable`]'s for `mode`, kept in memory) to `hand_out`
+    /// as they are, part by part in [`Finished::order`], as a pass would as it finished them:
+    /// what a rank with no rows of a step gives to the sums a pass starts on another.
+    pub fn hand_out_gradients<'g>(
+        &self,
+        mode: TrainMode,
+        grads: &'g mut Gradients,
+        hand_out: HandOut<'_, 'g>,
+    ) -> Result<()> {
+        let Some(host) = grads.host_mut() else {
+            candle_core::bail!("gradients handed out part by part are kept in memory");
+        };
+        let params = self.trainable_params(mode);
+        let starts = FlatStarts::of(&params, host.iter().map(Vec::len));
+        let mut slots = crate::params::place(
+            self.config.num_layers,
+            &params,
+            host.iter_mut().map(Vec::as_mut_slice),
+        );
+        for part in Finished::order(self.config.num_layers) {
+            starts.hand_out(part, &mut slots, hand_out);
+        }
+        Ok(())
     }
 }
 

@@ -6,7 +6,9 @@ mod common;
 use common::{batch, model, reference};
 
 use candle_core::{Device, Tensor};
-use pctrain_model::{Batch, Grads, Model, ModelWeights, StepOptions, Target, TrainMode};
+use pctrain_model::{
+    Batch, Finished, Gradients, Grads, Model, ModelWeights, StepOptions, Target, TrainMode,
+};
 
 fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.dims(), want.dims());
@@ -333,4 +335,80 @@ fn a_bf16_base_with_an_f32_adapter_gives_the_f32_gradients_within_bf16_rounding(
         }
     }
     assert!(compared > 0, "no adapter gradient was compared");
+}
+
+/// What a pass hands out: each part's buffers, each with where it starts, copied as handed out.
+type HandedOut = Vec<(Finished, Vec<(usize, Vec<f32>)>)>;
+
+/// A pass that hands its gradients out part by part hands out each part once it is final (as
+/// handed out, the values are those the whole pass ends with), in the backward's order (the head,
+/// the layers from the last, the embeddings), and every trainable tensor's buffer exactly once,
+/// at its place among them all; it adds the gradients a pass without hand-out adds. Without a
+/// pass, the buffers are handed out in the same order and places.
+#[test]
+fn gradients_are_handed_out_final_in_the_backwards_order() {
+    for (name, mode) in [
+        ("llama", TrainMode::Full),
+        ("granite", TrainMode::Full),
+        ("llama", TrainMode::Lora),
+    ] {
+        let r = reference(name);
+        let b = batch(&r);
+        let m = model(name, mode == TrainMode::Lora);
+        let opts = StepOptions {
+            mode,
+            recompute: false,
+            loss_chunk: 5,
+            dropout_seed: 0,
+        };
+        let n = trained_targets(&b);
+        let mut grads = Gradients::zeros(&m, mode).unwrap();
+        let mut seen: HandedOut = Vec::new();
+        let mut record = |part, pieces: Vec<(usize, &mut [f32])>| {
+            let copies = pieces.into_iter().map(|(at, g)| (at, g.to_vec()));
+            seen.push((part, copies.collect()));
+        };
+        m.accumulate_gradients_handing_out(&b, n, opts, &mut grads, &mut record)
+            .unwrap();
+        let mut plain = Gradients::zeros(&m, mode).unwrap();
+        m.accumulate_gradients(&b, n, opts, &mut plain).unwrap();
+        let host = grads.host().unwrap();
+        assert!(host == plain.host().unwrap(), "{name}: other gradients");
+
+        let parts: Vec<Finished> = seen.iter().map(|(p, _)| *p).collect();
+        let order: Vec<Finished> = Finished::order(m.config.num_layers).collect();
+        assert_eq!(parts, order, "{name}");
+        let starts: Vec<usize> = host
+            .iter()
+            .scan(0, |at, g| {
+                *at += g.len();
+                Some(*at - g.len())
+            })
+            .collect();
+        let mut handed: Vec<(usize, &Vec<f32>)> = seen
+            .iter()
+            .flat_map(|(_, pieces)| pieces.iter().map(|(at, g)| (*at, g)))
+            .collect();
+        handed.sort_by_key(|(at, _)| *at);
+        assert_eq!(handed.len(), host.len(), "{name}: each buffer once");
+        for ((at, copy), (start, g)) in handed.iter().zip(starts.iter().zip(host)) {
+            assert_eq!(at, start, "{name}");
+            assert!(
+                *copy == g,
+                "{name}: the buffer at {at} changed after it was handed out"
+            );
+        }
+        // The layers' parts carry the layers' tensors; in LoRA the head and embeddings none.
+        if mode == TrainMode::Lora {
+            assert!(seen[0].1.is_empty() && seen.last().unwrap().1.is_empty());
+        }
+
+        let mut again: HandedOut = Vec::new();
+        let mut record = |part, pieces: Vec<(usize, &mut [f32])>| {
+            let copies = pieces.into_iter().map(|(at, g)| (at, g.to_vec()));
+            again.push((part, copies.collect()));
+        };
+        m.hand_out_gradients(mode, &mut grads, &mut record).unwrap();
+        assert!(again == seen, "{name}: handed out otherwise without a pass");
+    }
 }

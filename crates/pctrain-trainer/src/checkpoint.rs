@@ -128,10 +128,22 @@ pub fn save_checkpoint(
     if !world.is_first() {
         return Ok(target);
     }
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(io(&target))?;
+    // A checkpoint of the same step already there (an earlier run into this folder) is moved
+    // aside, not removed, until the new one is in its place; if that fails, it goes back.
+    let aside = output.join(format!(".{name}.replaced{TMP_MARK}{pid}"));
+    let replacing = target.exists();
+    if replacing {
+        std::fs::rename(&target, &aside).map_err(io(&target))?;
     }
-    std::fs::rename(&tmp, &target).map_err(io(&target))?;
+    if let Err(e) = std::fs::rename(&tmp, &target) {
+        if replacing {
+            let _ = std::fs::rename(&aside, &target);
+        }
+        return Err(io(&target)(e));
+    }
+    if replacing {
+        std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+    }
     std::fs::File::open(output)
         .and_then(|d| d.sync_all())
         .map_err(io(output))?;

@@ -3,11 +3,11 @@
 
 use candle_core::Tensor;
 use pctrain_model::layers::loss::LossSum;
-use pctrain_model::{Batch, Gradients, Model, StepOptions};
+use pctrain_model::{Batch, Finished, Gradients, Model, StepOptions};
 
-use pctrain_dist::World;
+use pctrain_dist::{Summed, World};
 
-use crate::optim::{clip_grad_norm, clip_sharded_grad_norm, AdamW};
+use crate::optim::{clip_grad_norm, clip_sharded_grad_norm, AdamW, Shard};
 use crate::ranks::{reduce_scatter_gradients, share_updates, sum_gradients};
 use crate::schedule::Schedule;
 
@@ -50,7 +50,8 @@ pub struct StepReport {
 /// reused, zeroed at the start of each step). In a world of several ranks, `micro_batches` are
 /// this rank's share of the step (none on a rank the data ran out for): the token count, the
 /// gradients and the loss are summed over the ranks before clipping, so every rank takes the
-/// same step.
+/// same step. Gradients kept in memory (the CPU kernels) are summed while the last pass's
+/// backward runs, each part as soon as the pass has finished it.
 #[allow(clippy::too_many_arguments)]
 pub fn optimizer_step(
     model: &mut Model,
@@ -72,21 +73,47 @@ pub fn optimizer_step(
     world.sum_f64(&mut count);
     let normalizer = count[0] as usize;
     grads.zero()?;
+    // Each micro-batch of each rank draws its own dropout masks.
+    let opts_of = |i: usize| StepOptions {
+        dropout_seed: opts.dropout_seed.wrapping_add(
+            ((i * world.size() + world.rank()) as u64).wrapping_mul(pctrain_model::rng::GOLDEN),
+        ),
+        ..opts
+    };
+    let scale = normalizer.max(1) as f64;
+    let summed = match gradient_shard(optimizer) {
+        Some(shard) => Summed::Spans(&shard.counts),
+        None => Summed::Everywhere,
+    };
+    // Gradients in memory are summed over the ranks part by part as the last pass finishes
+    // them; elsewhere all at once after it.
+    let in_background = world.size() > 1 && grads.host().is_some();
+    let (before, last) = match micro_batches.split_last() {
+        Some((last, before)) if in_background => (before, Some(last)),
+        _ => (micro_batches, None),
+    };
     let mut total: Option<LossSum> = None;
-    for (i, batch) in micro_batches.iter().enumerate() {
-        // Each micro-batch of each rank draws its own dropout masks.
-        let index = (i * world.size() + world.rank()) as u64;
-        let opts = StepOptions {
-            dropout_seed: opts
-                .dropout_seed
-                .wrapping_add(index.wrapping_mul(pctrain_model::rng::GOLDEN)),
-            ..opts
-        };
-        let part = model.accumulate_gradients(batch, normalizer.max(1) as f64, opts, grads)?;
-        total = Some(match total {
+    let mut add = |part: LossSum| -> Result<(), StepError> {
+        total = Some(match total.take() {
             Some(t) => t.add(&part)?,
             None => part,
         });
+        Ok(())
+    };
+    for (i, batch) in before.iter().enumerate() {
+        add(model.accumulate_gradients(batch, scale, opts_of(i), grads)?)?;
+    }
+    if in_background {
+        let mut sums = world.sums_in_background(summed);
+        let mut start = |part: Finished, pieces| sums.start(pieces, part != Finished::Embeddings);
+        match last {
+            Some(batch) => {
+                let o = opts_of(before.len());
+                add(model.accumulate_gradients_handing_out(batch, scale, o, grads, &mut start)?)?
+            }
+            None => model.hand_out_gradients(opts.mode, grads, &mut start)?,
+        }
+        sums.finish();
     }
     let total = match total {
         Some(t) if world.size() == 1 => t,
@@ -94,9 +121,11 @@ pub fn optimizer_step(
             // The step's loss over every rank; the gradients likewise.
             let mut sum = [local.map_or(Ok(0.0), |t| t.sum())?];
             world.sum_f64(&mut sum);
-            match &optimizer.shard {
-                Some(shard) if shard.gradients => reduce_scatter_gradients(grads, shard, world)?,
-                _ => sum_gradients(grads, world)?,
+            if !in_background {
+                match gradient_shard(optimizer) {
+                    Some(shard) => reduce_scatter_gradients(grads, shard, world)?,
+                    None => sum_gradients(grads, world)?,
+                }
             }
             LossSum::host(sum[0], normalizer)
         }
@@ -104,11 +133,9 @@ pub fn optimizer_step(
     let device = model.device().clone();
     let clip = {
         let _span = pctrain_model::profile::span("clip_grad_norm", &device);
-        match &optimizer.shard {
-            Some(shard) if shard.gradients => {
-                clip_sharded_grad_norm(grads, clip_norm, &total, shard, world)?
-            }
-            _ => clip_grad_norm(grads, clip_norm, &total)?,
+        match gradient_shard(optimizer) {
+            Some(shard) => clip_sharded_grad_norm(grads, clip_norm, &total, shard, world)?,
+            None => clip_grad_norm(grads, clip_norm, &total)?,
         }
     };
     let lr = schedule.lr(optimizer.step);
@@ -141,4 +168,9 @@ pub fn optimizer_step(
         grad_norm,
         lr,
     })
+}
+
+/// The optimizer's shard when the gradients are sharded too (ZeRO stage 2).
+fn gradient_shard(optimizer: &AdamW) -> Option<&Shard> {
+    optimizer.shard.as_ref().filter(|s| s.gradients)
 }

@@ -250,6 +250,30 @@ fn a_sharded_checkpoint_loads_as_its_span_or_whole() {
         err.contains("optimizer-00000-of-00001.safetensors"),
         "{err}"
     );
+
+    // A checkpoint of the same step takes the folder's place whole, and nothing is left aside.
+    std::fs::write(dir.join("stale.txt"), "from an earlier run").unwrap();
+    let again = save_checkpoint(
+        out.path(),
+        &model,
+        TrainMode::Full,
+        &whole,
+        position,
+        "{}",
+        0,
+        &World::solo(),
+    )
+    .unwrap();
+    assert_eq!(again, dir);
+    assert!(!dir.join("stale.txt").exists(), "the old folder was kept");
+    assert!(dir.join("trainable.safetensors").is_file());
+    let hidden: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(hidden.is_empty(), "left aside: {hidden:?}");
 }
 
 /// With bf16 weights the f32 master copies are sharded with the moments: a sharded checkpoint

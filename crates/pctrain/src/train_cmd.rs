@@ -290,7 +290,8 @@ impl Recipe {
                 if world.size() > 1 {
                     let t = world.traffic();
                     line["floats_sent"] = json!({"all_reduce": t.all_reduce,
-                        "reduce_scatter": t.reduce_scatter, "all_gather": t.all_gather});
+                        "reduce_scatter": t.reduce_scatter, "all_gather": t.all_gather,
+                        "overlapped": t.overlapped});
                 }
                 if let Some(m) = metrics.as_mut() {
                     m.append(&line)?;

@@ -18,8 +18,9 @@ use crate::layers::norm::{rms_norm_cpu_backward, rms_norm_cpu_forward};
 use crate::layers::rope::{rope_cpu, rope_table_values, RopeLayout};
 use crate::lora::Target;
 use crate::model::{Batch, Model};
-use crate::params::{place, LayerParam, LayerPlaced, Param, Placed};
+use crate::params::{place, Finished, LayerParam, LayerPlaced, Param, Placed};
 use crate::pass;
+use crate::trainable::{FlatStarts, HandOut};
 
 use super::params::Views;
 use super::workspace::{LoraScratch, Workspace};
@@ -370,22 +371,32 @@ impl Model {
     /// loss times `1 / normalizer` to `grads` ([`Model::trainable`]'s buffers). Returns the loss
     /// sum and, with `want_input_grad`, the gradient with respect to the scaled embeddings
     /// (Granite's multiplier not yet applied to it), `[N, H]`.
-    pub(crate) fn cpu_forward_backward(
+    /// With `hand_out`, each part's buffers go to it as soon as the pass has added its last into
+    /// them ([`Finished::order`]).
+    pub(crate) fn cpu_forward_backward<'g>(
         &self,
         batch: &Batch,
         normalizer: f64,
         opts: StepOptions,
-        grads: &mut [Vec<f32>],
+        grads: &'g mut [Vec<f32>],
         want_input_grad: bool,
+        mut hand_out: Option<HandOut<'_, 'g>>,
     ) -> Result<(LossSum, Option<Vec<f32>>)> {
         let c = &self.config;
         let v = self.views()?;
         let params = self.trainable_params(opts.mode);
+        let starts = FlatStarts::of(&params, grads.iter().map(Vec::len));
         let mut slots = place(
             c.num_layers,
             &params,
             grads.iter_mut().map(Vec::as_mut_slice),
         );
+        let mut finished = |part: Finished, slots: &mut Placed<&'g mut [f32]>| {
+            if let Some(hand_out) = hand_out.as_deref_mut() {
+                starts.hand_out(part, slots, hand_out);
+            }
+            Ok(())
+        };
         let keep_all = !opts.recompute;
         let mut ws = self.workspace.lock().expect("a pass panicked");
         let sizes = self.sizes(batch.rows, batch.seq_len);
@@ -401,7 +412,9 @@ impl Model {
         let chunk = opts.loss_chunk;
         let mut k = CpuBackend::new(c, &v, batch, tables, dropout, chunk, lora, loss);
         let scale = 1.0 / normalizer;
-        let loss = pass::forward_backward(&mut k, acts, keep_all, scale, &mut slots)?;
+        let loss =
+            pass::forward_backward(&mut k, acts, keep_all, scale, &mut slots, &mut finished)?;
+        finished(Finished::Embeddings, &mut slots)?;
         Ok((loss, want_input_grad.then(|| acts.scratch.grad.clone())))
     }
 }
