@@ -310,19 +310,26 @@ fn floats_sent(out: &Path) -> [f64; 4] {
     ["all_reduce", "reduce_scatter", "all_gather", "overlapped"].map(|k| sent[k].as_f64().unwrap())
 }
 
-/// The final memory figure of AdamW's state in a run's metrics, in bytes.
-fn optimizer_state(out: &Path) -> f64 {
+/// A final memory figure of a run's metrics (`optimizer_state_bytes`, `gradient_bytes`).
+fn memory(out: &Path, key: &str) -> f64 {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    last["memory"]["optimizer_state_bytes"].as_f64().unwrap()
+    last["memory"][key].as_f64().unwrap()
+}
+
+/// The final memory figure of AdamW's state in a run's metrics, in bytes.
+fn optimizer_state(out: &Path) -> f64 {
+    memory(out, "optimizer_state_bytes")
 }
 
 /// With `--zero-stage 1` each of two ranks keeps half of AdamW's moments (the memory figure of its
 /// metrics, within 5% of half of one process's), updates its half of the elements and writes its
 /// half into the checkpoint (`optimizer-0000R-of-00002.safetensors`; `trainable.safetensors`
 /// then holds the weights alone); the run ends bit for bit where two ranks with whole state end,
-/// moments included. `--zero-stage 2` also sums each rank's half of the gradients alone
-/// (reduce-scatter): it ends within a hundredth of a step of the whole state's weights. Bit
+/// moments included. `--zero-stage 2` also keeps and sums each rank's half of the gradients
+/// alone (reduce-scatter; its gradient memory figure within 5% of half of one process's): it ends
+/// within a hundredth of a step of the whole state's weights, with two passes a step as well
+/// (the last step's second pass on one rank alone). Bit
 /// equality is not promised there: its clipping norm adds each rank's sum of squares over its
 /// half, an order of addition of its own, which moves the norm in its last bits (the 13th digit
 /// on this run) and so may move the f32 clipping factor. Each resumes from its step-2 shards to
@@ -363,6 +370,13 @@ fn zero_stages_shard_the_optimizer_state_and_train_alike() {
         assert!(
             (ratio - 0.5).abs() <= 0.025,
             "stage {stage}: rank 0 keeps {ratio} of the state"
+        );
+        // Stage 2 keeps its span of the gradients alone from step to step.
+        let grads = memory(&sharded, "gradient_bytes") / memory(&one, "gradient_bytes");
+        let want = if stage == "2" { 0.5 } else { 1.0 };
+        assert!(
+            (grads - want).abs() <= 0.025,
+            "stage {stage}: rank 0 keeps {grads} of the gradients"
         );
         for r in 0..2 {
             let file = at(&sharded, 4).join(format!("optimizer-0000{r}-of-00002.safetensors"));
@@ -406,6 +420,40 @@ fn zero_stages_shard_the_optimizer_state_and_train_alike() {
             "stage {stage}: resumed to other moments"
         );
     }
+
+    // Two passes a step, the last step's second on one rank alone: stage 2 reduce-scatters each
+    // pass, the rank without rows giving its gradients as they are, and trains as stage 0 does.
+    let accumulated = |stage: &str| {
+        let out = dir.path().join(format!("accumulated{stage}"));
+        let mut args = tiny(&out, "full", 1, 4);
+        let four = args.iter().position(|a| a == "--max-steps").unwrap();
+        args.drain(four..four + 2);
+        args.extend(
+            ["--grad-accum", "2", "--epochs", "1", "--zero-stage", stage].map(String::from),
+        );
+        run(mpirun(2), &args);
+        out
+    };
+    let (stage0, stage2) = (accumulated("0"), accumulated("2"));
+    let tokens = logged(&stage0, "tokens");
+    assert_eq!(logged(&stage2, "tokens"), tokens);
+    assert!(tokens.len() >= 2, "{tokens:?}");
+    let (sent, once) = (floats_sent(&stage2), floats_sent(&stage0));
+    assert_eq!(
+        sent[1],
+        2.0 * once[0],
+        "two passes a step: {sent:?} against {once:?}"
+    );
+    let weights = |out: &Path| {
+        let mut p = trained(out, tokens.len());
+        p.retain(|n, _| n.starts_with("param."));
+        p
+    };
+    let diff = max_weight_difference(&weights(&stage2), &weights(&stage0));
+    assert!(
+        diff < 0.01 * LR,
+        "accumulated stage 2 and stage 0 differ by {diff}"
+    );
 
     // A stage-1 checkpoint resumed with whole state ends where the whole state ends.
     let sharded = dir.path().join("zero1");

@@ -180,28 +180,6 @@ impl World {
         put(0, mine);
     }
 
-    /// Rank `r` of `counts.len()` receives into `mine` (`counts[r]` floats) the sum over the ranks
-    /// of their `values` at `counts[..r].sum() ..`: what an all-reduce of `values` would leave
-    /// there, and nothing elsewhere (half the traffic of the all-reduce). `values` are pieces
-    /// laid end to end (a model's gradients), never copied whole. In rounds of at most
-    /// [`BUCKET`] floats in all, as [`World::all_gather_f32`].
-    pub fn reduce_scatter_f32(&self, values: &[&[f32]], counts: &[usize], mine: &mut [f32]) {
-        assert_eq!(counts.len(), self.size, "a count per rank");
-        assert_eq!(counts[self.rank], mine.len(), "this rank's count");
-        assert_eq!(
-            counts.iter().sum::<usize>(),
-            values.iter().map(|v| v.len()).sum::<usize>(),
-            "a value for every rank's count"
-        );
-        self.count(|t| t.reduce_scatter += counts.iter().sum::<usize>() as u64);
-        #[cfg(feature = "mpi")]
-        if let Some(m) = &self.mpi {
-            m.reduce_scatter(values, counts, mine);
-            return;
-        }
-        copy_flat(values, 0, mine);
-    }
-
     /// Rank 0's `value`, on every rank.
     pub fn first_rank_value(&self, value: u32) -> u32 {
         let mut v = [if self.rank == 0 {
@@ -316,25 +294,6 @@ impl World {
     }
 }
 
-/// Fills `out` from the floats of `pieces` laid end to end, starting at float `from`.
-fn copy_flat(pieces: &[&[f32]], mut from: usize, mut out: &mut [f32]) {
-    for piece in pieces {
-        if out.is_empty() {
-            return;
-        }
-        if from >= piece.len() {
-            from -= piece.len();
-            continue;
-        }
-        let n = (piece.len() - from).min(out.len());
-        let (head, rest) = out.split_at_mut(n);
-        head.copy_from_slice(&piece[from..from + n]);
-        out = rest;
-        from = 0;
-    }
-    assert!(out.is_empty(), "past the end of the pieces");
-}
-
 /// Whether an MPI launcher (OpenMPI's mpirun, MPICH's Hydra, Slurm's srun with PMI/PMIx)
 /// started this process.
 #[cfg(feature = "mpi")]
@@ -427,49 +386,8 @@ pub(crate) mod mpi_world {
             rounds::all_gather(mine, counts, share, gather, put);
         }
 
-        /// [`World::reduce_scatter_f32`], in [`rounds`].
-        pub fn reduce_scatter(&self, values: &[&[f32]], counts: &[usize], mine: &mut [f32]) {
-            let share = (BUCKET / counts.len()).max(1);
-            rounds::reduce_scatter(values, counts, mine, share, |send, recv| {
-                self.comm
-                    .reduce_scatter_block_into(send, recv, SystemOperation::sum());
-            });
-        }
-
         pub fn abort(&self, code: i32) -> ! {
             self.comm.abort(code)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_flat_reads_across_pieces() {
-        let pieces: [&[f32]; 4] = [&[0.0, 1.0], &[], &[2.0, 3.0, 4.0], &[5.0]];
-        let mut out = [0f32; 4];
-        copy_flat(&pieces, 1, &mut out);
-        assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
-        let mut last = [0f32; 1];
-        copy_flat(&pieces, 5, &mut last);
-        assert_eq!(last, [5.0]);
-    }
-
-    #[test]
-    #[should_panic(expected = "past the end")]
-    fn copy_flat_refuses_to_read_past_the_end() {
-        let pieces: [&[f32]; 1] = [&[0.0, 1.0]];
-        copy_flat(&pieces, 1, &mut [0f32; 2]);
-    }
-
-    /// Alone, a reduce-scatter is the values laid end to end.
-    #[test]
-    fn a_reduce_scatter_alone_lays_the_pieces_end_to_end() {
-        let pieces: [&[f32]; 2] = [&[1.0, 2.0], &[3.0]];
-        let mut mine = [0f32; 3];
-        World::solo().reduce_scatter_f32(&pieces, &[3], &mut mine);
-        assert_eq!(mine, [1.0, 2.0, 3.0]);
     }
 }

@@ -56,35 +56,6 @@ pub fn all_gather(
     }
 }
 
-/// Into `mine` (rank `r`'s `counts[r]` floats), the sum over the ranks of their `values` (pieces
-/// laid end to end) at `counts[..r].sum() ..`. `reduce(send, recv)` is one reduce-scatter of
-/// equal blocks: `recv` gets the sum over the ranks of their `send`'s block `r`. Each block is a
-/// rank's floats of the round, padded with zeros to `share`.
-pub fn reduce_scatter(
-    values: &[&[f32]],
-    counts: &[usize],
-    mine: &mut [f32],
-    share: usize,
-    mut reduce: impl FnMut(&[f32], &mut [f32]),
-) {
-    let starts = offsets(counts);
-    let mut send = vec![0f32; share * counts.len()];
-    let mut recv = vec![0f32; share];
-    for k in 0..rounds(counts, share) {
-        for (r, (&c, &start)) in counts.iter().zip(&starts).enumerate() {
-            let n = part(c, k, share);
-            let block = &mut send[r * share..(r + 1) * share];
-            crate::copy_flat(values, start + k * share, &mut block[..n]);
-            block[n..].fill(0.0);
-        }
-        reduce(&send, &mut recv);
-        let n = part(mine.len(), k, share);
-        if n > 0 {
-            mine[k * share..k * share + n].copy_from_slice(&recv[..n]);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Barrier, Mutex};
@@ -128,40 +99,6 @@ mod tests {
         (&[0, 0], 2),
         (&[2, 2], 7),
     ];
-
-    /// Rank `r`'s values: pieces of uneven lengths, `total` floats in all.
-    fn values(r: usize, total: usize) -> Vec<Vec<f32>> {
-        let flat: Vec<f32> = (0..total).map(|i| (100 * r + i) as f32).collect();
-        let cuts = [0, 1.min(total), 4.min(total), total];
-        cuts.windows(2).map(|w| flat[w[0]..w[1]].to_vec()).collect()
-    }
-
-    #[test]
-    fn a_reduce_scatter_in_rounds_sums_each_ranks_span() {
-        for (counts, share) in CASES.map(|(c, s)| (c.to_vec(), s)) {
-            let total: usize = counts.iter().sum();
-            let ranks = counts.len();
-            let got = simulate(ranks, |rank, collective| {
-                let pieces = values(rank, total);
-                let refs: Vec<&[f32]> = pieces.iter().map(Vec::as_slice).collect();
-                let mut mine = vec![f32::NAN; counts[rank]];
-                reduce_scatter(&refs, &counts, &mut mine, share, |send, recv| {
-                    let all = collective(send);
-                    for (i, out) in recv.iter_mut().enumerate() {
-                        *out = all.iter().map(|s| s[rank * share + i]).sum();
-                    }
-                });
-                mine
-            });
-            let starts = offsets(&counts);
-            for (rank, mine) in got.iter().enumerate() {
-                let want: Vec<f32> = (starts[rank]..starts[rank] + counts[rank])
-                    .map(|i| (0..ranks).map(|q| (100 * q + i) as f32).sum())
-                    .collect();
-                assert_eq!(mine, &want, "{counts:?} by {share}: rank {rank}");
-            }
-        }
-    }
 
     #[test]
     fn an_all_gather_in_rounds_lays_every_rank_end_to_end() {

@@ -113,11 +113,12 @@ impl Model {
         let dims = (batch.rows, batch.seq_len, self.config.hidden_size);
         let (loss, tensors, input_grad) = if self.on_cpu_kernels() {
             let mut grads = Gradients::zeros(self, opts.mode)?;
-            let host = grads
-                .host_mut()
+            let params = self.trainable_params(opts.mode);
+            let (host, mut hooks) = grads
+                .host_mut(&params, None)
                 .expect("the CPU kernels keep gradients in memory");
             let (loss, dx) =
-                self.cpu_forward_backward(batch, normalizer, opts, host, true, None)?;
+                self.cpu_forward_backward(batch, normalizer, opts, host, true, &mut hooks)?;
             let dx = dx.expect("asked for");
             let dx = Tensor::from_vec(dx, dims, self.device())?;
             (loss, grads.to_tensors()?, dx)
@@ -142,9 +143,15 @@ impl Model {
         grads: &mut Gradients,
     ) -> Result<LossSum> {
         batch.check(self.config.vocab_size)?;
-        if let Some(host) = grads.host_mut() {
+        if grads.spans().is_some() {
+            return Err(crate::ModelError::Input(
+                "gradients kept by span take passes that hand them out".into(),
+            ));
+        }
+        let params = self.trainable_params(opts.mode);
+        if let Some((host, mut hooks)) = grads.host_mut(&params, None) {
             return Ok(self
-                .cpu_forward_backward(batch, normalizer, opts, host, false, None)?
+                .cpu_forward_backward(batch, normalizer, opts, host, false, &mut hooks)?
                 .0);
         }
         let (loss, tensors, _) = self.tensor_forward_backward(batch, normalizer, opts)?;
@@ -154,8 +161,11 @@ impl Model {
 
     /// [`Model::accumulate_gradients`] on gradients kept in memory (the CPU kernels), handing
     /// each part's buffers to `hand_out` as soon as the pass has added its last into them, in
-    /// [`crate::params::Finished::order`]: the last layer's while the backward of the others still
-    /// runs. A data-parallel run starts summing them over its ranks there.
+    /// [`crate::params::Part::order`]: the last layer's while the backward of the others still
+    /// runs. A data-parallel run starts summing them over its ranks there. Gradients kept by
+    /// span ([`Gradients::zeros_in_spans`]) are made whole part by part just before the pass adds
+    /// into them, this rank's span keeping its values; what `hand_out` does with them is what
+    /// they hold afterwards.
     pub fn accumulate_gradients_handing_out<'g>(
         &self,
         batch: &Batch,
@@ -165,13 +175,14 @@ impl Model {
         hand_out: HandOut<'_, 'g>,
     ) -> Result<LossSum> {
         batch.check(self.config.vocab_size)?;
-        let Some(host) = grads.host_mut() else {
+        let params = self.trainable_params(opts.mode);
+        let Some((host, mut hooks)) = grads.host_mut(&params, Some(hand_out)) else {
             return Err(crate::ModelError::Input(
                 "gradients handed out part by part are kept in memory".into(),
             ));
         };
         let (loss, _) =
-            self.cpu_forward_backward(batch, normalizer, opts, host, false, Some(hand_out))?;
+            self.cpu_forward_backward(batch, normalizer, opts, host, false, &mut hooks)?;
         Ok(loss)
     }
 }

@@ -30,6 +30,6 @@ pub use generate::{DecodeOptions, Event, Request, Sampling};
 pub use lora::{LoraAdapter, LoraConfig, Target};
 pub use memory::MemoryAccount;
 pub use model::{Batch, Model};
-pub use params::{Finished, LayerParam, Param};
+pub use params::{LayerParam, Param, Part};
 pub use trainable::Gradients;
 pub use weights::ModelWeights;

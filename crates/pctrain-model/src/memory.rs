@@ -168,8 +168,15 @@ mod tests {
             let mut k = TensorBackend::new(&m, &batch, Some(0), 4).unwrap();
             let mut acts = Acts::new(layers, !recompute, true, || k.empty());
             let mut g = k.slots(&m.trainable_params(TrainMode::Lora));
-            pass::forward_backward(&mut k, &mut acts, !recompute, 1.0, &mut g, |_, _| Ok(()))
-                .unwrap();
+            pass::forward_backward(
+                &mut k,
+                &mut acts,
+                !recompute,
+                1.0,
+                &mut g,
+                &mut pass::NoHooks,
+            )
+            .unwrap();
             let held = kept(&mut acts, &s, bytes);
             let account = m.memory_account(TrainMode::Lora, rows, seq_len, recompute);
             assert_eq!(

@@ -171,10 +171,10 @@ impl<T> Placed<Option<T>> {
     }
 }
 
-/// A part of the trainable tensors whose gradients a pass has finished adding to, in the order a
-/// backward finishes them ([`Finished::order`]).
+/// A part of the trainable tensors, as a backward reaches their gradients: it finishes adding to
+/// them part by part, in [`Part::order`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finished {
+pub enum Part {
     /// The final norm and the untied output projection (after the loss and the final norm).
     Head,
     /// A decoder layer's weights or adapters (after its backward).
@@ -183,27 +183,52 @@ pub enum Finished {
     Embeddings,
 }
 
-impl Finished {
+impl Part {
     /// The parts of a model of `layers` in the order a backward finishes them: the head, the
     /// layers from the last, the embeddings.
-    pub fn order(layers: usize) -> impl Iterator<Item = Finished> {
-        std::iter::once(Finished::Head)
-            .chain((0..layers).rev().map(Finished::Layer))
-            .chain(std::iter::once(Finished::Embeddings))
+    pub fn order(layers: usize) -> impl Iterator<Item = Part> {
+        std::iter::once(Part::Head)
+            .chain((0..layers).rev().map(Part::Layer))
+            .chain(std::iter::once(Part::Embeddings))
     }
 }
 
 impl<T> Placed<T> {
-    /// The values placed for `part`'s trainable tensors, taken out, with their parameters (in
-    /// the table's order).
-    pub fn take_part(&mut self, part: Finished) -> Vec<(Param, T)> {
+    /// The values placed for `part`'s trainable tensors, with their parameters (in the table's
+    /// order).
+    pub fn part_mut(&mut self, part: Part) -> Vec<(Param, &mut T)> {
         let mut out = Vec::new();
         match part {
-            Finished::Head => {
+            Part::Head => {
+                out.extend(self.norm.as_mut().map(|v| (Param::Norm, v)));
+                out.extend(self.lm_head.as_mut().map(|v| (Param::LmHead, v)));
+            }
+            Part::Layer(l) => {
+                let layer = &mut self.layers[l];
+                for (t, pair) in Target::ALL.into_iter().zip(layer.lora.iter_mut()) {
+                    if let Some((a, b)) = pair {
+                        out.extend([(Param::LoraA(l, t), a), (Param::LoraB(l, t), b)]);
+                    }
+                }
+                for (w, v) in LayerParam::ALL.into_iter().zip(layer.weights.iter_mut()) {
+                    out.extend(v.as_mut().map(|v| (Param::Layer(l, w), v)));
+                }
+            }
+            Part::Embeddings => out.extend(self.embed.as_mut().map(|v| (Param::Embed, v))),
+        }
+        out
+    }
+
+    /// The values placed for `part`'s trainable tensors, taken out, with their parameters (in
+    /// the table's order).
+    pub fn take_part(&mut self, part: Part) -> Vec<(Param, T)> {
+        let mut out = Vec::new();
+        match part {
+            Part::Head => {
                 out.extend(self.norm.take().map(|v| (Param::Norm, v)));
                 out.extend(self.lm_head.take().map(|v| (Param::LmHead, v)));
             }
-            Finished::Layer(l) => {
+            Part::Layer(l) => {
                 let layer = &mut self.layers[l];
                 for t in Target::ALL {
                     if let Some((a, b)) = layer.lora[t as usize].take() {
@@ -218,7 +243,7 @@ impl<T> Placed<T> {
                     );
                 }
             }
-            Finished::Embeddings => out.extend(self.embed.take().map(|v| (Param::Embed, v))),
+            Part::Embeddings => out.extend(self.embed.take().map(|v| (Param::Embed, v))),
         }
         out
     }

@@ -8,7 +8,7 @@ use crate::backend::{Backward, Forward, LossBackward};
 use crate::error::Result;
 use crate::layer::{layer_backward, layer_forward, LayerActs, Scratch};
 use crate::layers::loss::LossSum;
-use crate::params::{Finished, Param, Placed};
+use crate::params::{Param, Part, Placed};
 
 /// Everything a pass writes: each layer's input (the last one the final norm's), every layer's
 /// activations or one set reused by each layer in turn, the final norm's output and `1 / rms`,
@@ -78,16 +78,16 @@ pub(crate) fn loss<K: Backward>(k: &mut K, acts: &mut Acts<K::Buf>) -> Result<Lo
 /// Forward and backward: the summed loss, its gradients times `scale` added to `g`, and the
 /// gradient with respect to the scaled embeddings (the first layer's input; Granite's multiplier
 /// not yet applied to it) left in `acts.scratch.grad`. Without `keep_all`, each layer's activations
-/// are recomputed from its input in backward. `finished(part, g)` is called as soon as the pass
-/// has added its last into `part`'s gradients, in [`Finished::order`] but for the embeddings,
-/// which are final when the pass returns.
+/// are recomputed from its input in backward. `hooks` hear of each part's gradients before the
+/// pass first adds into them and once it has added its last, in [`Part::order`] (the embeddings
+/// are final when the pass returns).
 pub(crate) fn forward_backward<K: Backward>(
     k: &mut K,
     acts: &mut Acts<K::Buf>,
     keep_all: bool,
     scale: f64,
     g: &mut Placed<K::Grad>,
-    mut finished: impl FnMut(Finished, &mut Placed<K::Grad>) -> Result<()>,
+    hooks: &mut impl PartHooks<K::Grad>,
 ) -> Result<LossSum> {
     forward(k, acts, keep_all, true)?;
     let layers = k.config().num_layers;
@@ -100,6 +100,8 @@ pub(crate) fn forward_backward<K: Backward>(
     } = acts;
 
     // The loss, and its gradient with respect to the final hidden states (in `dh`).
+    hooks.starting(Part::Head, g)?;
+    hooks.starting(Part::Embeddings, g)?;
     let lb = LossBackward {
         scale,
         dh: &mut scratch.dh,
@@ -117,7 +119,7 @@ pub(crate) fn forward_backward<K: Backward>(
         false,
         dnorm,
     )?;
-    finished(Finished::Head, g)?;
+    hooks.finished(Part::Head, g)?;
 
     // Layers in reverse.
     for l in (0..layers).rev() {
@@ -128,11 +130,34 @@ pub(crate) fn forward_backward<K: Backward>(
             layer_forward(k, l, x, &mut sets[0], scratch, out)?;
             0
         };
+        hooks.starting(Part::Layer(l), g)?;
         layer_backward(k, l, &inputs[l], &sets[set], scratch, &mut g.layers[l])?;
-        finished(Finished::Layer(l), g)?;
+        hooks.finished(Part::Layer(l), g)?;
     }
     k.embed_backward(&scratch.grad, g)?;
     Ok(loss)
+}
+
+/// What a pass tells its caller of each part of the gradients: the buffers to provide, the
+/// buffers it is done with.
+pub(crate) trait PartHooks<G> {
+    /// Before the pass first adds into `part`'s gradients.
+    fn starting(&mut self, part: Part, g: &mut Placed<G>) -> Result<()>;
+    /// Once the pass has added its last into them.
+    fn finished(&mut self, part: Part, g: &mut Placed<G>) -> Result<()>;
+}
+
+/// A pass whose caller has nothing to do as it goes.
+pub(crate) struct NoHooks;
+
+impl<G> PartHooks<G> for NoHooks {
+    fn starting(&mut self, _: Part, _: &mut Placed<G>) -> Result<()> {
+        Ok(())
+    }
+
+    fn finished(&mut self, _: Part, _: &mut Placed<G>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// `v[i]` to read and `v[j]` to write (`i != j`).

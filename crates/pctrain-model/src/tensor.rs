@@ -409,7 +409,7 @@ impl Model {
             keep_all,
             1.0 / normalizer,
             &mut g,
-            |_, _| Ok(()),
+            &mut pass::NoHooks,
         )?;
         let grads = params
             .iter()

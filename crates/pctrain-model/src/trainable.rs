@@ -2,13 +2,17 @@
 //! weight of the model (transformers' names). A step's gradients of those tensors are
 //! [`Gradients`], added to micro-batch after micro-batch in place.
 
+use std::collections::HashMap;
+use std::ops::Range;
+
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::backward::{Grads, TrainMode};
 use crate::lora::Target;
 use crate::model::Model;
-use crate::params::{trainable_params, Finished, Param, Placed};
+use crate::params::{trainable_params, Param, Part, Placed};
+use crate::pass::PartHooks;
 
 impl Model {
     /// The parameters that train in `mode`, in the one order ([`trainable_params`]).
@@ -90,7 +94,7 @@ impl Model {
 
     /// Whether training passes run on the CPU kernels over reused buffers: every weight f32 on
     /// the CPU. Elsewhere (a GPU, or a narrower dtype) they run on tensors.
-    pub(crate) fn on_cpu_kernels(&self) -> bool {
+    pub fn on_cpu_kernels(&self) -> bool {
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
         f32_cpu(&self.weights.embed_tokens)
             && self
@@ -121,6 +125,10 @@ enum Store {
     Host {
         data: Vec<Vec<f32>>,
         shapes: Vec<Vec<usize>>,
+        /// With spans, each buffer holds only its gradient's elements in its span (a rank's
+        /// share of sharded gradients) between passes; a pass makes it whole part by part and
+        /// hands it out.
+        spans: Option<Vec<Range<usize>>>,
     },
     Device(Vec<Tensor>),
 }
@@ -136,6 +144,7 @@ impl Gradients {
                     .map(|(_, t)| vec![0f32; t.elem_count()])
                     .collect(),
                 shapes: params.iter().map(|(_, t)| t.dims().to_vec()).collect(),
+                spans: None,
             }
         } else {
             Store::Device(
@@ -156,6 +165,7 @@ impl Gradients {
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
         let store = if host {
             Store::Host {
+                spans: None,
                 shapes: tensors.iter().map(|t| t.dims().to_vec()).collect(),
                 data: tensors
                     .iter()
@@ -166,6 +176,46 @@ impl Gradients {
             Store::Device(tensors)
         };
         Ok(Gradients { store })
+    }
+
+    /// Zero gradients for `mode`'s tensors of `model` (on the CPU kernels) of which this rank
+    /// keeps `spans` alone (one range of elements per tensor, in [`Model::trainable`]'s order):
+    /// sharded gradients, which passes hand out part by part
+    /// ([`Model::accumulate_gradients_handing_out`]).
+    pub fn zeros_in_spans(
+        model: &Model,
+        mode: TrainMode,
+        spans: Vec<Range<usize>>,
+    ) -> Result<Self> {
+        if !model.on_cpu_kernels() {
+            candle_core::bail!("gradients kept by span are built for f32 weights on the CPU");
+        }
+        let params = model.trainable(mode);
+        assert_eq!(spans.len(), params.len(), "a span per trainable tensor");
+        Ok(Gradients {
+            store: Store::Host {
+                data: spans.iter().map(|r| vec![0f32; r.len()]).collect(),
+                shapes: params.iter().map(|(_, t)| t.dims().to_vec()).collect(),
+                spans: Some(spans),
+            },
+        })
+    }
+
+    /// The span of each gradient this rank keeps, when it keeps spans alone.
+    pub fn spans(&self) -> Option<&[Range<usize>]> {
+        match &self.store {
+            Store::Host { spans, .. } => spans.as_deref(),
+            Store::Device(_) => None,
+        }
+    }
+
+    /// Bytes of the buffers kept from step to step (each rank's spans alone, when it keeps
+    /// spans).
+    pub fn held_bytes(&self) -> usize {
+        match &self.store {
+            Store::Host { data, .. } => data.iter().map(|g| g.capacity() * 4).sum(),
+            Store::Device(tensors) => tensors.iter().map(crate::memory::stored_bytes).sum(),
+        }
     }
 
     /// Sets every gradient to zero, for the next step.
@@ -181,10 +231,29 @@ impl Gradients {
         Ok(())
     }
 
-    /// The CPU kernels' buffers, when the gradients are kept in memory.
-    pub(crate) fn host_mut(&mut self) -> Option<&mut [Vec<f32>]> {
+    /// The CPU kernels' buffers, when the gradients are kept in memory, with the hooks a pass
+    /// over them needs: to make spans whole, and to hand parts out (`hand_out`).
+    pub(crate) fn host_mut<'a, 'g>(
+        &'g mut self,
+        params: &[Param],
+        hand_out: Option<HandOut<'a, 'g>>,
+    ) -> Option<(&'g mut [Vec<f32>], HostHooks<'a, 'g>)> {
         match &mut self.store {
-            Store::Host { data, .. } => Some(data),
+            Store::Host {
+                data,
+                shapes,
+                spans,
+            } => {
+                let lens = shapes.iter().map(|s| s.iter().product::<usize>());
+                let hooks = HostHooks {
+                    index: params.iter().enumerate().map(|(i, &p)| (p, i)).collect(),
+                    starts: offsets(lens.clone()),
+                    lens: lens.collect(),
+                    spans: spans.as_deref(),
+                    hand_out,
+                };
+                Some((data, hooks))
+            }
             Store::Device(_) => None,
         }
     }
@@ -242,8 +311,14 @@ impl Gradients {
 
     /// The global L2 norm: each tensor's sum of squares in a fixed order, added in f64.
     pub fn norm(&self) -> Result<f64> {
-        let total: f64 = match &self.store {
-            Store::Host { data, .. } => data.iter().map(|g| sum_of_squares(g)).sum(),
+        Ok(self.sum_of_squares()?.sqrt())
+    }
+
+    /// The squares of the elements held (a rank's spans alone, when it keeps spans) summed in
+    /// f64, each tensor's in a fixed order.
+    pub fn sum_of_squares(&self) -> Result<f64> {
+        Ok(match &self.store {
+            Store::Host { data, .. } => data.iter().map(|g| sum_of_squares(g)).sum::<f64>(),
             Store::Device(tensors) => {
                 let mut total = 0f64;
                 for g in tensors {
@@ -256,33 +331,7 @@ impl Gradients {
                 }
                 total
             }
-        };
-        Ok(total.sqrt())
-    }
-
-    /// The squares of the elements in `ranges` (one per gradient, in order) summed in f64: a
-    /// rank's part of the squared norm of gradients that are sharded across ranks. On the CPU.
-    pub fn sum_of_squares_in(&self, ranges: &[std::ops::Range<usize>]) -> Result<f64> {
-        let Store::Host { data, .. } = &self.store else {
-            candle_core::bail!("sharded gradients are kept in memory, on the CPU");
-        };
-        Ok(data
-            .iter()
-            .zip(ranges)
-            .map(|(g, r)| sum_of_squares(&g[r.clone()]))
-            .sum())
-    }
-
-    /// Multiplies the elements in `ranges` (one per gradient, in order) by `coef`. On the CPU.
-    pub fn scale_in(&mut self, coef: f64, ranges: &[std::ops::Range<usize>]) -> Result<()> {
-        let Store::Host { data, .. } = &mut self.store else {
-            candle_core::bail!("sharded gradients are kept in memory, on the CPU");
-        };
-        let c = coef as f32;
-        data.par_iter_mut()
-            .zip(ranges)
-            .for_each(|(g, r)| g[r.clone()].iter_mut().for_each(|v| *v *= c));
-        Ok(())
+        })
     }
 
     /// Multiplies every gradient by `coef`.
@@ -306,7 +355,10 @@ impl Gradients {
     pub fn to_tensors(&self) -> Result<Vec<Tensor>> {
         match &self.store {
             Store::Device(t) => Ok(t.clone()),
-            Store::Host { data, shapes } => data
+            Store::Host { spans: Some(_), .. } => {
+                candle_core::bail!("gradients kept by span are not whole tensors")
+            }
+            Store::Host { data, shapes, .. } => data
                 .iter()
                 .zip(shapes)
                 .map(|(d, s)| Tensor::from_slice(d, s.as_slice(), &candle_core::Device::Cpu))
@@ -315,62 +367,85 @@ impl Gradients {
     }
 }
 
-/// Receives gradient buffers a pass has finished with, by part: each buffer with where it starts
-/// among every trainable tensor's laid end to end (in [`Model::trainable`]'s order).
-pub type HandOut<'a, 'g> = &'a mut dyn FnMut(Finished, Vec<(usize, &'g mut [f32])>);
+/// Receives gradient buffers a pass has finished with, by part: each whole buffer with where it
+/// starts among every trainable tensor's laid end to end (in [`Model::trainable`]'s order).
+pub type HandOut<'a, 'g> = &'a mut dyn FnMut(Part, Vec<(usize, &'g mut Vec<f32>)>);
 
-/// Where each trainable tensor's gradient starts among them all laid end to end.
-pub(crate) struct FlatStarts(std::collections::HashMap<Param, usize>);
+/// What a pass over gradients kept in memory does part by part: makes each part's buffers whole
+/// before it adds into them (when they hold spans), and hands them out once it is done.
+pub(crate) struct HostHooks<'a, 'g> {
+    /// Each trainable tensor's place in the table's order.
+    index: HashMap<Param, usize>,
+    /// Where each starts among them all laid end to end, and its elements.
+    starts: Vec<usize>,
+    lens: Vec<usize>,
+    spans: Option<&'a [Range<usize>]>,
+    hand_out: Option<HandOut<'a, 'g>>,
+}
 
-impl FlatStarts {
-    /// For `params` (the table's order) of `lens` elements each.
-    pub fn of(params: &[Param], lens: impl IntoIterator<Item = usize>) -> Self {
-        let mut at = 0;
-        let starts = params.iter().zip(lens).map(|(&p, n)| {
-            let start = at;
-            at += n;
-            (p, start)
-        });
-        FlatStarts(starts.collect())
+impl<'g> PartHooks<&'g mut Vec<f32>> for HostHooks<'_, 'g> {
+    fn starting(&mut self, part: Part, g: &mut Placed<&'g mut Vec<f32>>) -> crate::Result<()> {
+        let Some(spans) = self.spans else {
+            return Ok(());
+        };
+        for (p, buffer) in g.part_mut(part) {
+            let i = self.index[&p];
+            if buffer.len() != self.lens[i] {
+                // This rank's span keeps its values; the rest starts at zero.
+                let mut whole = vec![0f32; self.lens[i]];
+                whole[spans[i].clone()].copy_from_slice(buffer);
+                **buffer = whole;
+            }
+        }
+        Ok(())
     }
 
-    /// `part`'s buffers taken out of `slots` and handed to `hand_out`, each with where it starts.
-    pub fn hand_out<'g>(
-        &self,
-        part: Finished,
-        slots: &mut Placed<&'g mut [f32]>,
-        hand_out: HandOut<'_, 'g>,
-    ) {
-        let pieces = slots.take_part(part).into_iter();
-        hand_out(part, pieces.map(|(p, g)| (self.0[&p], g)).collect());
+    fn finished(&mut self, part: Part, g: &mut Placed<&'g mut Vec<f32>>) -> crate::Result<()> {
+        if let Some(hand_out) = self.hand_out.as_deref_mut() {
+            let pieces = g.take_part(part).into_iter();
+            hand_out(
+                part,
+                pieces
+                    .map(|(p, b)| (self.starts[self.index[&p]], b))
+                    .collect(),
+            );
+        }
+        Ok(())
     }
 }
 
 impl Model {
     /// Hands `grads`' buffers ([`Model::trainable`]'s for `mode`, kept in memory) to `hand_out`
-    /// as they are, part by part in [`Finished::order`], as a pass would as it finished them:
-    /// what a rank with no rows of a step gives to the sums a pass starts on another.
+    /// part by part in [`Part::order`] (whole, as a pass would), as they are, with nothing
+    /// added: what a rank with no rows of a step gives to the sums a pass starts on another.
     pub fn hand_out_gradients<'g>(
         &self,
         mode: TrainMode,
         grads: &'g mut Gradients,
         hand_out: HandOut<'_, 'g>,
-    ) -> Result<()> {
-        let Some(host) = grads.host_mut() else {
-            candle_core::bail!("gradients handed out part by part are kept in memory");
-        };
+    ) -> crate::Result<()> {
         let params = self.trainable_params(mode);
-        let starts = FlatStarts::of(&params, host.iter().map(Vec::len));
-        let mut slots = crate::params::place(
-            self.config.num_layers,
-            &params,
-            host.iter_mut().map(Vec::as_mut_slice),
-        );
-        for part in Finished::order(self.config.num_layers) {
-            starts.hand_out(part, &mut slots, hand_out);
+        let Some((host, mut hooks)) = grads.host_mut(&params, Some(hand_out)) else {
+            return Err(crate::ModelError::Input(
+                "gradients handed out part by part are kept in memory".into(),
+            ));
+        };
+        let mut slots = crate::params::place(self.config.num_layers, &params, host.iter_mut());
+        for part in Part::order(self.config.num_layers) {
+            hooks.starting(part, &mut slots)?;
+            hooks.finished(part, &mut slots)?;
         }
         Ok(())
     }
+}
+
+/// Where each of `lens` starts when they are laid end to end.
+fn offsets(lens: impl Iterator<Item = usize>) -> Vec<usize> {
+    lens.scan(0, |at, n| {
+        *at += n;
+        Some(*at - n)
+    })
+    .collect()
 }
 
 /// `sum(g^2)` in f64, over chunks of a fixed size summed in order.

@@ -7,7 +7,7 @@ use common::{batch, model, reference};
 
 use candle_core::{Device, Tensor};
 use pctrain_model::{
-    Batch, Finished, Gradients, Grads, Model, ModelWeights, StepOptions, Target, TrainMode,
+    Batch, Gradients, Grads, Model, ModelWeights, Part, StepOptions, Target, TrainMode,
 };
 
 fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
@@ -338,7 +338,7 @@ fn a_bf16_base_with_an_f32_adapter_gives_the_f32_gradients_within_bf16_rounding(
 }
 
 /// What a pass hands out: each part's buffers, each with where it starts, copied as handed out.
-type HandedOut = Vec<(Finished, Vec<(usize, Vec<f32>)>)>;
+type HandedOut = Vec<(Part, Vec<(usize, Vec<f32>)>)>;
 
 /// A pass that hands its gradients out part by part hands out each part once it is final (as
 /// handed out, the values are those the whole pass ends with), in the backward's order (the head,
@@ -364,7 +364,7 @@ fn gradients_are_handed_out_final_in_the_backwards_order() {
         let n = trained_targets(&b);
         let mut grads = Gradients::zeros(&m, mode).unwrap();
         let mut seen: HandedOut = Vec::new();
-        let mut record = |part, pieces: Vec<(usize, &mut [f32])>| {
+        let mut record = |part, pieces: Vec<(usize, &mut Vec<f32>)>| {
             let copies = pieces.into_iter().map(|(at, g)| (at, g.to_vec()));
             seen.push((part, copies.collect()));
         };
@@ -375,8 +375,8 @@ fn gradients_are_handed_out_final_in_the_backwards_order() {
         let host = grads.host().unwrap();
         assert!(host == plain.host().unwrap(), "{name}: other gradients");
 
-        let parts: Vec<Finished> = seen.iter().map(|(p, _)| *p).collect();
-        let order: Vec<Finished> = Finished::order(m.config.num_layers).collect();
+        let parts: Vec<Part> = seen.iter().map(|(p, _)| *p).collect();
+        let order: Vec<Part> = Part::order(m.config.num_layers).collect();
         assert_eq!(parts, order, "{name}");
         let starts: Vec<usize> = host
             .iter()
@@ -404,11 +404,68 @@ fn gradients_are_handed_out_final_in_the_backwards_order() {
         }
 
         let mut again: HandedOut = Vec::new();
-        let mut record = |part, pieces: Vec<(usize, &mut [f32])>| {
+        let mut record = |part, pieces: Vec<(usize, &mut Vec<f32>)>| {
             let copies = pieces.into_iter().map(|(at, g)| (at, g.to_vec()));
             again.push((part, copies.collect()));
         };
         m.hand_out_gradients(mode, &mut grads, &mut record).unwrap();
         assert!(again == seen, "{name}: handed out otherwise without a pass");
     }
+}
+
+/// Gradients kept by span are made whole just before a pass adds into them, each span keeping
+/// its values and the rest starting at zero: two passes over the same batch, each buffer cut back
+/// to its span once handed out, hand out the pass's gradients and then, within the spans, twice
+/// them.
+#[test]
+fn gradients_kept_by_span_are_made_whole_with_their_spans_values() {
+    let r = reference("llama");
+    let b = batch(&r);
+    let m = model("llama", false);
+    let mode = TrainMode::Full;
+    let opts = StepOptions {
+        mode,
+        recompute: true,
+        loss_chunk: 5,
+        dropout_seed: 0,
+    };
+    let n = trained_targets(&b);
+    let mut plain = Gradients::zeros(&m, mode).unwrap();
+    m.accumulate_gradients(&b, n, opts, &mut plain).unwrap();
+    let plain = plain.host().unwrap().to_vec();
+    // Each tensor's middle third.
+    let spans: Vec<_> = plain.iter().map(|g| g.len() / 3..2 * g.len() / 3).collect();
+    let starts: Vec<usize> = plain
+        .iter()
+        .scan(0, |at, g| {
+            *at += g.len();
+            Some(*at - g.len())
+        })
+        .collect();
+    let mut grads = Gradients::zeros_in_spans(&m, mode, spans.clone()).unwrap();
+    assert!(m.accumulate_gradients(&b, n, opts, &mut grads).is_err());
+    for times in [1.0f32, 2.0] {
+        let mut seen = vec![Vec::new(); plain.len()];
+        let mut cut = |_, pieces: Vec<(usize, &mut Vec<f32>)>| {
+            for (at, g) in pieces {
+                let i = starts.iter().position(|&s| s == at).unwrap();
+                seen[i] = g.clone();
+                *g = g[spans[i].clone()].to_vec();
+            }
+        };
+        m.accumulate_gradients_handing_out(&b, n, opts, &mut grads, &mut cut)
+            .unwrap();
+        for (i, (got, want)) in seen.iter().zip(&plain).enumerate() {
+            assert_eq!(got.len(), want.len(), "tensor {i} handed out whole");
+            for (j, (g, w)) in got.iter().zip(want).enumerate() {
+                let w = if spans[i].contains(&j) { times * w } else { *w };
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                    "tensor {i}[{j}]: {g} for {w}"
+                );
+            }
+        }
+        assert_eq!(grads.spans(), Some(&spans[..]));
+    }
+    assert!(grads.to_tensors().is_err(), "spans are not whole tensors");
 }

@@ -219,9 +219,15 @@ impl AdamW {
                     Some(s) => s.ranges[i].clone(),
                     None => 0..g.len(),
                 };
+                // Gradients kept by span hold the span's elements alone.
+                let g = if grads.spans().is_some() {
+                    &g[..]
+                } else {
+                    &g[r.clone()]
+                };
                 with_mut(p, |p| {
                     with_mut(&self.m[i], |m| {
-                        with_mut(&self.v[i], |v| step.apply(&mut p[r.clone()], &g[r], m, v))
+                        with_mut(&self.v[i], |v| step.apply(&mut p[r], g, m, v))
                     })
                 })???;
             }
@@ -398,12 +404,15 @@ pub fn clip_sharded_grad_norm(
     shard: &Shard,
     world: &pctrain_dist::World,
 ) -> Result<Clip> {
-    let mut squares = [grads.sum_of_squares_in(&shard.ranges)?];
+    if grads.spans() != Some(&shard.ranges[..]) {
+        candle_core::bail!("sharded clipping needs the gradients of this rank's span alone");
+    }
+    let mut squares = [grads.sum_of_squares()?];
     world.sum_f64(&mut squares);
     let norm = squares[0].sqrt();
     let ok = norm.is_finite() && loss.sum()?.is_finite();
     if let Some(coef) = clip_coefficient(norm, ok, max_norm) {
-        grads.scale_in(coef, &shard.ranges)?;
+        grads.scale(coef)?;
     }
     Ok(Clip::Host { norm, ok })
 }

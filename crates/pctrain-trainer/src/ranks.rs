@@ -2,8 +2,8 @@
 //! that make the gradients, the token count and the loss those of the whole step on every rank,
 //! so that every rank clips and updates alike and the weights stay equal without being sent.
 //! With the optimizer state sharded (ZeRO stage 1), each rank updates its span of the elements
-//! and the spans are gathered; with the gradients sharded too (stage 2), each rank receives the
-//! sum of its span's gradients alone.
+//! and the spans are gathered; with the gradients sharded too (stage 2), each rank keeps and
+//! receives the sum of its span's gradients alone.
 
 use candle_core::Tensor;
 use pctrain_data::PackedRow;
@@ -35,18 +35,16 @@ pub fn rank_shard(
     if stage == 0 || world.size() == 1 {
         return Ok(None);
     }
-    if model.device().is_cuda() {
-        if stage >= 2 {
-            candle_core::bail!(
-                "--zero-stage 2 is built for the CPU; on GPUs --zero-stage 1 shards the moments \
-                 and master weights"
-            );
-        }
-        if !world.sums_on_gpu() {
-            candle_core::bail!(
-                "sharded optimizer state on GPUs needs NCCL: build with --features cuda,mpi"
-            );
-        }
+    if stage >= 2 && !model.on_cpu_kernels() {
+        candle_core::bail!(
+            "--zero-stage 2 is built for f32 weights on the CPU; on GPUs (and with bf16) \
+             --zero-stage 1 shards the moments and master weights"
+        );
+    }
+    if model.device().is_cuda() && !world.sums_on_gpu() {
+        candle_core::bail!(
+            "sharded optimizer state on GPUs needs NCCL: build with --features cuda,mpi"
+        );
     }
     let sizes: Vec<usize> = model
         .trainable(mode)
@@ -83,6 +81,21 @@ pub fn rank_optimizer(
         }
     }
     Ok(optimizer)
+}
+
+/// The gradient buffers of a step for `mode`'s tensors of `model`: with the gradients sharded
+/// (ZeRO stage 2), this rank keeps its span of each alone.
+pub fn rank_gradients(
+    model: &Model,
+    mode: TrainMode,
+    optimizer: &AdamW,
+) -> candle_core::Result<Gradients> {
+    match &optimizer.shard {
+        Some(shard) if shard.gradients => {
+            Gradients::zeros_in_spans(model, mode, shard.ranges.clone())
+        }
+        _ => Gradients::zeros(model, mode),
+    }
 }
 
 /// Sums every rank's gradients into each rank's, the small buffers gathered into buckets of up
@@ -182,28 +195,6 @@ fn share_updates_on_gpu(params: &[&Tensor], world: &World) -> candle_core::Resul
     // SAFETY: each buffer is a span of a contiguous parameter on this rank's GPU, which the
     // model keeps, behind the update that wrote it on the stream.
     unsafe { world.broadcast_on_gpu(&buffers, &roots) }
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
-/// Sums every rank's gradients into each rank's span of them alone (ZeRO stage 2): a
-/// reduce-scatter, half the traffic of [`sum_gradients`]; the rest of each buffer keeps this
-/// rank's own part, which nothing reads.
-pub fn reduce_scatter_gradients(
-    grads: &mut Gradients,
-    shard: &Shard,
-    world: &World,
-) -> candle_core::Result<()> {
-    grads
-        .with_host_values(|bufs| {
-            let mut mine = vec![0f32; shard.counts[world.rank()]];
-            let pieces: Vec<&[f32]> = bufs.iter().map(|b| &**b).collect();
-            world.reduce_scatter_f32(&pieces, &shard.counts, &mut mine);
-            let mut at = 0;
-            for (b, r) in bufs.iter_mut().zip(&shard.ranges) {
-                b[r.clone()].copy_from_slice(&mine[at..at + r.len()]);
-                at += r.len();
-            }
-        })
         .map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 

@@ -3,12 +3,12 @@
 
 use candle_core::Tensor;
 use pctrain_model::layers::loss::LossSum;
-use pctrain_model::{Batch, Finished, Gradients, Model, StepOptions};
+use pctrain_model::{Batch, Gradients, Model, Part, StepOptions};
 
 use pctrain_dist::{Summed, World};
 
 use crate::optim::{clip_grad_norm, clip_sharded_grad_norm, AdamW, Shard};
-use crate::ranks::{reduce_scatter_gradients, share_updates, sum_gradients};
+use crate::ranks::{share_updates, sum_gradients};
 use crate::schedule::Schedule;
 
 /// Why an optimizer step did not happen.
@@ -69,9 +69,12 @@ pub fn optimizer_step(
         )
         .into());
     }
-    let mut count = [micro_batches.iter().map(Batch::target_count).sum::<usize>() as f64];
-    world.sum_f64(&mut count);
-    let normalizer = count[0] as usize;
+    // The step's trained tokens, and each rank's passes.
+    let mut counts = vec![0f64; 1 + world.size()];
+    counts[0] = micro_batches.iter().map(Batch::target_count).sum::<usize>() as f64;
+    counts[1 + world.rank()] = micro_batches.len() as f64;
+    world.sum_f64(&mut counts);
+    let normalizer = counts[0] as usize;
     grads.zero()?;
     // Each micro-batch of each rank draws its own dropout masks.
     let opts_of = |i: usize| StepOptions {
@@ -85,31 +88,34 @@ pub fn optimizer_step(
         Some(shard) => Summed::Spans(&shard.counts),
         None => Summed::Everywhere,
     };
-    // Gradients in memory are summed over the ranks part by part as the last pass finishes
-    // them; elsewhere all at once after it.
+    // Gradients in memory are summed over the ranks part by part as a pass finishes them: kept
+    // by span (ZeRO stage 2), every pass's, each rank keeping its span's sum alone, as many
+    // passes on every rank (those past a rank's micro-batches hand its gradients out as they
+    // are); else the last pass's. Elsewhere, all at once after the passes.
     let in_background = world.size() > 1 && grads.host().is_some();
-    let (before, last) = match micro_batches.split_last() {
-        Some((last, before)) if in_background => (before, Some(last)),
-        _ => (micro_batches, None),
+    let by_span = in_background && grads.spans().is_some();
+    let passes = match (by_span, micro_batches.len()) {
+        (true, _) => counts[1..].iter().fold(0f64, |m, &c| m.max(c)) as usize,
+        (false, 0) => usize::from(in_background),
+        (false, n) => n,
     };
     let mut total: Option<LossSum> = None;
-    let mut add = |part: LossSum| -> Result<(), StepError> {
-        total = Some(match total.take() {
-            Some(t) => t.add(&part)?,
-            None => part,
-        });
-        Ok(())
-    };
-    for (i, batch) in before.iter().enumerate() {
-        add(model.accumulate_gradients(batch, scale, opts_of(i), grads)?)?;
-    }
-    if in_background {
+    for i in 0..passes {
+        let batch = micro_batches.get(i);
+        if !(by_span || (in_background && i + 1 == passes)) {
+            let batch = batch.expect("a pass per micro-batch");
+            let part = model.accumulate_gradients(batch, scale, opts_of(i), grads)?;
+            total = Some(add(total, part)?);
+            continue;
+        }
         let mut sums = world.sums_in_background(summed);
-        let mut start = |part: Finished, pieces| sums.start(pieces, part != Finished::Embeddings);
-        match last {
-            Some(batch) => {
-                let o = opts_of(before.len());
-                add(model.accumulate_gradients_handing_out(batch, scale, o, grads, &mut start)?)?
+        let mut start = |part: Part, pieces| sums.start(pieces, part != Part::Embeddings);
+        match batch {
+            Some(b) => {
+                let o = opts_of(i);
+                let part =
+                    model.accumulate_gradients_handing_out(b, scale, o, grads, &mut start)?;
+                total = Some(add(total, part)?);
             }
             None => model.hand_out_gradients(opts.mode, grads, &mut start)?,
         }
@@ -122,10 +128,7 @@ pub fn optimizer_step(
             let mut sum = [local.map_or(Ok(0.0), |t| t.sum())?];
             world.sum_f64(&mut sum);
             if !in_background {
-                match gradient_shard(optimizer) {
-                    Some(shard) => reduce_scatter_gradients(grads, shard, world)?,
-                    None => sum_gradients(grads, world)?,
-                }
+                sum_gradients(grads, world)?;
             }
             LossSum::host(sum[0], normalizer)
         }
@@ -173,4 +176,12 @@ pub fn optimizer_step(
 /// The optimizer's shard when the gradients are sharded too (ZeRO stage 2).
 fn gradient_shard(optimizer: &AdamW) -> Option<&Shard> {
     optimizer.shard.as_ref().filter(|s| s.gradients)
+}
+
+/// `part` added to the step's loss so far.
+fn add(total: Option<LossSum>, part: LossSum) -> Result<LossSum, StepError> {
+    Ok(match total {
+        Some(t) => t.add(&part)?,
+        None => part,
+    })
 }

@@ -1,12 +1,12 @@
 //! The training loop: rows from the loader, grouped into micro-batches and optimizer steps.
 
 use pctrain_data::{Encoded, Loader, LoaderConfig, PackedRow, Position};
-use pctrain_model::{Batch, Gradients, Model, ModelError, StepOptions};
+use pctrain_model::{Batch, Model, ModelError, StepOptions};
 
 use pctrain_dist::World;
 
 use crate::optim::{AdamW, AdamWConfig};
-use crate::ranks::{my_rows, rank_optimizer, rank_shard};
+use crate::ranks::{my_rows, rank_gradients, rank_optimizer, rank_shard};
 use crate::schedule::Schedule;
 use crate::step::{optimizer_step, StepError, StepReport};
 
@@ -34,12 +34,14 @@ pub struct TrainConfig {
 pub struct Progress<'a> {
     pub model: &'a Model,
     pub optimizer: &'a AdamW,
+    /// Bytes of the gradient buffers this rank keeps from step to step.
+    pub gradient_bytes: usize,
     /// The next row the loader yields.
     pub position: Position,
 }
 
 /// Where a run ended: every step's report, and the optimizer and data position to checkpoint.
-pub struct Finished {
+pub struct Part {
     pub reports: Vec<StepReport>,
     pub optimizer: AdamW,
     pub position: Position,
@@ -58,7 +60,7 @@ pub fn train<E: From<StepError>>(
     resume: Option<(AdamW, Position)>,
     world: &World,
     mut on_step: impl FnMut(&StepReport, Progress) -> Result<(), E>,
-) -> Result<Finished, E> {
+) -> Result<Part, E> {
     let model_err = |e: candle_core::Error| StepError::from(ModelError::from(e));
     let (resumed, start) = match resume {
         Some((o, p)) => (Some(o), p),
@@ -70,7 +72,7 @@ pub fn train<E: From<StepError>>(
         let refs: Vec<_> = params.iter().map(|(_, t)| t).collect();
         rank_optimizer(cfg.adamw, &refs, resumed, shard).map_err(model_err)?
     };
-    let mut grads = Gradients::zeros(model, cfg.step.mode).map_err(model_err)?;
+    let mut grads = rank_gradients(model, cfg.step.mode, &optimizer).map_err(model_err)?;
     let mut loader = Loader::new(samples, cfg.loader.clone(), pad_id, start)
         .map_err(|e| StepError::from(ModelError::Input(e.to_string())))?;
     let mut reports = Vec::new();
@@ -116,12 +118,13 @@ pub fn train<E: From<StepError>>(
             Progress {
                 model,
                 optimizer: &optimizer,
+                gradient_bytes: grads.held_bytes(),
                 position: loader.position(),
             },
         )?;
         reports.push(report);
     }
-    Ok(Finished {
+    Ok(Part {
         reports,
         optimizer,
         position: loader.position(),

@@ -10,11 +10,11 @@ use anyhow::{bail, Result};
 use clap::Args;
 use pctrain_model::rng::Rng64;
 use pctrain_model::{
-    Batch, Gradients, LoraAdapter, LoraConfig, Model, ModelConfig, ModelWeights, StepOptions,
-    Target, TrainMode,
+    Batch, LoraAdapter, LoraConfig, Model, ModelConfig, ModelWeights, StepOptions, Target,
+    TrainMode,
 };
 use pctrain_trainer::preset::{random_weights, TINY_CONFIG};
-use pctrain_trainer::ranks::{rank_optimizer, rank_shard};
+use pctrain_trainer::ranks::{rank_gradients, rank_optimizer, rank_shard};
 use pctrain_trainer::{optimizer_step, AdamWConfig, DType, Decay, Device, Schedule, Tensor, World};
 use serde_json::json;
 
@@ -151,7 +151,7 @@ fn bench(args: BenchArgs, world: &World) -> Result<()> {
     let shard = rank_shard(&model, mode, world, args.zero_stage)?;
     let mut optimizer = rank_optimizer(AdamWConfig::default(), &refs, None, shard)?;
     drop(params);
-    let mut grads = Gradients::zeros(&model, mode)?;
+    let mut grads = rank_gradients(&model, mode, &optimizer)?;
     let schedule = Schedule {
         peak_lr: 1e-5,
         warmup_steps: 0,
@@ -220,6 +220,7 @@ fn bench(args: BenchArgs, world: &World) -> Result<()> {
         "packed": args.packed, "threads": pctrain_model::cpu::threads(), "mode": args.mode, "dtype": args.dtype,
         "device": args.device, "rows": rows, "seq_len": seq_len, "ranks": world.size(),
         "zero_stage": args.zero_stage, "optimizer_state_bytes": optimizer.state_bytes(),
+        "gradient_bytes": grads.held_bytes(),
         "parameters": frozen + trained, "trainable_parameters": trained,
         "step_s": step_s, "tokens_per_s": tokens_per_s, "flops_per_token": flops_per_token,
         "matmul_tflops": matmul,

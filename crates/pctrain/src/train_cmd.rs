@@ -50,8 +50,8 @@ fn run_in(world: &World, args: TrainArgs, matches: &clap::ArgMatches) -> Result<
     let resume = recipe.prepare_output(&args, world)?;
     let evaluations = Evaluations::set_up(&recipe.settings, &recipe.run)?;
     match recipe.train(resume, &evaluations, world)? {
-        Ended::Finished if world.is_first() => recipe.export(),
-        Ended::Finished => Ok(()),
+        Ended::Part if world.is_first() => recipe.export(),
+        Ended::Part => Ok(()),
         Ended::Interrupted(_) if !world.is_first() => Ok(()),
         Ended::Interrupted(step) => {
             eprintln!(
@@ -65,7 +65,7 @@ fn run_in(world: &World, args: TrainArgs, matches: &clap::ArgMatches) -> Result<
 
 /// How the training loop ended.
 enum Ended {
-    Finished,
+    Part,
     Interrupted(u64),
 }
 
@@ -287,6 +287,7 @@ impl Recipe {
                 }
                 line["memory"] = memory(device);
                 line["memory"]["optimizer_state_bytes"] = progress.optimizer.state_bytes().into();
+                line["memory"]["gradient_bytes"] = progress.gradient_bytes.into();
                 if world.size() > 1 {
                     let t = world.traffic();
                     line["floats_sent"] = json!({"all_reduce": t.all_reduce,
@@ -324,7 +325,7 @@ impl Recipe {
                     checkpoint(&self.run.model, &done.optimizer, done.position)?;
                     metrics.as_ref().map(MetricsLog::plot).transpose()?;
                 }
-                Ok(Ended::Finished)
+                Ok(Ended::Part)
             }
             Err(e) => match e.downcast::<Interrupted>() {
                 Ok(Interrupted(step)) => Ok(Ended::Interrupted(step)),

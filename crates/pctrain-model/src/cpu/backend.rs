@@ -18,9 +18,9 @@ use crate::layers::norm::{rms_norm_cpu_backward, rms_norm_cpu_forward};
 use crate::layers::rope::{rope_cpu, rope_table_values, RopeLayout};
 use crate::lora::Target;
 use crate::model::{Batch, Model};
-use crate::params::{place, Finished, LayerParam, LayerPlaced, Param, Placed};
-use crate::pass;
-use crate::trainable::{FlatStarts, HandOut};
+use crate::params::{place, LayerParam, LayerPlaced, Param, Part, Placed};
+use crate::pass::{self, PartHooks};
+use crate::trainable::HostHooks;
 
 use super::params::Views;
 use super::workspace::{LoraScratch, Workspace};
@@ -203,7 +203,7 @@ impl Forward for CpuBackend<'_, '_> {
 }
 
 impl<'g> Backward for CpuBackend<'_, 'g> {
-    type Grad = &'g mut [f32];
+    type Grad = &'g mut Vec<f32>;
 
     fn embed_backward(&mut self, dx: &Vec<f32>, g: &mut Placed<Self::Grad>) -> Result<()> {
         let Some(de) = g.embed.as_deref_mut() else {
@@ -230,7 +230,7 @@ impl<'g> Backward for CpuBackend<'_, 'g> {
         accumulate: bool,
         dw: Option<&mut Self::Grad>,
     ) -> Result<()> {
-        let dw = dw.map(|g| &mut **g);
+        let dw = dw.map(|g| g.as_mut_slice());
         rms_norm_cpu_backward(dy, x, rstd, self.views.weight(w), dx, accumulate, dw);
         Ok(())
     }
@@ -262,7 +262,7 @@ impl<'g> Backward for CpuBackend<'_, 'g> {
             _ => None,
         };
         let w = LayerParam::of(target);
-        let dw = g.weights[w as usize].as_deref_mut();
+        let dw = g.weights[w as usize].as_mut().map(|g| g.as_mut_slice());
         linear_cpu_backward(
             self.n,
             dy,
@@ -324,9 +324,9 @@ impl<'g> Backward for CpuBackend<'_, 'g> {
         let grads = grads.map(|lb| LossGrads {
             scale: lb.scale as f32,
             dhidden: lb.dh,
-            doutput: match lb.g.lm_head.as_deref_mut() {
+            doutput: match lb.g.lm_head.as_mut().map(|g| g.as_mut_slice()) {
                 Some(d) => Some(d),
-                None => lb.g.embed.as_deref_mut(),
+                None => lb.g.embed.as_mut().map(|g| g.as_mut_slice()),
             },
         });
         let scaling = self.config.logits_scaling as f32;
@@ -371,8 +371,8 @@ impl Model {
     /// loss times `1 / normalizer` to `grads` ([`Model::trainable`]'s buffers). Returns the loss
     /// sum and, with `want_input_grad`, the gradient with respect to the scaled embeddings
     /// (Granite's multiplier not yet applied to it), `[N, H]`.
-    /// With `hand_out`, each part's buffers go to it as soon as the pass has added its last into
-    /// them ([`Finished::order`]).
+    /// `hooks` make each part's buffers whole before the pass adds into them, and hand them out
+    /// once it is done.
     pub(crate) fn cpu_forward_backward<'g>(
         &self,
         batch: &Batch,
@@ -380,23 +380,12 @@ impl Model {
         opts: StepOptions,
         grads: &'g mut [Vec<f32>],
         want_input_grad: bool,
-        mut hand_out: Option<HandOut<'_, 'g>>,
+        hooks: &mut HostHooks<'_, 'g>,
     ) -> Result<(LossSum, Option<Vec<f32>>)> {
         let c = &self.config;
         let v = self.views()?;
         let params = self.trainable_params(opts.mode);
-        let starts = FlatStarts::of(&params, grads.iter().map(Vec::len));
-        let mut slots = place(
-            c.num_layers,
-            &params,
-            grads.iter_mut().map(Vec::as_mut_slice),
-        );
-        let mut finished = |part: Finished, slots: &mut Placed<&'g mut [f32]>| {
-            if let Some(hand_out) = hand_out.as_deref_mut() {
-                starts.hand_out(part, slots, hand_out);
-            }
-            Ok(())
-        };
+        let mut slots = place(c.num_layers, &params, grads.iter_mut());
         let keep_all = !opts.recompute;
         let mut ws = self.workspace.lock().expect("a pass panicked");
         let sizes = self.sizes(batch.rows, batch.seq_len);
@@ -412,9 +401,8 @@ impl Model {
         let chunk = opts.loss_chunk;
         let mut k = CpuBackend::new(c, &v, batch, tables, dropout, chunk, lora, loss);
         let scale = 1.0 / normalizer;
-        let loss =
-            pass::forward_backward(&mut k, acts, keep_all, scale, &mut slots, &mut finished)?;
-        finished(Finished::Embeddings, &mut slots)?;
+        let loss = pass::forward_backward(&mut k, acts, keep_all, scale, &mut slots, hooks)?;
+        hooks.finished(Part::Embeddings, &mut slots)?;
         Ok((loss, want_input_grad.then(|| acts.scratch.grad.clone())))
     }
 }
