@@ -1,7 +1,9 @@
 //! Sums over the ranks started while the caller still computes: a backward hands over each
-//! layer's gradients as soon as it has finished them, each goes out at once as MPI's non-blocking
-//! all-reduce (or reduce-scatter, ZeRO stage 2), and all are waited for at the end. MPI moves
-//! them whenever the process is in MPI, so each hand-over also lets the earlier ones go on.
+//! part of its gradients as soon as it has finished them, each goes out at once as MPI's
+//! non-blocking all-reduce (or reduce-scatter, ZeRO stage 2), and all are waited for at the end.
+//! MPI moves them whenever the process is in MPI, so each hand-over also lets the earlier ones
+//! go on. MPI reads and writes only copies the sums own (each window's send buffer and staged
+//! share), never the caller's buffers, which get their share when a window lands.
 
 use std::ops::Range;
 
@@ -14,87 +16,48 @@ pub enum Summed<'c> {
     Everywhere,
     /// In each rank's span alone: rank `r` owns `counts[r]` elements, the spans laid end to end
     /// in rank order over the whole (a reduce-scatter; ZeRO stage 2's gradients). Each buffer is
-    /// cut down to its elements in this rank's span as soon as its sum has started, and they
-    /// receive the sum.
+    /// cut down to its elements in this rank's span when it is handed over, and they receive the
+    /// sum.
     Spans(&'c [usize]),
 }
 
 /// Up to [`BUCKET`] consecutive floats of the whole, summed by one collective: MPI's send buffer
-/// (a copy of them), this rank's share of the sum, and the buffers it lands in.
-struct Window<'g> {
+/// (a copy of them) and this rank's share of the sum.
+struct Window {
     /// Where its first float starts in the whole.
     at: usize,
-    /// Its buffers, laid end to end from `at`, when the sum lands in them whole ([`Summed::Everywhere`]).
-    pieces: Vec<&'g mut [f32]>,
     send: Vec<f32>,
     /// This rank's share of the sum, in the whole: the window, or its part of this rank's span.
     mine: Range<usize>,
-    /// Where `mine` lands first, to be copied into its buffers; empty when it lands in its one
-    /// buffer directly.
+    /// Where MPI writes `mine`, to be copied into the buffers it belongs to.
     staging: Vec<f32>,
     /// Each rank's share of the window, for a reduce-scatter (MPI reads it until the end).
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     counts: Vec<i32>,
 }
 
-impl<'g> Window<'g> {
-    /// The window of the floats of `run` from `at`, this rank's share of the sum `mine` (its
-    /// part of the whole) landing in a staging buffer.
-    fn copied(at: usize, run: &[&mut [f32]], mine: Range<usize>, counts: Vec<i32>) -> Self {
-        let len: usize = run.iter().map(|p| p.len()).sum();
-        let mut send = Vec::with_capacity(len);
-        run.iter().for_each(|p| send.extend_from_slice(p));
-        Window {
-            at,
-            pieces: Vec::new(),
-            send,
-            staging: vec![0f32; mine.len()],
-            mine,
-            counts,
-        }
-    }
-
-    /// The window of `run` from `at`, whose sum lands in `run` itself: directly when it is one
-    /// buffer.
-    fn kept(at: usize, run: Vec<&'g mut [f32]>, mine: Range<usize>, counts: Vec<i32>) -> Self {
-        let mut w = Window::copied(at, &run, mine, counts);
-        if run.len() == 1 {
-            w.staging = Vec::new();
-        }
-        w.pieces = run;
-        w
-    }
-
-    /// Where MPI writes this rank's share of the sum (`mine.len()` floats).
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
-    fn landing(&mut self) -> *mut f32 {
-        match self.pieces.as_mut_slice() {
-            [one] if self.staging.is_empty() => one[self.mine.start - self.at..].as_mut_ptr(),
-            _ => self.staging.as_mut_ptr(),
-        }
-    }
-
+impl Window {
     /// Floats of copies it holds until it lands.
     fn held(&self) -> usize {
         self.send.len() + self.staging.len()
     }
 }
 
-/// A buffer cut down to this rank's span: where its elements lie in the whole, and the buffer.
-type SpanBuffer<'g> = (Range<usize>, &'g mut Vec<f32>);
+/// A buffer handed over, where its elements lie in the whole (its span's alone, once cut).
+type Target<'g> = (Range<usize>, &'g mut Vec<f32>);
 
 /// Sums over the ranks of buffers handed over part by part (each with where it starts in the
-/// whole), every one started at once and landed in its buffers once MPI has summed it (each
-/// copy freed then); [`BackgroundSums::finish`] waits for the rest. Dropped unfinished, it waits
-/// too (MPI writes into its buffers until then), and what the buffers then hold is undefined.
+/// whole), every part's started as soon as it is handed over and landed in its buffers once MPI
+/// has summed it (the copies freed then); [`BackgroundSums::finish`] waits for the rest. Dropped
+/// unfinished, it waits too, and the buffers keep what they held.
 pub struct BackgroundSums<'w, 'g> {
     world: &'w World,
     /// Every rank's span of the whole, with [`Summed::Spans`].
     spans: Option<Vec<Range<usize>>>,
     /// Every window started; those landed hold nothing.
-    windows: Vec<Window<'g>>,
-    /// The buffers cut down to this rank's span, with [`Summed::Spans`].
-    targets: Vec<SpanBuffer<'g>>,
+    windows: Vec<Window>,
+    /// Every buffer handed over.
+    targets: Vec<Target<'g>>,
     /// Floats of copies the windows not landed hold.
     held: usize,
     /// One per window (null once completed).
@@ -102,9 +65,11 @@ pub struct BackgroundSums<'w, 'g> {
     requests: Vec<mpi::ffi::MPI_Request>,
 }
 
-/// Floats of copies (send buffers, staged sums) held at once (4 MB): past this a new window
-/// waits for the oldest to land, so the copies never grow with the model. On llama-10m, 2 ranks,
-/// this bound rather than 8M floats takes 20 MiB off the peak RSS at no cost in speed.
+/// Floats of copies (send buffers, staged shares) held at once, 4 MB: before a part's windows
+/// are made, the oldest windows land (waiting for MPI) until the first fits, so the copies do not
+/// grow with the model; a part's own windows are all made before its sums start (so one large
+/// part may pass it). On llama-10m, 2 ranks, this bound rather than 8M floats takes 20 MiB off
+/// the peak RSS at no cost in speed.
 #[cfg(feature = "mpi")]
 const HELD: usize = BUCKET / 4;
 
@@ -138,10 +103,10 @@ impl World {
 impl<'g> BackgroundSums<'_, 'g> {
     /// Starts the sums of `pieces` (each with where it starts in the whole), the same on every
     /// rank in the same order, and lands those started before that MPI has finished. With
-    /// [`Summed::Spans`] each buffer is cut down to this rank's span now. Alone, the buffers
-    /// already hold the sum. `overlapped`: the caller computes more before
-    /// [`BackgroundSums::finish`] (counted in [`crate::Traffic::overlapped`]).
-    pub fn start(&mut self, mut pieces: Vec<(usize, &'g mut Vec<f32>)>, overlapped: bool) {
+    /// [`Summed::Spans`] each buffer is cut down to this rank's span now. `overlapped`: the
+    /// caller computes more before [`BackgroundSums::finish`] (counted in
+    /// [`crate::Traffic::overlapped`]).
+    pub fn start(&mut self, pieces: Vec<(usize, &'g mut Vec<f32>)>, overlapped: bool) {
         let floats = pieces.iter().map(|(_, p)| p.len() as u64).sum::<u64>();
         self.world.count(|t| {
             match self.spans {
@@ -152,74 +117,75 @@ impl<'g> BackgroundSums<'_, 'g> {
                 t.overlapped += floats;
             }
         });
-        if self.world.size() == 1 {
-            return;
+        // The copies first, then the buffers cut and kept as targets, and only then the sums,
+        // so that no window lands before its buffers are there.
+        let mut made = Vec::new();
+        let views = pieces.iter().map(|(at, p)| (*at, p.as_slice()));
+        for (at, run) in windows(views) {
+            let len: usize = run.iter().map(|p| p.len()).sum();
+            let whole = at..at + len;
+            let (mine, counts) = match &self.spans {
+                None => (whole, Vec::new()),
+                Some(spans) => (
+                    meet(&whole, &spans[self.world.rank()]),
+                    spans.iter().map(|s| meet(&whole, s).len() as i32).collect(),
+                ),
+            };
+            if made.is_empty() {
+                self.make_room(len + mine.len());
+            }
+            let mut send = Vec::with_capacity(len);
+            run.iter().for_each(|p| send.extend_from_slice(p));
+            let w = Window {
+                at,
+                send,
+                staging: vec![0f32; mine.len()],
+                mine,
+                counts,
+            };
+            self.held += w.held();
+            made.push(w);
         }
-        let Some(spans) = self.spans.clone() else {
-            let slices = pieces.into_iter().map(|(at, p)| (at, p.as_mut_slice()));
-            self.start_kept(slices.collect());
-            return;
-        };
-        let views = pieces.iter_mut().map(|(at, p)| (*at, p.as_mut_slice()));
-        self.start_copied(views.collect());
-        let span = &spans[self.world.rank()];
+        let span = self.spans.as_ref().map(|s| s[self.world.rank()].clone());
         for (at, buffer) in pieces {
-            let kept = meet(&(at..at + buffer.len()), span);
-            buffer.truncate(kept.end - at);
-            buffer.drain(..kept.start - at);
-            buffer.shrink_to_fit();
+            let whole = at..at + buffer.len();
+            let kept = match &span {
+                None => whole,
+                Some(span) => {
+                    let kept = meet(&whole, span);
+                    buffer.truncate(kept.end - at);
+                    buffer.drain(..kept.start - at);
+                    buffer.shrink_to_fit();
+                    kept
+                }
+            };
             self.targets.push((kept, buffer));
         }
-    }
-
-    /// Starts the windows of `pieces`, whose sums land in them.
-    fn start_kept(&mut self, pieces: Vec<(usize, &'g mut [f32])>) {
-        for (at, run) in windows(pieces) {
-            let (len, (mine, counts)) = self.share(at, &run);
-            let staged = if run.len() == 1 { 0 } else { mine.len() };
-            self.make_room(len + staged);
-            self.launch(Window::kept(at, run, mine, counts));
+        for w in made {
+            self.launch(w);
         }
     }
 
-    /// Starts the windows of `pieces`, whose sums land in the buffers of spans.
-    fn start_copied(&mut self, pieces: Vec<(usize, &mut [f32])>) {
-        for (at, run) in windows(pieces) {
-            let (len, (mine, counts)) = self.share(at, &run);
-            self.make_room(len + mine.len());
-            self.launch(Window::copied(at, &run, mine, counts));
-        }
-    }
-
-    /// The floats of the window of `run` from `at`, this rank's share of its sum (in the whole)
-    /// and, for a reduce-scatter, every rank's count.
-    fn share(&self, at: usize, run: &[&mut [f32]]) -> (usize, (Range<usize>, Vec<i32>)) {
-        let len: usize = run.iter().map(|p| p.len()).sum();
-        let whole = at..at + len;
-        let share = match &self.spans {
-            None => (whole, Vec::new()),
-            Some(spans) => (
-                meet(&whole, &spans[self.world.rank()]),
-                spans.iter().map(|s| meet(&whole, s).len() as i32).collect(),
-            ),
-        };
-        (len, share)
-    }
-
-    /// Starts `w`'s sum, and lands those MPI has finished.
-    fn launch(&mut self, #[allow(unused_mut)] mut w: Window<'g>) {
+    /// Starts `w`'s sum, and lands those MPI has finished. Without MPI (a world of one, or one
+    /// simulated in tests), every rank gives this rank's values: the share is them times the
+    /// ranks, landed at once.
+    fn launch(&mut self, mut w: Window) {
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.world.mpi {
             self.requests.push(m.start_sum(&mut w));
-        }
-        self.held += w.held();
-        self.windows.push(w);
-        #[cfg(feature = "mpi")]
-        if let Some(m) = &self.world.mpi {
+            self.windows.push(w);
             for i in m.completed(&mut self.requests) {
                 self.land(i);
             }
+            return;
         }
+        let own = w.mine.start - w.at..w.mine.end - w.at;
+        let ranks = self.world.size() as f32;
+        for (s, v) in w.staging.iter_mut().zip(&w.send[own]) {
+            *s = v * ranks;
+        }
+        self.windows.push(w);
+        self.land(self.windows.len() - 1);
     }
 
     /// Lands the oldest windows, waiting for them, until `floats` more fit within [`HELD`].
@@ -238,32 +204,21 @@ impl<'g> BackgroundSums<'_, 'g> {
         let _ = floats;
     }
 
-    /// Window `i`, summed: its staged share copied into its buffers, and its copies freed.
+    /// Window `i`, summed: its share copied into the buffers it belongs to, and its copies freed.
     fn land(&mut self, i: usize) {
         let w = &mut self.windows[i];
         self.held -= w.held();
-        if !w.staging.is_empty() {
-            let mut at = w.at;
-            let kept = w.pieces.iter_mut().map(|p| {
-                at += p.len();
-                (at - p.len()..at, &mut **p)
-            });
-            let spans = self
-                .targets
-                .iter_mut()
-                .map(|(r, b)| (r.clone(), b.as_mut_slice()));
-            for (range, buffer) in kept.chain(spans) {
-                let here = meet(&range, &w.mine);
-                if !here.is_empty() {
-                    let from = here.start - w.mine.start;
-                    let sum = &w.staging[from..from + here.len()];
-                    buffer[here.start - range.start..here.end - range.start].copy_from_slice(sum);
-                }
+        for (range, buffer) in self.targets.iter_mut() {
+            let here = meet(range, &w.mine);
+            if !here.is_empty() {
+                let from = here.start - w.mine.start;
+                let sum = &w.staging[from..from + here.len()];
+                buffer[here.start - range.start..here.end - range.start].copy_from_slice(sum);
             }
         }
-        w.pieces = Vec::new();
         w.send = Vec::new();
         w.staging = Vec::new();
+        w.mine = w.at..w.at;
     }
 
     /// Waits for every sum started and lands each in its buffers.
@@ -294,8 +249,10 @@ fn meet(a: &Range<usize>, b: &Range<usize>) -> Range<usize> {
 
 /// `pieces` cut into windows of at most [`BUCKET`] consecutive floats: runs of pieces that follow
 /// each other in the whole, split where a window ends; empty pieces dropped.
-fn windows(pieces: Vec<(usize, &mut [f32])>) -> Vec<(usize, Vec<&mut [f32]>)> {
-    let mut out: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
+fn windows<'a>(
+    pieces: impl IntoIterator<Item = (usize, &'a [f32])>,
+) -> Vec<(usize, Vec<&'a [f32]>)> {
+    let mut out: Vec<(usize, Vec<&[f32]>)> = Vec::new();
     let mut open_len = 0;
     for (mut at, mut piece) in pieces {
         while !piece.is_empty() {
@@ -305,7 +262,7 @@ fn windows(pieces: Vec<(usize, &mut [f32])>) -> Vec<(usize, Vec<&mut [f32]>)> {
                 open_len = 0;
             }
             let n = piece.len().min(BUCKET - open_len);
-            let (head, rest) = std::mem::take(&mut piece).split_at_mut(n);
+            let (head, rest) = piece.split_at(n);
             out.last_mut().expect("a window is open").1.push(head);
             open_len += n;
             at += n;
@@ -326,12 +283,13 @@ mod mpi_calls {
     // MPI's default error handler ends the run on a failed call, so no call returns one.
     impl MpiWorld {
         /// Starts `w`'s sum: an all-reduce of the whole window, or a reduce-scatter of it, into
-        /// where this rank's share lands.
-        pub(super) fn start_sum(&self, w: &mut Window<'_>) -> ffi::MPI_Request {
-            let recv = w.landing().cast();
-            // SAFETY: `send`, the staging buffer or the buffer the share lands in, and `counts`
-            // stay allocated and unmoved, and nothing else reads or writes them, until the
-            // request is completed (`BackgroundSums` lands a window, or drops it, only then).
+        /// its staging buffer.
+        pub(super) fn start_sum(&self, w: &mut Window) -> ffi::MPI_Request {
+            let recv = w.staging.as_mut_ptr().cast();
+            // SAFETY: `send`, `staging` and `counts` are heap buffers the window owns; they stay
+            // allocated and unmoved, and nothing else reads or writes them, until the request is
+            // completed (`BackgroundSums` lands a window only then, and waits when dropped; if
+            // it is leaked, so are they).
             unsafe {
                 let mut request = ffi::RSMPI_REQUEST_NULL;
                 let send = w.send.as_ptr().cast();
@@ -400,16 +358,15 @@ mod tests {
 
     #[test]
     fn windows_join_pieces_that_follow_and_split_at_the_bucket() {
-        let mut a = vec![1f32; 3];
-        let mut b = vec![2f32; BUCKET];
-        let mut c = vec![3f32; 2];
-        let mut empty: Vec<f32> = Vec::new();
-        let pieces = vec![
-            (10, a.as_mut_slice()),
-            (13, empty.as_mut_slice()),
-            (13, b.as_mut_slice()),
+        let a = vec![1f32; 3];
+        let b = vec![2f32; BUCKET];
+        let c = vec![3f32; 2];
+        let pieces = [
+            (10, a.as_slice()),
+            (13, &[][..]),
+            (13, b.as_slice()),
             // Not after b: a window of its own.
-            (BUCKET + 100, c.as_mut_slice()),
+            (BUCKET + 100, c.as_slice()),
         ];
         let w = windows(pieces);
         let shape: Vec<(usize, Vec<usize>)> = w
@@ -435,7 +392,7 @@ mod tests {
         assert!(meet(&(5..10), &(0..3)).is_empty());
     }
 
-    /// Alone, the sums leave the buffers as they are and count what they would send.
+    /// Alone, the sums leave the buffers as they are and count what they send.
     #[test]
     fn sums_alone_keep_the_values() {
         let world = World::solo();
@@ -448,5 +405,33 @@ mod tests {
         assert_eq!((a, b), (vec![1.0, 2.0], vec![3.0]));
         let t = world.traffic();
         assert_eq!((t.all_reduce, t.overlapped), (3, 2));
+    }
+
+    /// Rank 1 of 2 (the other giving the same values) keeps its span alone of each buffer, with
+    /// the span's sums, though its span starts inside a buffer of more than one window and the
+    /// windows land as soon as they start.
+    #[test]
+    fn a_rank_keeps_its_span_of_each_buffer_with_its_sums() {
+        let world = World::simulated(1, 2);
+        let big = BUCKET + 10;
+        let value = |i: usize| i as f32;
+        let mut a: Vec<f32> = (0..big).map(value).collect();
+        let mut b: Vec<f32> = (big..big + 5).map(value).collect();
+        let mut c: Vec<f32> = (big + 5..big + 8).map(value).collect();
+        // Rank 1's span: from the middle of `a` to the end.
+        let counts = [big / 2, big + 8 - big / 2];
+        let mut sums = world.sums_in_background(Summed::Spans(&counts));
+        sums.start(vec![(0, &mut a), (big, &mut b)], true);
+        sums.start(vec![(big + 5, &mut c)], false);
+        sums.finish();
+        let want = |r: Range<usize>| r.map(|i| 2.0 * value(i)).collect::<Vec<f32>>();
+        assert_eq!(a, want(big / 2..big));
+        assert_eq!(b, want(big..big + 5));
+        assert_eq!(c, want(big + 5..big + 8));
+        let t = world.traffic();
+        assert_eq!(
+            (t.reduce_scatter, t.overlapped),
+            (big as u64 + 8, big as u64 + 5)
+        );
     }
 }

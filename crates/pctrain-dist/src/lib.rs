@@ -88,6 +88,17 @@ impl World {
         }
     }
 
+    /// Rank `rank` of `size` with no other rank there: every sum in the background is of this
+    /// rank's values from every rank.
+    #[cfg(test)]
+    pub(crate) fn simulated(rank: usize, size: usize) -> Self {
+        World {
+            rank,
+            size,
+            ..World::solo()
+        }
+    }
+
     /// The run's world: MPI's when the process was started by an MPI launcher (and the binary
     /// was built with the `mpi` feature), else this process alone.
     pub fn init() -> Result<Self, DistError> {

@@ -217,7 +217,7 @@ impl Generator<'_> {
         self.model
             .generate_all(&requests, &opts.decode(), &self.stop, |e| match e {
                 Event::Token { request, token } => tokens[request].push(token),
-                Event::Part { request } => {
+                Event::Finished { request } => {
                     match self.answer(&std::mem::take(&mut tokens[request])) {
                         Ok(a) => done(request, a),
                         Err(e) => {

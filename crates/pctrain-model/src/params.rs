@@ -193,59 +193,64 @@ impl Part {
     }
 }
 
+/// Where a part's values are placed: a weight's, or an adapter's `A` and `B` together.
+enum Slot<'a, T> {
+    One(Param, &'a mut Option<T>),
+    Pair(usize, Target, &'a mut Option<(T, T)>),
+}
+
 impl<T> Placed<T> {
+    /// Where `part`'s values are placed, in the table's order.
+    fn slots(&mut self, part: Part) -> Vec<Slot<'_, T>> {
+        match part {
+            Part::Head => vec![
+                Slot::One(Param::Norm, &mut self.norm),
+                Slot::One(Param::LmHead, &mut self.lm_head),
+            ],
+            Part::Layer(l) => {
+                let layer = &mut self.layers[l];
+                let lora = Target::ALL.into_iter().zip(layer.lora.iter_mut());
+                let weights = LayerParam::ALL.into_iter().zip(layer.weights.iter_mut());
+                lora.map(|(t, v)| Slot::Pair(l, t, v))
+                    .chain(weights.map(|(w, v)| Slot::One(Param::Layer(l, w), v)))
+                    .collect()
+            }
+            Part::Embeddings => vec![Slot::One(Param::Embed, &mut self.embed)],
+        }
+    }
+
+    /// `part`'s values, each read out of its slot by `one` (an adapter's `A` and `B` by `pair`),
+    /// with their parameters.
+    fn part_values<'a, U>(
+        &'a mut self,
+        part: Part,
+        one: impl Fn(&'a mut Option<T>) -> Option<U>,
+        pair: impl Fn(&'a mut Option<(T, T)>) -> Option<(U, U)>,
+    ) -> Vec<(Param, U)> {
+        let mut out = Vec::new();
+        for slot in self.slots(part) {
+            match slot {
+                Slot::One(p, v) => out.extend(one(v).map(|v| (p, v))),
+                Slot::Pair(l, t, v) => out.extend(
+                    pair(v)
+                        .into_iter()
+                        .flat_map(|(a, b)| [(Param::LoraA(l, t), a), (Param::LoraB(l, t), b)]),
+                ),
+            }
+        }
+        out
+    }
+
     /// The values placed for `part`'s trainable tensors, with their parameters (in the table's
     /// order).
     pub fn part_mut(&mut self, part: Part) -> Vec<(Param, &mut T)> {
-        let mut out = Vec::new();
-        match part {
-            Part::Head => {
-                out.extend(self.norm.as_mut().map(|v| (Param::Norm, v)));
-                out.extend(self.lm_head.as_mut().map(|v| (Param::LmHead, v)));
-            }
-            Part::Layer(l) => {
-                let layer = &mut self.layers[l];
-                for (t, pair) in Target::ALL.into_iter().zip(layer.lora.iter_mut()) {
-                    if let Some((a, b)) = pair {
-                        out.extend([(Param::LoraA(l, t), a), (Param::LoraB(l, t), b)]);
-                    }
-                }
-                for (w, v) in LayerParam::ALL.into_iter().zip(layer.weights.iter_mut()) {
-                    out.extend(v.as_mut().map(|v| (Param::Layer(l, w), v)));
-                }
-            }
-            Part::Embeddings => out.extend(self.embed.as_mut().map(|v| (Param::Embed, v))),
-        }
-        out
+        self.part_values(part, Option::as_mut, |v| v.as_mut().map(|(a, b)| (a, b)))
     }
 
     /// The values placed for `part`'s trainable tensors, taken out, with their parameters (in
     /// the table's order).
     pub fn take_part(&mut self, part: Part) -> Vec<(Param, T)> {
-        let mut out = Vec::new();
-        match part {
-            Part::Head => {
-                out.extend(self.norm.take().map(|v| (Param::Norm, v)));
-                out.extend(self.lm_head.take().map(|v| (Param::LmHead, v)));
-            }
-            Part::Layer(l) => {
-                let layer = &mut self.layers[l];
-                for t in Target::ALL {
-                    if let Some((a, b)) = layer.lora[t as usize].take() {
-                        out.extend([(Param::LoraA(l, t), a), (Param::LoraB(l, t), b)]);
-                    }
-                }
-                for w in LayerParam::ALL {
-                    out.extend(
-                        layer.weights[w as usize]
-                            .take()
-                            .map(|v| (Param::Layer(l, w), v)),
-                    );
-                }
-            }
-            Part::Embeddings => out.extend(self.embed.take().map(|v| (Param::Embed, v))),
-        }
-        out
+        self.part_values(part, Option::take, Option::take)
     }
 }
 

@@ -29,7 +29,7 @@ mod events {
 
     use candle_core::cuda_backend::cudarc::driver::{sys, CudaEvent, CudaStream};
 
-    /// Part spans: name and the events at its start and end.
+    /// Finished spans: name and the events at its start and end.
     pub static SPANS: Mutex<Vec<(&'static str, CudaEvent, CudaEvent)>> = Mutex::new(Vec::new());
 
     pub struct Open {

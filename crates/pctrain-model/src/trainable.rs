@@ -261,6 +261,9 @@ impl Gradients {
     /// Runs `f` over every gradient's values as f32, in [`Model::trainable`]'s order: the
     /// buffers themselves in memory; on a GPU, host copies written back afterwards.
     pub fn with_host_values(&mut self, f: impl FnOnce(&mut [&mut [f32]])) -> Result<()> {
+        if self.spans().is_some() {
+            candle_core::bail!("gradients kept by span are not whole gradients");
+        }
         match &mut self.store {
             Store::Host { data, .. } => {
                 let mut bufs: Vec<&mut [f32]> = data.iter_mut().map(Vec::as_mut_slice).collect();
@@ -309,7 +312,8 @@ impl Gradients {
         Ok(())
     }
 
-    /// The global L2 norm: each tensor's sum of squares in a fixed order, added in f64.
+    /// The L2 norm of the elements held (a rank's spans alone, when it keeps spans): each
+    /// tensor's sum of squares in a fixed order, added in f64.
     pub fn norm(&self) -> Result<f64> {
         Ok(self.sum_of_squares()?.sqrt())
     }

@@ -194,7 +194,7 @@ fn events_report_every_token_and_each_end_once() {
                 assert_eq!(ended[request], 0, "a token after the end");
                 seen[request].push(token);
             }
-            Event::Part { request } => ended[request] += 1,
+            Event::Finished { request } => ended[request] += 1,
         })
         .unwrap();
     assert_eq!(out, seen);
@@ -205,7 +205,7 @@ fn events_report_every_token_and_each_end_once() {
     let out = m
         .generate_all(&requests, &greedy(2, 0), &[], |e| match e {
             Event::Token { .. } => panic!("a token with no room for one"),
-            Event::Part { request } => ended[request] += 1,
+            Event::Finished { request } => ended[request] += 1,
         })
         .unwrap();
     assert_eq!(ended, vec![1; ps.len()]);

@@ -30,13 +30,18 @@ fn trained_targets(b: &Batch) -> f64 {
         .count() as f64
 }
 
-fn step(m: &Model, b: &Batch, mode: TrainMode, recompute: bool) -> Grads {
-    let opts = StepOptions {
+/// The tests' pass: loss chunks of 5 tokens, no dropout.
+fn options(mode: TrainMode, recompute: bool) -> StepOptions {
+    StepOptions {
         mode,
         recompute,
         loss_chunk: 5,
         dropout_seed: 0,
-    };
+    }
+}
+
+fn step(m: &Model, b: &Batch, mode: TrainMode, recompute: bool) -> Grads {
+    let opts = options(mode, recompute);
     m.forward_backward(b, trained_targets(b), opts).unwrap().1
 }
 
@@ -355,12 +360,7 @@ fn gradients_are_handed_out_final_in_the_backwards_order() {
         let r = reference(name);
         let b = batch(&r);
         let m = model(name, mode == TrainMode::Lora);
-        let opts = StepOptions {
-            mode,
-            recompute: false,
-            loss_chunk: 5,
-            dropout_seed: 0,
-        };
+        let opts = options(mode, false);
         let n = trained_targets(&b);
         let mut grads = Gradients::zeros(&m, mode).unwrap();
         let mut seen: HandedOut = Vec::new();
@@ -423,12 +423,7 @@ fn gradients_kept_by_span_are_made_whole_with_their_spans_values() {
     let b = batch(&r);
     let m = model("llama", false);
     let mode = TrainMode::Full;
-    let opts = StepOptions {
-        mode,
-        recompute: true,
-        loss_chunk: 5,
-        dropout_seed: 0,
-    };
+    let opts = options(mode, true);
     let n = trained_targets(&b);
     let mut plain = Gradients::zeros(&m, mode).unwrap();
     m.accumulate_gradients(&b, n, opts, &mut plain).unwrap();

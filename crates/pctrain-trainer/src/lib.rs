@@ -23,4 +23,4 @@ pub use pctrain_dist::World;
 pub use preset::tiny_model;
 pub use schedule::{Decay, Schedule};
 pub use step::{optimizer_step, StepError, StepReport};
-pub use train::{collate, train, Part, Progress, TrainConfig};
+pub use train::{collate, train, Finished, Progress, TrainConfig};

@@ -209,6 +209,9 @@ impl AdamW {
             bc2_sqrt: (1.0 - c.beta2.powi(t)).sqrt() as f32,
             eps: c.eps as f32,
         };
+        if grads.spans().is_some() && self.shard.is_none() {
+            candle_core::bail!("AdamW: gradients kept by span need an optimizer of that shard");
+        }
         if let Some(host) = grads.host() {
             assert_eq!(host.len(), params.len(), "one gradient per parameter");
             for (i, (p, g)) in params.iter().zip(host).enumerate() {

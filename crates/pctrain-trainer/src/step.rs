@@ -50,8 +50,9 @@ pub struct StepReport {
 /// reused, zeroed at the start of each step). In a world of several ranks, `micro_batches` are
 /// this rank's share of the step (none on a rank the data ran out for): the token count, the
 /// gradients and the loss are summed over the ranks before clipping, so every rank takes the
-/// same step. Gradients kept in memory (the CPU kernels) are summed while the last pass's
-/// backward runs, each part as soon as the pass has finished it.
+/// same step. Gradients kept in memory (the CPU kernels) are summed while a pass's backward
+/// runs, each part as soon as the pass has finished it: the last pass's, or with the gradients
+/// sharded (ZeRO stage 2, `grads` then keeping this rank's spans alone) every pass's.
 #[allow(clippy::too_many_arguments)]
 pub fn optimizer_step(
     model: &mut Model,
@@ -66,6 +67,14 @@ pub fn optimizer_step(
     if micro_batches.is_empty() && world.size() == 1 {
         return Err(pctrain_model::ModelError::Input(
             "an optimizer step needs at least one micro-batch".into(),
+        )
+        .into());
+    }
+    if gradient_shard(optimizer).is_some() != grads.spans().is_some() {
+        return Err(pctrain_model::ModelError::Input(
+            "gradients kept by span go with an optimizer whose gradients are sharded \
+             (ranks::rank_gradients makes the one for the other)"
+                .into(),
         )
         .into());
     }
@@ -109,7 +118,10 @@ pub fn optimizer_step(
             continue;
         }
         let mut sums = world.sums_in_background(summed);
-        let mut start = |part: Part, pieces| sums.start(pieces, part != Part::Embeddings);
+        // A rank without rows computes nothing while its sums go.
+        let computes = batch.is_some();
+        let mut start =
+            |part: Part, pieces| sums.start(pieces, computes && part != Part::Embeddings);
         match batch {
             Some(b) => {
                 let o = opts_of(i);

@@ -41,7 +41,7 @@ pub struct Progress<'a> {
 }
 
 /// Where a run ended: every step's report, and the optimizer and data position to checkpoint.
-pub struct Part {
+pub struct Finished {
     pub reports: Vec<StepReport>,
     pub optimizer: AdamW,
     pub position: Position,
@@ -60,7 +60,7 @@ pub fn train<E: From<StepError>>(
     resume: Option<(AdamW, Position)>,
     world: &World,
     mut on_step: impl FnMut(&StepReport, Progress) -> Result<(), E>,
-) -> Result<Part, E> {
+) -> Result<Finished, E> {
     let model_err = |e: candle_core::Error| StepError::from(ModelError::from(e));
     let (resumed, start) = match resume {
         Some((o, p)) => (Some(o), p),
@@ -124,7 +124,7 @@ pub fn train<E: From<StepError>>(
         )?;
         reports.push(report);
     }
-    Ok(Part {
+    Ok(Finished {
         reports,
         optimizer,
         position: loader.position(),

@@ -50,8 +50,8 @@ fn run_in(world: &World, args: TrainArgs, matches: &clap::ArgMatches) -> Result<
     let resume = recipe.prepare_output(&args, world)?;
     let evaluations = Evaluations::set_up(&recipe.settings, &recipe.run)?;
     match recipe.train(resume, &evaluations, world)? {
-        Ended::Part if world.is_first() => recipe.export(),
-        Ended::Part => Ok(()),
+        Ended::Finished if world.is_first() => recipe.export(),
+        Ended::Finished => Ok(()),
         Ended::Interrupted(_) if !world.is_first() => Ok(()),
         Ended::Interrupted(step) => {
             eprintln!(
@@ -65,7 +65,7 @@ fn run_in(world: &World, args: TrainArgs, matches: &clap::ArgMatches) -> Result<
 
 /// How the training loop ended.
 enum Ended {
-    Part,
+    Finished,
     Interrupted(u64),
 }
 
@@ -325,7 +325,7 @@ impl Recipe {
                     checkpoint(&self.run.model, &done.optimizer, done.position)?;
                     metrics.as_ref().map(MetricsLog::plot).transpose()?;
                 }
-                Ok(Ended::Part)
+                Ok(Ended::Finished)
             }
             Err(e) => match e.downcast::<Interrupted>() {
                 Ok(Interrupted(step)) => Ok(Ended::Interrupted(step)),

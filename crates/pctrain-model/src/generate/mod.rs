@@ -42,7 +42,7 @@ pub enum Event {
     /// `token` was chosen as the next token of request `request`.
     Token { request: usize, token: u32 },
     /// Request `request` has its whole answer.
-    Part { request: usize },
+    Finished { request: usize },
 }
 
 /// Prompt tokens a step feeds at most, beside one token per decoding slot.
@@ -108,7 +108,7 @@ impl Model {
         }
         if requests.is_empty() || opts.max_new_tokens == 0 {
             // Every answer is whole at once: empty.
-            (0..requests.len()).for_each(|request| on_event(Event::Part { request }));
+            (0..requests.len()).for_each(|request| on_event(Event::Finished { request }));
             return Ok(vec![Vec::new(); requests.len()]);
         }
         let slots = opts.slots.clamp(1, requests.len());

@@ -130,7 +130,7 @@ pub(crate) fn run(
             });
             if stop.contains(&token) || a.out.len() == opts.max_new_tokens {
                 let a = slots[slot].take().expect("active");
-                on_event(Event::Part { request: a.request });
+                on_event(Event::Finished { request: a.request });
                 out[a.request] = a.out;
             }
         }
