@@ -1,8 +1,8 @@
 //! Sums over the ranks started while the caller still computes: a backward hands over each
 //! part of its gradients as soon as it has finished them, each goes out at once as MPI's
-//! non-blocking all-reduce (or reduce-scatter, ZeRO stage 2), and all are waited for at the end.
-//! MPI moves them whenever the process is in MPI, so each hand-over also lets the earlier ones
-//! go on. MPI reads and writes only copies the sums own (each window's send buffer and staged
+//! non-blocking all-reduce (or reduce-scatter, ZeRO stage 2), and those not done are waited for
+//! at the end (or earlier, when the copies in flight reach their bound). MPI moves them whenever
+//! the process is in MPI, so each hand-over also lets the earlier ones go on. MPI reads and writes only copies the sums own (each window's send buffer and staged
 //! share), never the caller's buffers, which get their share when a window lands.
 
 use std::ops::Range;
@@ -49,7 +49,8 @@ type Target<'g> = (Range<usize>, &'g mut Vec<f32>);
 /// Sums over the ranks of buffers handed over part by part (each with where it starts in the
 /// whole), every part's started as soon as it is handed over and landed in its buffers once MPI
 /// has summed it (the copies freed then); [`BackgroundSums::finish`] waits for the rest. Dropped
-/// unfinished, it waits too, and the buffers keep what they held.
+/// unfinished, it waits too, and lands nothing more: the buffers are left partly summed (and,
+/// with [`Summed::Spans`], already cut to the span).
 pub struct BackgroundSums<'w, 'g> {
     world: &'w World,
     /// Every rank's span of the whole, with [`Summed::Spans`].
@@ -65,11 +66,10 @@ pub struct BackgroundSums<'w, 'g> {
     requests: Vec<mpi::ffi::MPI_Request>,
 }
 
-/// Floats of copies (send buffers, staged shares) held at once, 4 MB: before a part's windows
-/// are made, the oldest windows land (waiting for MPI) until the first fits, so the copies do not
-/// grow with the model; a part's own windows are all made before its sums start (so one large
-/// part may pass it). On llama-10m, 2 ranks, this bound rather than 8M floats takes 20 MiB off
-/// the peak RSS at no cost in speed.
+/// Floats of copies (send buffers, staged shares) held at once, 4 MB: before each window is made,
+/// the oldest land (waiting for MPI) until it fits, so the copies do not grow with the model (a
+/// window alone may pass it). On llama-10m, 2 ranks, this bound rather than 8M floats takes
+/// 20 MiB off the peak RSS at no cost in speed.
 #[cfg(feature = "mpi")]
 const HELD: usize = BUCKET / 4;
 
@@ -117,51 +117,50 @@ impl<'g> BackgroundSums<'_, 'g> {
                 t.overlapped += floats;
             }
         });
-        // The copies first, then the buffers cut and kept as targets, and only then the sums,
-        // so that no window lands before its buffers are there.
-        let mut made = Vec::new();
-        let views = pieces.iter().map(|(at, p)| (*at, p.as_slice()));
-        for (at, run) in windows(views) {
-            let len: usize = run.iter().map(|p| p.len()).sum();
-            let whole = at..at + len;
-            let (mine, counts) = match &self.spans {
-                None => (whole, Vec::new()),
-                Some(spans) => (
-                    meet(&whole, &spans[self.world.rank()]),
-                    spans.iter().map(|s| meet(&whole, s).len() as i32).collect(),
-                ),
-            };
-            if made.is_empty() {
-                self.make_room(len + mine.len());
-            }
-            let mut send = Vec::with_capacity(len);
-            run.iter().for_each(|p| send.extend_from_slice(p));
-            let w = Window {
-                at,
-                send,
-                staging: vec![0f32; mine.len()],
-                mine,
-                counts,
-            };
-            self.held += w.held();
-            made.push(w);
-        }
+        let runs = windows(pieces.iter().map(|(at, p)| (*at, p.len())));
+        // The buffers become targets before any sum starts, so that no window lands before its
+        // buffers are there. With spans, each keeps its span's values, and its whole values move
+        // out to be copied from.
         let span = self.spans.as_ref().map(|s| s[self.world.rank()].clone());
+        let first = self.targets.len();
+        let mut wholes = Vec::new();
         for (at, buffer) in pieces {
             let whole = at..at + buffer.len();
             let kept = match &span {
                 None => whole,
                 Some(span) => {
                     let kept = meet(&whole, span);
-                    buffer.truncate(kept.end - at);
-                    buffer.drain(..kept.start - at);
-                    buffer.shrink_to_fit();
+                    let values = buffer[kept.start - at..kept.end - at].to_vec();
+                    wholes.push((at, std::mem::replace(buffer, values)));
                     kept
                 }
             };
             self.targets.push((kept, buffer));
         }
-        for w in made {
+        for run in runs {
+            let (mine, counts) = match &self.spans {
+                None => (run.clone(), Vec::new()),
+                Some(spans) => (
+                    meet(&run, &spans[self.world.rank()]),
+                    spans.iter().map(|s| meet(&run, s).len() as i32).collect(),
+                ),
+            };
+            self.make_room(run.len() + mine.len());
+            let send = match &span {
+                None => copy_of(
+                    &run,
+                    self.targets[first..].iter().map(|(r, b)| (r.start, &b[..])),
+                ),
+                Some(_) => copy_of(&run, wholes.iter().map(|(at, b)| (*at, &b[..]))),
+            };
+            let w = Window {
+                at: run.start,
+                send,
+                staging: vec![0f32; mine.len()],
+                mine,
+                counts,
+            };
+            self.held += w.held();
             self.launch(w);
         }
     }
@@ -247,28 +246,39 @@ fn meet(a: &Range<usize>, b: &Range<usize>) -> Range<usize> {
     start..a.end.min(b.end).max(start)
 }
 
-/// `pieces` cut into windows of at most [`BUCKET`] consecutive floats: runs of pieces that follow
-/// each other in the whole, split where a window ends; empty pieces dropped.
-fn windows<'a>(
-    pieces: impl IntoIterator<Item = (usize, &'a [f32])>,
-) -> Vec<(usize, Vec<&'a [f32]>)> {
-    let mut out: Vec<(usize, Vec<&[f32]>)> = Vec::new();
-    let mut open_len = 0;
-    for (mut at, mut piece) in pieces {
-        while !piece.is_empty() {
-            let follows = out.last().is_some_and(|(start, _)| start + open_len == at);
-            if !follows || open_len == BUCKET {
-                out.push((at, Vec::new()));
-                open_len = 0;
+/// The windows of at most [`BUCKET`] consecutive floats of the whole over `pieces` (where each
+/// starts, and its floats): runs of pieces that follow each other, cut where a window ends.
+fn windows(pieces: impl IntoIterator<Item = (usize, usize)>) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for (mut at, len) in pieces {
+        let end = at + len;
+        while at < end {
+            match out.last_mut() {
+                Some(w) if w.end == at && w.len() < BUCKET => {
+                    w.end = end.min(w.start + BUCKET);
+                    at = w.end;
+                }
+                _ => {
+                    out.push(at..end.min(at + BUCKET));
+                    at = out.last().expect("just pushed").end;
+                }
             }
-            let n = piece.len().min(BUCKET - open_len);
-            let (head, rest) = piece.split_at(n);
-            out.last_mut().expect("a window is open").1.push(head);
-            open_len += n;
-            at += n;
-            piece = rest;
         }
     }
+    out
+}
+
+/// The floats of `range` of the whole, from `sources` (where each starts, and its floats).
+fn copy_of<'a>(
+    range: &Range<usize>,
+    sources: impl Iterator<Item = (usize, &'a [f32])>,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(range.len());
+    for (at, values) in sources {
+        let here = meet(&(at..at + values.len()), range);
+        out.extend_from_slice(&values[here.start - at..here.end - at]);
+    }
+    assert_eq!(out.len(), range.len(), "the sources cover the window");
     out
 }
 
@@ -358,30 +368,24 @@ mod tests {
 
     #[test]
     fn windows_join_pieces_that_follow_and_split_at_the_bucket() {
-        let a = vec![1f32; 3];
-        let b = vec![2f32; BUCKET];
-        let c = vec![3f32; 2];
-        let pieces = [
-            (10, a.as_slice()),
-            (13, &[][..]),
-            (13, b.as_slice()),
-            // Not after b: a window of its own.
-            (BUCKET + 100, c.as_slice()),
-        ];
-        let w = windows(pieces);
-        let shape: Vec<(usize, Vec<usize>)> = w
-            .iter()
-            .map(|(at, ps)| (*at, ps.iter().map(|p| p.len()).collect()))
-            .collect();
+        let pieces = [(10, 3), (13, 0), (13, BUCKET), (BUCKET + 100, 2)];
         assert_eq!(
-            shape,
+            windows(pieces),
             vec![
-                (10, vec![3, BUCKET - 3]),
-                (10 + BUCKET, vec![3]),
-                (BUCKET + 100, vec![2]),
+                10..10 + BUCKET,
+                10 + BUCKET..13 + BUCKET,
+                // Not after the one before: a window of its own.
+                BUCKET + 100..BUCKET + 102,
             ]
         );
-        assert_eq!(w[1].1[0], [2.0; 3]);
+    }
+
+    #[test]
+    fn a_window_is_copied_from_the_pieces_it_spans() {
+        let (a, b) = ([1f32, 2.0, 3.0], [4f32, 5.0]);
+        let sources = || [(10, &a[..]), (13, &b[..])].into_iter();
+        assert_eq!(copy_of(&(11..14), sources()), [2.0, 3.0, 4.0]);
+        assert_eq!(copy_of(&(13..15), sources()), [4.0, 5.0]);
     }
 
     #[test]
@@ -405,6 +409,19 @@ mod tests {
         assert_eq!((a, b), (vec![1.0, 2.0], vec![3.0]));
         let t = world.traffic();
         assert_eq!((t.all_reduce, t.overlapped), (3, 2));
+    }
+
+    /// Every rank gets the whole sum of each buffer, one of more than one window included.
+    #[test]
+    fn every_rank_gets_the_whole_sums() {
+        let world = World::simulated(0, 2);
+        let mut a: Vec<f32> = (0..BUCKET + 3).map(|i| i as f32).collect();
+        let mut b = vec![1f32, 2.0];
+        let mut sums = world.sums_in_background(Summed::Everywhere);
+        sums.start(vec![(0, &mut a), (BUCKET + 3, &mut b)], true);
+        sums.finish();
+        assert!(a.iter().enumerate().all(|(i, &v)| v == 2.0 * i as f32));
+        assert_eq!(b, [2.0, 4.0]);
     }
 
     /// Rank 1 of 2 (the other giving the same values) keeps its span alone of each buffer, with

@@ -78,7 +78,8 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
 /// `keep_last` (0 keeps all), recording the ranks of `world`. Every rank calls it: rank 0 writes
 /// the weights and the state, and with the optimizer sharded each rank writes its shard
 /// ([`shard_file`]). Refuses weights that are not finite; on any failure (on any rank) the folder
-/// being written is removed and the checkpoints already there are untouched.
+/// being written is removed and the checkpoints already there are untouched. One of the same
+/// step takes the new one's place in one step (on Linux; see [`pctrain_core::fs::replace_dir`]).
 #[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint(
     output: &Path,
@@ -128,24 +129,9 @@ pub fn save_checkpoint(
     if !world.is_first() {
         return Ok(target);
     }
-    // A checkpoint of the same step already there (an earlier run into this folder) is moved
-    // aside, not removed, until the new one is in its place; if that fails, it goes back (and
-    // after a crash between the two, [`remove_unfinished`] puts it back).
-    let aside = output.join(format!(".{name}{ASIDE_MARK}"));
-    let replacing = target.exists();
-    if replacing {
-        std::fs::rename(&target, &aside).map_err(io(&target))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp, &target) {
-        if replacing {
-            let _ = std::fs::rename(&aside, &target);
-        }
-        return Err(io(&target)(e));
-    }
-    if replacing {
-        // Left behind, the next start removes it.
-        let _ = std::fs::remove_dir_all(&aside);
-    }
+    // One of the same step already there (a run resumed from an earlier step) is replaced in
+    // one step; left under the temporary name, it goes with the unfinished folders.
+    pctrain_core::fs::replace_dir(&tmp, &target).map_err(io(&target))?;
     std::fs::File::open(output)
         .and_then(|d| d.sync_all())
         .map_err(io(output))?;
@@ -160,10 +146,6 @@ pub fn save_checkpoint(
 
 /// What names a checkpoint folder still being written: `.checkpoint-NNNNNN.tmp-PID`.
 const TMP_MARK: &str = ".tmp-";
-
-/// What names a checkpoint moved aside while one of the same step takes its place:
-/// `.checkpoint-NNNNNN.replaced`.
-const ASIDE_MARK: &str = ".replaced";
 
 /// Writes a checkpoint's files into the new folder `dir`.
 fn write_into(
@@ -298,29 +280,16 @@ fn read_shard(
     Ok(())
 }
 
-/// Removes checkpoint folders a crash left half-written, and puts back one it left moved aside.
+/// Removes checkpoint folders a crash left half-written.
 pub fn remove_unfinished(output: &Path) -> Result<(), CheckpointError> {
     if !output.is_dir() {
         return Ok(());
     }
     for entry in std::fs::read_dir(output).map_err(io(output))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
         if name.starts_with(".checkpoint-") && name.contains(TMP_MARK) {
+            let path = entry.path();
             std::fs::remove_dir_all(&path).map_err(io(&path))?;
-        } else if let Some(step) = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(ASIDE_MARK))
-            .filter(|n| n.starts_with("checkpoint-"))
-        {
-            // Moved aside for a checkpoint of the same step: stale once that one is in place,
-            // else (a crash between the renames) the one to keep.
-            let target = output.join(step);
-            if target.exists() {
-                std::fs::remove_dir_all(&path).map_err(io(&path))?;
-            } else {
-                std::fs::rename(&path, &target).map_err(io(&target))?;
-            }
         }
     }
     Ok(())
