@@ -129,8 +129,9 @@ pub fn save_checkpoint(
     if !world.is_first() {
         return Ok(target);
     }
-    // One of the same step already there (a run resumed from an earlier step) is replaced in
-    // one step; left under the temporary name, it goes with the unfinished folders.
+    // One of the same step already there (the command line removes later checkpoints when it
+    // resumes; a caller of this function may not) is replaced in one step; left under the
+    // temporary name, it goes with the unfinished folders.
     pctrain_core::fs::replace_dir(&tmp, &target).map_err(io(&target))?;
     std::fs::File::open(output)
         .and_then(|d| d.sync_all())
