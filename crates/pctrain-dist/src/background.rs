@@ -2,8 +2,9 @@
 //! part of its gradients as soon as it has finished them, each goes out at once as MPI's
 //! non-blocking all-reduce (or reduce-scatter, ZeRO stage 2), and those not done are waited for
 //! at the end (or earlier, when the copies in flight reach their bound). MPI moves them whenever
-//! the process is in MPI, so each hand-over also lets the earlier ones go on. MPI reads and writes only copies the sums own (each window's send buffer and staged
-//! share), never the caller's buffers, which get their share when a window lands.
+//! the process is in MPI, so each hand-over also lets the earlier ones go on. MPI reads and
+//! writes only copies the sums own (each window's send buffer and staged share), never the
+//! caller's buffers, which get their share when a window lands.
 
 use std::ops::Range;
 

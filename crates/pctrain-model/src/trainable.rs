@@ -191,7 +191,14 @@ impl Gradients {
             candle_core::bail!("gradients kept by span are built for f32 weights on the CPU");
         }
         let params = model.trainable(mode);
-        assert_eq!(spans.len(), params.len(), "a span per trainable tensor");
+        let fits = |(r, (_, t)): (&Range<usize>, &(String, Tensor))| r.end <= t.elem_count();
+        if spans.len() != params.len() || !spans.iter().zip(&params).all(fits) {
+            candle_core::bail!(
+                "{} spans for {} trainable tensors: one span within each is needed",
+                spans.len(),
+                params.len()
+            );
+        }
         Ok(Gradients {
             store: Store::Host {
                 data: spans.iter().map(|r| vec![0f32; r.len()]).collect(),
